@@ -1,0 +1,3 @@
+from tui_stack.cli import main
+
+raise SystemExit(main())

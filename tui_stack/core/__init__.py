@@ -1,0 +1,1 @@
+"""Pure core: numpy in, numpy out, one module per step. No UI, no printing."""

@@ -1,0 +1,279 @@
+"""FITS input and output: file selection, frame reading with masks, atomic writes."""
+
+from __future__ import annotations
+
+import glob
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tui_stack.errors import InputError
+
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fits.gz", ".fit.fz")
+
+
+@dataclass
+class Frame:
+    """One image plane: float32 data, a mask (True = no data) and its header."""
+
+    path: Path
+    data: np.ndarray
+    mask: np.ndarray
+    header: object
+    hdu_index: int = 0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.data.shape
+
+
+@dataclass
+class FrameInfo:
+    """Header summary and quick statistics of one file, for the file table."""
+
+    path: Path
+    shape: tuple[int, int] | None = None
+    hdu_index: int = 0
+    date_obs: str = ""
+    exptime: float | None = None
+    filter: str = ""
+    imagetyp: str = ""
+    median: float | None = None
+    std: float | None = None
+    max: float | None = None
+    error: str = ""
+    header: dict = field(default_factory=dict)
+
+
+def _image_hdu_index(hdul, path: Path) -> int:
+    """The first HDU holding 2-D image data (primary, image extension or compressed)."""
+    for i, hdu in enumerate(hdul):
+        if not getattr(hdu, "is_image", False):
+            continue
+        naxis = hdu.header.get("ZNAXIS", hdu.header.get("NAXIS", 0))
+        if naxis == 0:
+            continue
+        if naxis != 2:
+            raise InputError(f"{path}: image in HDU {i} has {naxis} axes; only 2-D frames can be stacked")
+        return i
+    raise InputError(f"{path}: no image data in any HDU")
+
+
+def open_fits(path: Path, memmap: bool = True):
+    """Open a FITS file lazily, turning every way it can be broken into an InputError."""
+    from astropy.io import fits
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, not a FITS file")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{path}: permission denied")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: file is empty")
+    try:
+        hdul = fits.open(path, memmap=memmap, lazy_load_hdus=False)
+    except OSError as exc:
+        raise InputError(f"{path}: not a readable FITS file ({exc})") from None
+    except Exception as exc:  # astropy raises many kinds on garbage input
+        raise InputError(f"{path}: not a readable FITS file ({type(exc).__name__}: {exc})") from None
+    return hdul
+
+
+def read_frame(path: Path) -> Frame:
+    """Read one 2-D frame as float32 with NaN and inf masked."""
+    path = Path(path)
+    # No memmap: scaled integer data (BZERO) cannot be memory-mapped read-only, and the
+    # whole frame is needed anyway.
+    hdul = open_fits(path, memmap=False)
+    try:
+        idx = _image_hdu_index(hdul, path)
+        hdu = hdul[idx]
+        try:
+            data = np.asarray(hdu.data, dtype=np.float32)
+        except Exception as exc:
+            raise InputError(f"{path}: image data cannot be read, file truncated? ({exc})") from None
+        header = hdu.header.copy()
+    finally:
+        hdul.close()
+    mask = ~np.isfinite(data)
+    if mask.any():
+        data = data.copy()
+        data[mask] = 0.0
+    return Frame(path=path, data=data, mask=mask, header=header, hdu_index=idx)
+
+
+_BITPIX_DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
+
+
+class RowReader:
+    """Reads row blocks of one image HDU without loading the frame.
+
+    Uncompressed images are memory-mapped with numpy and BSCALE/BZERO applied per
+    block: astropy refuses to memory-map scaled integer data read-only, and its
+    section reader then fails too. Compressed images go through astropy's section.
+    """
+
+    def __init__(self, path: Path, hdu_index: int = 0):
+        from astropy.io import fits
+
+        self.path = Path(path)
+        self._hdul = None
+        with fits.open(self.path, memmap=False) as hdul:
+            hdu = hdul[hdu_index]
+            hdr = hdu.header
+            compressed = isinstance(hdu, fits.CompImageHDU)
+            if not compressed:
+                offset = hdu.fileinfo()["datLoc"]
+        if compressed:
+            self._hdul = fits.open(self.path)
+            self._section = self._hdul[hdu_index].section
+            self.shape = tuple(self._section.shape)
+            return
+        self.shape = (int(hdr["NAXIS2"]), int(hdr["NAXIS1"]))
+        self._bscale = float(hdr.get("BSCALE", 1.0))
+        self._bzero = float(hdr.get("BZERO", 0.0))
+        self._blank = hdr.get("BLANK") if hdr["BITPIX"] > 0 else None
+        self._raw = np.memmap(self.path, dtype=_BITPIX_DTYPES[hdr["BITPIX"]], mode="r", offset=offset, shape=self.shape)
+
+    def rows(self, y0: int, y1: int, x0: int = 0, x1: int | None = None) -> np.ndarray:
+        """float32 pixels [y0:y1, x0:x1]; BLANK pixels become NaN."""
+        if self._hdul is not None:
+            return np.asarray(self._section[y0:y1, x0:x1], dtype=np.float32)
+        raw = self._raw[y0:y1, x0:x1]
+        out = raw.astype(np.float32)
+        if self._bscale != 1.0:
+            out *= np.float32(self._bscale)
+        if self._bzero != 0.0:
+            out += np.float32(self._bzero)
+        if self._blank is not None:
+            out[raw == self._blank] = np.nan
+        return out
+
+    def close(self) -> None:
+        if self._hdul is not None:
+            self._hdul.close()
+        self._raw = None
+
+
+def frame_info(path: Path, with_stats: bool = True) -> FrameInfo:
+    """Header summary and quick stats; an unreadable file gets `error` set instead of raising."""
+    info = FrameInfo(path=Path(path))
+    try:
+        frame = read_frame(path) if with_stats else None
+        if frame is None:
+            hdul = open_fits(path)
+            try:
+                idx = _image_hdu_index(hdul, Path(path))
+                hdr = hdul[idx].header
+                shape = (int(hdr.get("ZNAXIS2", hdr.get("NAXIS2"))), int(hdr.get("ZNAXIS1", hdr.get("NAXIS1"))))
+                hdr = hdr.copy()
+            finally:
+                hdul.close()
+        else:
+            idx, hdr, shape = frame.hdu_index, frame.header, frame.shape
+    except InputError as exc:
+        info.error = str(exc).split(": ", 1)[-1]
+        return info
+    info.hdu_index = idx
+    info.shape = shape
+    info.header = {k: hdr[k] for k in hdr if k and k not in ("COMMENT", "HISTORY", "")}
+    info.date_obs = str(hdr.get("DATE-OBS", ""))
+    exptime = hdr.get("EXPTIME", hdr.get("EXPOSURE"))
+    info.exptime = float(exptime) if isinstance(exptime, (int, float)) else None
+    info.filter = str(hdr.get("FILTER", hdr.get("FILTERS", "")))
+    info.imagetyp = str(hdr.get("IMAGETYP", hdr.get("PICTTYPE", "")))
+    if frame is not None:
+        good = frame.data[~frame.mask]
+        if good.size:
+            info.median = float(np.median(good))
+            info.std = float(np.std(good))
+            info.max = float(np.max(good))
+    return info
+
+
+def match_files(directory: Path, pattern: str) -> list[Path]:
+    """Files in `directory` matching the glob `pattern`, sorted by name, duplicates removed."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise InputError(f"{directory}: input directory does not exist")
+    found = sorted({Path(p).resolve() for p in glob.glob(str(directory / pattern)) if Path(p).is_file()})
+    if not found:
+        raise InputError(f"no files match {pattern!r} in {directory}")
+    return found
+
+
+def select_files(directory: Path, pattern: str, select: dict | None = None) -> list[Path]:
+    """Glob, then keep the files whose header matches every `select` keyword.
+
+    Every matched file is opened first, so a broken file is reported by name
+    rather than silently skipped.
+    """
+    files = match_files(directory, pattern)
+    for path in files:
+        hdul = open_fits(path)
+        try:
+            _image_hdu_index(hdul, path)
+        finally:
+            hdul.close()
+    if not select:
+        return files
+    from ccdproc import ImageFileCollection
+
+    keys = list(select)
+    collection = ImageFileCollection(filenames=[str(p) for p in files], keywords=keys)
+    kept = collection.files_filtered(include_path=True, **select)
+    kept = sorted(Path(p).resolve() for p in kept)
+    if not kept:
+        wanted = ", ".join(f"{k}={v!r}" for k, v in select.items())
+        raise InputError(f"no files in {directory} matching {pattern!r} have {wanted}")
+    return kept
+
+
+def check_shapes(infos: list[tuple[Path, tuple[int, int]]]) -> tuple[int, int]:
+    """All frames must share one shape; name the first that differs."""
+    first_path, first_shape = infos[0]
+    for path, shape in infos[1:]:
+        if tuple(shape) != tuple(first_shape):
+            raise InputError(
+                f"{path.name}: shape {shape[1]}x{shape[0]} differs from {first_path.name} "
+                f"({first_shape[1]}x{first_shape[0]}); frames must all have one shape"
+            )
+    return tuple(first_shape)
+
+
+def _atomic_target(path: Path):
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def write_fits_atomic(path: Path, hdul) -> None:
+    """Write to a temporary file beside the target, then rename: no half-written FITS."""
+    tmp = _atomic_target(path)
+    try:
+        hdul.writeto(tmp, overwrite=True, output_verify="silentfix")
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = _atomic_target(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,248 @@
+"""Registration: where the reference star is in each frame, and the shift that lines it up.
+
+The lab centroids in a fixed 100 px box around the star's reference position; in a
+crowded field a brighter star inside that box pulls the fit away. Here each frame is
+first located globally by FFT cross-correlation with the reference, then the star is
+centroided in a small box at the predicted position, and the two estimates are compared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+CENTROID_METHODS = ("com", "1dg", "2dg", "quadratic")
+
+
+@dataclass
+class StarPosition:
+    x: float
+    y: float
+    peak: float  # background-subtracted peak value
+    fwhm: float
+
+
+@dataclass
+class FrameShift:
+    """Registration of one frame against the reference."""
+
+    centroid_x: float
+    centroid_y: float
+    shift_x: float
+    shift_y: float
+    xcorr_shift_x: float
+    xcorr_shift_y: float
+    flags: list[str] = field(default_factory=list)
+
+
+def _centroid_func(method: str):
+    from photutils import centroids
+
+    funcs = {
+        "com": centroids.centroid_com,
+        "1dg": centroids.centroid_1dg,
+        "2dg": centroids.centroid_2dg,
+        "quadratic": centroids.centroid_quadratic,
+    }
+    if method not in funcs:
+        raise ValueError(f"unknown centroid method {method!r}; use one of {', '.join(CENTROID_METHODS)}")
+    return funcs[method]
+
+
+def _prepare_for_xcorr(data: np.ndarray, mask: np.ndarray | None, sky: float, noise: float, binning: int):
+    """Sky-subtracted, noise-thresholded, square-rooted image: stars of all brightness count."""
+    img = data - sky
+    if mask is not None and mask.any():
+        img = np.where(mask, 0.0, img)
+    img = np.clip(img - 3.0 * max(noise, 1e-6), 0.0, None, dtype=np.float32)
+    np.sqrt(img, out=img)
+    if binning > 1:
+        h, w = (img.shape[0] // binning) * binning, (img.shape[1] // binning) * binning
+        img = img[:h, :w].reshape(h // binning, binning, w // binning, binning).sum(axis=(1, 3))
+    return img
+
+
+def xcorr_binning(shape: tuple[int, int]) -> int:
+    """Bin big frames so the FFT stays near 1024²: the offset only seeds the centroid box."""
+    return max(1, int(np.ceil(max(shape) / 1024)))
+
+
+class XcorrReference:
+    """The reference frame's Fourier transform, computed once and reused for every frame."""
+
+    def __init__(self, data, mask, sky: float, noise: float):
+        import scipy.fft
+
+        self.shape = data.shape
+        self.binning = xcorr_binning(data.shape)
+        img = _prepare_for_xcorr(data, mask, sky, noise, self.binning)
+        self._fft = scipy.fft.rfft2(img, workers=-1)
+        self._norm = float(np.sqrt((img.astype(np.float64) ** 2).sum()))
+        self._img_shape = img.shape
+
+    def offset(self, data, mask, sky: float, noise: float) -> tuple[float, float, float]:
+        """Shift (dx, dy) = reference position - frame position, and the peak's correlation (0..1)."""
+        import scipy.fft
+
+        img = _prepare_for_xcorr(data, mask, sky, noise, self.binning)
+        norm = float(np.sqrt((img.astype(np.float64) ** 2).sum())) * self._norm
+        if norm == 0:
+            return float("nan"), float("nan"), 0.0
+        corr = scipy.fft.irfft2(self._fft * np.conj(scipy.fft.rfft2(img, workers=-1)), s=self._img_shape, workers=-1)
+        iy, ix = np.unravel_index(int(np.argmax(corr)), corr.shape)
+        peak = float(corr[iy, ix]) / norm
+        ny, nx = corr.shape
+
+        def parabola(cm, c0, cp):
+            den = cm - 2 * c0 + cp
+            return 0.0 if den == 0 else 0.5 * (cm - cp) / den
+
+        fy = parabola(corr[(iy - 1) % ny, ix], corr[iy, ix], corr[(iy + 1) % ny, ix])
+        fx = parabola(corr[iy, (ix - 1) % nx], corr[iy, ix], corr[iy, (ix + 1) % nx])
+        dy = iy if iy <= ny // 2 else iy - ny
+        dx = ix if ix <= nx // 2 else ix - nx
+        b = self.binning
+        # A bin's centre sits (b-1)/2 px into it in both frames, so the offset is just scaled.
+        return (dx + fx) * b, (dy + fy) * b, peak
+
+
+def _box(shape, x: float, y: float, size: int):
+    half = size // 2
+    xc, yc = int(round(x)), int(round(y))
+    x0, x1 = max(0, xc - half), min(shape[1], xc + half + 1)
+    y0, y1 = max(0, yc - half), min(shape[0], yc + half + 1)
+    return y0, y1, x0, x1
+
+
+def _fwhm_from_moments(cut: np.ndarray) -> float:
+    cut = np.clip(cut, 0, None).astype(np.float64)
+    tot = cut.sum()
+    if tot <= 0:
+        return float("nan")
+    yy, xx = np.indices(cut.shape)
+    cx, cy = (cut * xx).sum() / tot, (cut * yy).sum() / tot
+    var = ((cut * ((xx - cx) ** 2 + (yy - cy) ** 2)).sum() / tot) / 2.0
+    return float(2.3548 * np.sqrt(max(var, 0.0)))
+
+
+def find_star(
+    data: np.ndarray,
+    mask: np.ndarray | None,
+    x: float,
+    y: float,
+    search: int,
+    noise: float,
+    nsigma: float = 10.0,
+) -> tuple[float, float, float] | None:
+    """The significant local maximum nearest to (x, y) within a `search` box: (x, y, peak).
+
+    Nearest, not brightest: a brighter neighbour in the box must not capture the search.
+    `data` must be sky-subtracted.
+    """
+    from scipy import ndimage
+
+    y0, y1, x0, x1 = _box(data.shape, x, y, search)
+    if y1 - y0 < 3 or x1 - x0 < 3:
+        return None
+    cut = data[y0:y1, x0:x1].astype(np.float32)
+    if mask is not None:
+        cut = np.where(mask[y0:y1, x0:x1], 0.0, cut)
+    smooth = ndimage.gaussian_filter(cut, 1.0)
+    # Smoothing by a unit Gaussian lowers white noise by 2*sqrt(pi).
+    thresh = nsigma * noise / (2.0 * np.sqrt(np.pi))
+    peaks = (smooth == ndimage.maximum_filter(smooth, size=5)) & (smooth > thresh)
+    # A peak on the cut-out's edge may be the flank of a star outside it.
+    peaks[[0, -1], :] = False
+    peaks[:, [0, -1]] = False
+    py, px = np.nonzero(peaks)
+    if px.size == 0:
+        return None
+    d2 = (px + x0 - x) ** 2 + (py + y0 - y) ** 2
+    i = int(np.argmin(d2))
+    return float(px[i] + x0), float(py[i] + y0), float(cut[py[i], px[i]])
+
+
+def centroid_at(
+    data: np.ndarray, mask: np.ndarray | None, x: float, y: float, box: int, method: str = "2dg"
+) -> tuple[float, float]:
+    """Centroid in a box of `box` px centred on (x, y), with the box's edge level removed."""
+    func = _centroid_func(method)
+    y0, y1, x0, x1 = _box(data.shape, x, y, box)
+    cut = data[y0:y1, x0:x1].astype(np.float64)
+    cmask = None if mask is None else mask[y0:y1, x0:x1]
+    edge = np.concatenate([cut[0], cut[-1], cut[1:-1, 0], cut[1:-1, -1]])
+    cut = cut - np.median(edge)
+    if method == "com":
+        cut = np.clip(cut, 0, None)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cx, cy = func(cut, mask=cmask)
+    return float(cx + x0), float(cy + y0)
+
+
+def fit_box_for(fwhm: float) -> int:
+    """An odd centroid box of about 3 FWHM: the star, little of its neighbours."""
+    if not np.isfinite(fwhm):
+        return 15
+    size = int(np.clip(round(3.0 * fwhm), 7, 41))
+    return size if size % 2 else size + 1
+
+
+def locate_reference_star(
+    data: np.ndarray, mask: np.ndarray | None, x: float, y: float, search: int, method: str, noise: float
+) -> StarPosition | None:
+    """The reference star near the user's (x, y): nearest significant peak, then centroid."""
+    found = find_star(data, mask, x, y, search, noise)
+    if found is None:
+        return None
+    px, py, peak = found
+    y0, y1, x0, x1 = _box(data.shape, px, py, 21)
+    fwhm = _fwhm_from_moments(data[y0:y1, x0:x1] - np.median(data[y0:y1, x0:x1]))
+    box = fit_box_for(fwhm)
+    cx, cy = centroid_at(data, mask, px, py, box, method)
+    if not (np.isfinite(cx) and np.isfinite(cy)) or np.hypot(cx - px, cy - py) > box / 2:
+        return None
+    return StarPosition(cx, cy, peak, fwhm)
+
+
+def measure_frame_shift(
+    data: np.ndarray,
+    mask: np.ndarray | None,
+    noise: float,
+    ref_star: StarPosition,
+    xcorr_dx: float,
+    xcorr_dy: float,
+    method: str,
+    binning: int = 1,
+) -> FrameShift:
+    """Centroid the reference star's counterpart at the position the cross-correlation predicts."""
+    flags: list[str] = []
+    if not (np.isfinite(xcorr_dx) and np.isfinite(xcorr_dy)):
+        return FrameShift(float("nan"), float("nan"), float("nan"), float("nan"), xcorr_dx, xcorr_dy, ["no_stars"])
+    px, py = ref_star.x - xcorr_dx, ref_star.y - xcorr_dy
+    h, w = data.shape
+    box = fit_box_for(ref_star.fwhm)
+    if not (box / 2 <= px < w - box / 2 and box / 2 <= py < h - box / 2):
+        return FrameShift(float("nan"), float("nan"), xcorr_dx, xcorr_dy, xcorr_dx, xcorr_dy, ["star_off_frame"])
+    found = find_star(data, mask, px, py, 2 * (2 + binning) + 1, noise, nsigma=5.0)
+    if found is None:
+        return FrameShift(float("nan"), float("nan"), xcorr_dx, xcorr_dy, xcorr_dx, xcorr_dy, ["star_not_found"])
+    cx, cy = centroid_at(data, mask, found[0], found[1], box, method)
+    if not (np.isfinite(cx) and np.isfinite(cy)):
+        return FrameShift(float("nan"), float("nan"), xcorr_dx, xcorr_dy, xcorr_dx, xcorr_dy, ["star_not_found"])
+    sx, sy = ref_star.x - cx, ref_star.y - cy
+    if np.hypot(sx - xcorr_dx, sy - xcorr_dy) > max(1.0, float(binning)):
+        flags.append("methods_disagree")
+    return FrameShift(cx, cy, sx, sy, xcorr_dx, xcorr_dy, flags)
+
+
+def lab_centroid(data: np.ndarray, x: float, y: float, box: int = 100) -> tuple[float, float]:
+    """The lab's recipe, kept for comparison: centroid_2dg over a fixed box at the reference position."""
+    from photutils.centroids import centroid_2dg
+
+    y0, y1, x0, x1 = _box(data.shape, x, y, box)
+    cx, cy = centroid_2dg(data[y0:y1, x0:x1])
+    return float(cx + x0), float(cy + y0)

@@ -1,0 +1,176 @@
+"""Deterministic synthetic star fields with known shifts and transparencies (demo and tests).
+
+Stars are Moffat profiles on a flat sky, with Poisson and read noise, saturation at
+65535 and cosmic rays. Frame i shows every star at (x - shift_x[i], y - shift_y[i]),
+so the shift that lines it up with the reference frame is (shift_x[i], shift_y[i])
+exactly, as SPEC.md defines shifts; its star fluxes are multiplied by
+transparency[i], so the true scale is transparency[ref] / transparency[i].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SATURATION = 65535.0
+
+
+@dataclass
+class FieldSpec:
+    n_frames: int = 10
+    shape: tuple[int, int] = (1024, 1024)  # rows, cols
+    n_stars: int = 400
+    fwhm: float = 3.5
+    beta: float = 3.0
+    sky: float = 1000.0
+    gain: float = 1.5  # e-/ADU
+    read_noise: float = 8.0  # e-
+    max_shift: float = 12.0
+    subpixel: bool = True
+    transparencies: tuple[float, ...] | None = None
+    cosmic_rays: int = 30
+    seed: int = 2362
+    # Brighter star this far (px) from the reference star, as in the lab's failing case.
+    bright_neighbour: float | None = None
+    # Extra frame with PICTTYPE=2 that a header filter must leave out.
+    with_flat: bool = False
+
+
+@dataclass
+class FieldTruth:
+    files: list[Path]
+    shifts: np.ndarray  # (n, 2) x, y: reference position - frame position
+    transparencies: np.ndarray
+    ref_index: int
+    ref_star: tuple[float, float]
+    comparison_stars: list[tuple[float, float]]
+    stars: np.ndarray = field(repr=False)  # (m, 3) x, y, flux in the reference frame
+
+    @property
+    def scales(self) -> np.ndarray:
+        return self.transparencies[self.ref_index] / self.transparencies
+
+
+def _moffat_alpha(fwhm, beta):
+    return fwhm / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
+
+
+def add_star(img: np.ndarray, x: float, y: float, flux: float, fwhm: float, beta: float) -> None:
+    alpha = _moffat_alpha(fwhm, beta)
+    half = int(min(60, max(12, 6 * fwhm * (flux / 1e5) ** 0.25)))
+    h, w = img.shape
+    x0, x1 = max(0, int(x) - half), min(w, int(x) + half + 1)
+    y0, y1 = max(0, int(y) - half), min(h, int(y) + half + 1)
+    if x0 >= x1 or y0 >= y1:
+        return
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    r2 = (xx - x) ** 2 + (yy - y) ** 2
+    img[y0:y1, x0:x1] += flux * (beta - 1) / (np.pi * alpha**2) * (1 + r2 / alpha**2) ** (-beta)
+
+
+def plan_field(spec: FieldSpec):
+    """Star catalogue, reference star and comparison stars, in reference-frame pixels."""
+    rng = np.random.default_rng(spec.seed)
+    h, w = spec.shape
+    ref_star = (round(0.55 * w) + 0.3, round(0.45 * h) + 0.6)
+    comps = [
+        (round(0.25 * w) + 0.2, round(0.25 * h) + 0.7),
+        (round(0.75 * w) + 0.6, round(0.30 * h) + 0.1),
+        (round(0.30 * w) + 0.5, round(0.75 * h) + 0.4),
+        (round(0.72 * w) + 0.8, round(0.72 * h) + 0.3),
+        (round(0.50 * w) + 0.1, round(0.85 * h) + 0.9),
+    ]
+    special = [ref_star] + comps
+    stars = []
+    # Fluxes from a power law: many faint stars, few bright (some saturate).
+    fluxes = 2e3 * (1 - rng.random(spec.n_stars)) ** (-1 / 0.8)
+    fluxes = np.minimum(fluxes, 3e6)
+    for f in fluxes:
+        for _ in range(20):
+            x, y = rng.uniform(5, w - 5), rng.uniform(5, h - 5)
+            if all(np.hypot(x - sx, y - sy) > 30 for sx, sy in special):
+                stars.append((x, y, f))
+                break
+    stars.append((*ref_star, 4e5))
+    for i, c in enumerate(comps):
+        stars.append((*c, 2.5e5 + 5e4 * i))
+    if spec.bright_neighbour:
+        stars.append((ref_star[0] + spec.bright_neighbour * 0.8, ref_star[1] - spec.bright_neighbour * 0.6, 9e5))
+    return np.array(stars), ref_star, comps
+
+
+def frame_shifts(spec: FieldSpec, ref_index: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(spec.seed + 1)
+    n = spec.n_frames
+    shifts = rng.uniform(-spec.max_shift, spec.max_shift, size=(n, 2))
+    if not spec.subpixel:
+        shifts = np.round(shifts)
+    shifts -= shifts[ref_index]
+    if spec.transparencies is not None:
+        t = np.asarray(spec.transparencies, dtype=float)
+        if t.size != n:
+            raise ValueError("transparencies must have one value per frame")
+    else:
+        t = np.clip(rng.normal(0.92, 0.06, n), 0.75, 1.0)
+        t[ref_index] = 1.0
+        if n >= 4:
+            t[n // 2 + 1] = 0.55  # a cloud passed
+    return shifts, t
+
+
+def render_frame(stars: np.ndarray, shift, transparency: float, spec: FieldSpec, rng, sky: float | None = None):
+    """One noisy frame: the stars at (x - shift_x, y - shift_y), fluxes times transparency."""
+    h, w = spec.shape
+    img = np.full((h, w), spec.sky if sky is None else sky, dtype=np.float64)
+    for x, y, f in stars:
+        add_star(img, x - shift[0], y - shift[1], f * transparency, spec.fwhm, spec.beta)
+    electrons = rng.poisson(np.clip(img, 0, None) * spec.gain).astype(np.float64)
+    electrons += rng.normal(0.0, spec.read_noise, size=img.shape)
+    adu = electrons / spec.gain
+    for _ in range(spec.cosmic_rays):
+        cy, cx = rng.integers(0, h), rng.integers(0, w)
+        adu[cy, cx : cx + rng.integers(1, 3)] += rng.uniform(2e3, 3e4)
+    return np.clip(np.round(adu), 0, SATURATION).astype(np.float32)
+
+
+def write_field(directory: Path, spec: FieldSpec = FieldSpec(), prefix: str = "demo_", ref_index: int = 0) -> FieldTruth:
+    """Write the frames as FITS (float32, integer-valued ADU) with truth in each header."""
+    from astropy.io import fits
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    stars, ref_star, comps = plan_field(spec)
+    shifts, transp = frame_shifts(spec, ref_index)
+    rng = np.random.default_rng(spec.seed + 2)
+    files = []
+    for i in range(spec.n_frames):
+        data = render_frame(stars, shifts[i], transp[i], spec, rng)
+        hdr = fits.Header()
+        hdr["OBJECT"] = "DEMO FIELD"
+        hdr["DATE-OBS"] = f"2026-11-26T02:{i * 2:02d}:00"
+        hdr["EXPTIME"] = 30.0
+        hdr["FILTER"] = "V"
+        hdr["PICTTYPE"] = 1
+        hdr["IMAGETYP"] = "object"
+        hdr["GAIN"] = (spec.gain, "e-/ADU")
+        hdr["RDNOISE"] = (spec.read_noise, "e-")
+        hdr["SATURATE"] = SATURATION
+        # A TAN WCS, same sky point at reference pixel - shift in this frame.
+        hdr["CTYPE1"], hdr["CTYPE2"] = "RA---TAN", "DEC--TAN"
+        hdr["CRVAL1"], hdr["CRVAL2"] = 109.67, -24.95
+        hdr["CRPIX1"] = spec.shape[1] / 2 + 1 - shifts[i, 0]
+        hdr["CRPIX2"] = spec.shape[0] / 2 + 1 - shifts[i, 1]
+        hdr["CDELT1"], hdr["CDELT2"] = -0.4 / 3600, 0.4 / 3600
+        hdr["TRUTH_DX"] = (float(shifts[i, 0]), "true shift x (ref - frame), px")
+        hdr["TRUTH_DY"] = (float(shifts[i, 1]), "true shift y (ref - frame), px")
+        hdr["TRUTH_T"] = (float(transp[i]), "true transparency")
+        path = directory / f"{prefix}{i + 1:03d}.fits"
+        fits.PrimaryHDU(data, hdr).writeto(path, overwrite=True)
+        files.append(path)
+    if spec.with_flat:
+        flat = np.full(spec.shape, 20000.0, dtype=np.float32)
+        hdr = fits.Header({"PICTTYPE": 2, "IMAGETYP": "flat", "EXPTIME": 2.0, "FILTER": "V"})
+        fits.PrimaryHDU(flat, hdr).writeto(directory / f"{prefix}flat.fits", overwrite=True)
+    return FieldTruth(files, shifts, transp, ref_index, ref_star, comps, stars)

@@ -1,0 +1,49 @@
+"""`tui-stack demo`: a synthetic field on disk with its config and its truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tui_stack.config import Config, config_to_toml
+from tui_stack.core import synthetic
+
+
+def demo_spec(n_frames: int = 10, size: int = 1024) -> synthetic.FieldSpec:
+    return synthetic.FieldSpec(n_frames=n_frames, shape=(size, size), n_stars=int(400 * (size / 1024) ** 2), with_flat=True)
+
+
+def demo_config(truth: synthetic.FieldTruth, frames_dir: Path, out_dir: Path) -> Config:
+    return Config(
+        directory=frames_dir,
+        pattern="demo_*.fits",
+        select={"PICTTYPE": 1},
+        frame=truth.ref_index,
+        star=(round(truth.ref_star[0]), round(truth.ref_star[1])),
+        box=100,
+        centroid="2dg",
+        shift_mode="integer",
+        stars=[[round(x), round(y)] for x, y in truth.comparison_stars],
+        radius=15.0,
+        saturation=60000.0,
+        method="median",
+        out_dir=out_dir,
+    )
+
+
+def write_truth_csv(truth: synthetic.FieldTruth, path: Path) -> None:
+    lines = ["file,shift_x,shift_y,transparency,scale"]
+    for f, (dx, dy), t, s in zip(truth.files, truth.shifts, truth.transparencies, truth.scales):
+        lines.append(f"{f.name},{dx:.4f},{dy:.4f},{t:.4f},{s:.5f}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def write_demo(directory: Path, n_frames: int = 10, size: int = 1024) -> Path:
+    """Frames in DIR/frames, truth in DIR/frames/truth.csv, config DIR/demo.toml (outputs to DIR/out)."""
+    directory = Path(directory).resolve()
+    frames = directory / "frames"
+    truth = synthetic.write_field(frames, demo_spec(n_frames, size))
+    write_truth_csv(truth, frames / "truth.csv")
+    cfg = demo_config(truth, Path("frames"), Path("out"))
+    path = directory / "demo.toml"
+    path.write_text("# tui-stack demo: synthetic field, truth in frames/truth.csv\n" + config_to_toml(cfg), encoding="utf-8")
+    return path

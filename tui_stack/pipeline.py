@@ -1,0 +1,507 @@
+"""The whole reduction from a Config: select, register, shift, scale, combine, write.
+
+Used by `tui-stack run` and by the wizard, step by step, so both give the same result.
+Frames are read one at a time; the combine streams row blocks (core.combine).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from tui_stack import __version__
+from tui_stack.config import Config
+from tui_stack.core import background, combine, io, photometry, registration, shifting, stats
+from tui_stack.errors import InputError
+
+Progress = Callable[[str, int, int], None]
+
+MIN_XCORR_PEAK = 0.2  # below this the frame shares no star pattern with the reference
+LOW_TRANSPARENCY_SCALE = 1.5  # scale above this: the frame lost a third of its light
+
+
+@dataclass
+class FrameResult:
+    path: Path
+    hdu_index: int = 0
+    sky: float = float("nan")
+    noise: float = float("nan")
+    centroid_x: float = float("nan")
+    centroid_y: float = float("nan")
+    shift_x: float = float("nan")
+    shift_y: float = float("nan")
+    xcorr_shift_x: float = float("nan")
+    xcorr_shift_y: float = float("nan")
+    xcorr_peak: float = float("nan")
+    applied_shift_x: float = 0
+    applied_shift_y: float = 0
+    scale: float = float("nan")
+    scale_mad: float = float("nan")
+    n_scale_stars: int = 0
+    star_flux: list = field(default_factory=list)
+    star_flags: list = field(default_factory=list)
+    used: bool = True
+    flags: list = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+@dataclass
+class CombinedResult:
+    method: str
+    path: Path | None
+    data: np.ndarray
+    n_frames: int
+    stats: stats.ImageStats
+    photometry: stats.PhotometryComparison
+    n_used_map: np.ndarray | None = None
+    n_rejected_map: np.ndarray | None = None
+
+
+@dataclass
+class RunState:
+    """Everything measured so far; the wizard fills it step by step, `run` in one go."""
+
+    config: Config
+    files: list[Path] = field(default_factory=list)
+    shape: tuple[int, int] = (0, 0)
+    ref_index: int = 0
+    ref_star: registration.StarPosition | None = None
+    comparison_stars: list[tuple[float, float]] = field(default_factory=list)
+    frames: list[FrameResult] = field(default_factory=list)
+    combined: list[CombinedResult] = field(default_factory=list)
+
+
+def _nan_to_none(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def _noop(stage, done, total):
+    pass
+
+
+# ---------------------------------------------------------------- selection
+
+
+def select(cfg: Config) -> list[Path]:
+    return io.select_files(cfg.directory, cfg.pattern, cfg.select)
+
+
+def resolve_reference(cfg: Config, files: list[Path]) -> int:
+    if isinstance(cfg.frame, int):
+        if cfg.frame >= len(files):
+            raise InputError(
+                f"config: [reference].frame = {cfg.frame} but only {len(files)} frames are selected (0-based)"
+            )
+        return cfg.frame
+    names = [f.name for f in files]
+    if cfg.frame in names:
+        return names.index(cfg.frame)
+    raise InputError(f"config: [reference].frame = {cfg.frame!r} is not one of the selected files")
+
+
+def excluded_indices(cfg: Config, files: list[Path]) -> set[int]:
+    names = [f.name for f in files]
+    out = set()
+    for item in cfg.exclude:
+        if isinstance(item, int):
+            if not 0 <= item < len(files):
+                raise InputError(f"config: [input].exclude has index {item}, outside 0..{len(files) - 1}")
+            out.add(item)
+        elif item in names:
+            out.add(names.index(item))
+        else:
+            raise InputError(f"config: [input].exclude names {item!r}, which is not a selected file")
+    return out
+
+
+# ---------------------------------------------------------------- registration
+
+
+def register(state: RunState, progress: Progress = _noop) -> None:
+    """Sky, reference star and shift of every frame (one frame in memory at a time)."""
+    cfg = state.config
+    files = state.files
+    ref_frame = io.read_frame(files[state.ref_index])
+    state.shape = ref_frame.shape
+    ref_sky = background.estimate_sky(ref_frame.data, ref_frame.mask, cfg.sky)
+    if not np.isfinite(ref_sky.level):
+        raise InputError(f"{ref_frame.path.name}: the reference frame has no valid pixels")
+    ref_sub = ref_frame.data - np.float32(ref_sky.level)
+    if cfg.star == "auto":
+        raise InputError('config: [reference].star = "auto" is not available yet; give [x, y]')
+    sx, sy = cfg.star
+    h, w = ref_frame.shape
+    if not (0 <= sx < w and 0 <= sy < h):
+        raise InputError(
+            f"config: [reference].star = [{sx:g}, {sy:g}] is outside the {w}x{h} reference frame "
+            f"{ref_frame.path.name}"
+        )
+    star = registration.locate_reference_star(ref_sub, ref_frame.mask, sx, sy, cfg.box, cfg.centroid, ref_sky.noise)
+    if star is None:
+        raise InputError(
+            f"{ref_frame.path.name}: no star found in the {cfg.box} px box around "
+            f"[{sx:g}, {sy:g}]; check [reference].star or enlarge [reference].box"
+        )
+    if cfg.saturation is not None and star.peak + ref_sky.level >= cfg.saturation:
+        raise InputError(
+            f"{ref_frame.path.name}: the reference star at [{star.x:.1f}, {star.y:.1f}] is saturated "
+            f"(peak {star.peak + ref_sky.level:.0f} >= {cfg.saturation:g}); choose a fainter star"
+        )
+    state.ref_star = star
+    xref = registration.XcorrReference(ref_frame.data, ref_frame.mask, ref_sky.level, ref_sky.noise)
+    excluded = excluded_indices(cfg, files)
+    del ref_frame, ref_sub
+    state.frames = []
+    for i, path in enumerate(files):
+        progress("register", i, len(files))
+        fr = FrameResult(path=path)
+        frame = io.read_frame(path)
+        if frame.shape != state.shape:
+            raise InputError(
+                f"{path.name}: shape {frame.shape[1]}x{frame.shape[0]} differs from the reference "
+                f"({w}x{h}); frames must all have one shape"
+            )
+        fr.hdu_index = frame.hdu_index
+        sky = background.estimate_sky(frame.data, frame.mask, cfg.sky)
+        fr.sky, fr.noise = sky.level, sky.noise
+        if not np.isfinite(sky.level) or sky.noise == 0:
+            fr.used = False
+            fr.flags.append("no_data")
+            state.frames.append(fr)
+            continue
+        if i == state.ref_index:
+            fr.centroid_x, fr.centroid_y = star.x, star.y
+            fr.shift_x = fr.shift_y = fr.xcorr_shift_x = fr.xcorr_shift_y = 0.0
+            fr.xcorr_peak = 1.0
+        else:
+            dx, dy, peak = xref.offset(frame.data, frame.mask, sky.level, sky.noise)
+            fr.xcorr_shift_x, fr.xcorr_shift_y, fr.xcorr_peak = dx, dy, peak
+            if peak < MIN_XCORR_PEAK:
+                fr.used = False
+                fr.flags.append("no_stars")
+            else:
+                sub = frame.data - np.float32(sky.level)
+                res = registration.measure_frame_shift(
+                    sub, frame.mask, sky.noise, star, dx, dy, cfg.centroid, xref.binning
+                )
+                fr.centroid_x, fr.centroid_y = res.centroid_x, res.centroid_y
+                fr.shift_x, fr.shift_y = res.shift_x, res.shift_y
+                fr.flags.extend(res.flags)
+        if fr.used:
+            if abs(fr.shift_x) >= w or abs(fr.shift_y) >= h:
+                fr.used = False
+                fr.flags.append("shift_exceeds_frame")
+            else:
+                ax, ay = shifting.applied_shift(fr.shift_x, fr.shift_y, cfg.shift_mode)
+                fr.applied_shift_x, fr.applied_shift_y = ax, ay
+        if i in excluded:
+            fr.used = False
+            fr.flags.append("excluded")
+        state.frames.append(fr)
+    progress("register", len(files), len(files))
+
+
+# ---------------------------------------------------------------- shifting and scaling
+
+
+def prepared_frame(state: RunState, i: int) -> tuple[np.ndarray, np.ndarray, object]:
+    """Frame i sky-subtracted and shifted onto the reference grid: (data, mask, header)."""
+    fr = state.frames[i]
+    frame = io.read_frame(fr.path)
+    data = frame.data - np.float32(fr.sky)
+    data, mask = shifting.shift_frame(
+        data, frame.mask, fr.applied_shift_x, fr.applied_shift_y, state.config.shift_mode
+    )
+    return data, mask, frame.header
+
+
+def measure_scales(state: RunState, progress: Progress = _noop, shifted_dir: Path | None = None) -> None:
+    """Comparison-star photometry in each shifted frame and the scale against the reference.
+
+    With `shifted_dir`, each prepared frame is also written there as s<name>.
+    """
+    cfg = state.config
+    if cfg.stars == "auto":
+        raise InputError('config: [scale].stars = "auto" is not available yet; give a list of [x, y]')
+    state.comparison_stars = [tuple(s) for s in cfg.stars]
+    annulus = cfg.annulus_radii()
+    n = len(state.frames)
+    order = [state.ref_index] + [i for i in range(n) if i != state.ref_index]
+    ref_fluxes = None
+    for k, i in enumerate(order):
+        progress("scale", k, n)
+        fr = state.frames[i]
+        if "no_data" in fr.flags or "no_stars" in fr.flags or "shift_exceeds_frame" in fr.flags:
+            continue
+        data, mask, header = prepared_frame(state, i)
+        fluxes = photometry.measure_stars(
+            data, mask, state.comparison_stars, cfg.radius, fr.sky, cfg.saturation, annulus
+        )
+        fr.star_flux = fluxes.flux.tolist()
+        fr.star_flags = fluxes.flags
+        if ref_fluxes is None:
+            ref_fluxes = fluxes
+            if not photometry.usable(fluxes).any():
+                reasons = sorted({f for flags in fluxes.flags for f in flags}) or ["no flux"]
+                raise InputError(
+                    f"{fr.name}: no usable comparison star in the reference frame "
+                    f"({', '.join(reasons)}); choose other [scale].stars"
+                )
+        sc = photometry.frame_scale(ref_fluxes, fluxes)
+        fr.scale, fr.scale_mad, fr.n_scale_stars = sc.scale, sc.mad, sc.n_used
+        if sc.n_used == 0:
+            fr.used = False
+            fr.flags.append("no_comparison_star")
+        elif sc.scale > LOW_TRANSPARENCY_SCALE:
+            fr.flags.append("low_transparency")
+        if shifted_dir is not None:
+            write_shifted(state, i, data, mask, header, shifted_dir / f"s{fr.name}")
+    progress("scale", n, n)
+
+
+def _shifted_header(header, fr: FrameResult, state: RunState):
+    hdr = header.copy()
+    for key in ("BZERO", "BSCALE", "BLANK"):
+        hdr.remove(key, ignore_missing=True)
+    if "CRPIX1" in hdr and "CRPIX2" in hdr:
+        hdr["CRPIX1"] = hdr["CRPIX1"] + fr.applied_shift_x
+        hdr["CRPIX2"] = hdr["CRPIX2"] + fr.applied_shift_y
+    hdr["TSVERS"] = (__version__, "tui-stack version")
+    hdr["TSREF"] = (state.files[state.ref_index].name, "reference frame")
+    hdr["TSSKY"] = (float(fr.sky), "sky level subtracted (ADU)")
+    hdr["TSDX"] = (float(fr.applied_shift_x), "x shift applied (px)")
+    hdr["TSDY"] = (float(fr.applied_shift_y), "y shift applied (px)")
+    hdr["TSMODE"] = (state.config.shift_mode, "shift mode")
+    hdr.add_history(f"tui-stack {__version__}: sky-subtracted and shifted from {fr.name}; NaN = no data")
+    return hdr
+
+
+def write_shifted(state: RunState, i: int, data, mask, header, path: Path) -> None:
+    from astropy.io import fits
+
+    out = np.where(mask, np.float32(np.nan), data).astype(np.float32)
+    io.write_fits_atomic(path, fits.HDUList([fits.PrimaryHDU(out, _shifted_header(header, state.frames[i], state))]))
+
+
+# ---------------------------------------------------------------- combine
+
+
+def combine_sources(state: RunState, shifted_dir: Path | None) -> list:
+    """Row-block sources of the used frames: original files with the integer shift as a slice
+    offset, or (subpixel mode) the shifted frames written to `shifted_dir`."""
+    sources = []
+    for fr in state.frames:
+        if not fr.used:
+            continue
+        if state.config.shift_mode == "integer":
+            sources.append(
+                combine.FileSource(
+                    fr.path, fr.hdu_index, state.shape, fr.applied_shift_x, fr.applied_shift_y, fr.sky, fr.scale
+                )
+            )
+        else:
+            sources.append(combine.FileSource(shifted_dir / f"s{fr.name}", 0, state.shape, 0, 0, 0.0, fr.scale))
+    return sources
+
+
+def combine_frames(
+    state: RunState, method: str | None = None, shifted_dir: Path | None = None, progress: Progress = _noop
+) -> CombinedResult:
+    cfg = state.config
+    method = method or cfg.method
+    used = [fr for fr in state.frames if fr.used]
+    if not used:
+        raise InputError("no usable frames left to combine (see the flags of each frame)")
+    params = combine.CombineParams(method=method, nlow=cfg.nlow, nhigh=cfg.nhigh, sigma=cfg.sigma, maxiters=cfg.maxiters)
+    result = combine.combine(
+        combine_sources(state, shifted_dir),
+        params,
+        memory_limit=cfg.memory_limit,
+        progress=lambda d, t: progress(f"combine {method}", d, t),
+    )
+    st = stats.image_stats(result.data)
+    comb_mask = ~np.isfinite(result.data)
+    comb_flux = photometry.measure_stars(
+        np.where(comb_mask, 0.0, result.data), comb_mask, state.comparison_stars, cfg.radius, 0.0, None, cfg.annulus_radii()
+    )
+    ref_flux = state.frames[state.ref_index].star_flux
+    phot = stats.compare_photometry(ref_flux, comb_flux.flux, state.comparison_stars)
+    combined = CombinedResult(method, None, result.data, len(used), st, phot, result.n_used, result.n_rejected)
+    state.combined = [c for c in state.combined if c.method != method] + [combined]
+    return combined
+
+
+def write_combined(state: RunState, combined: CombinedResult, out_dir: Path) -> Path:
+    from astropy.io import fits
+
+    ref_hdr = _reference_header(state)
+    hdr = fits.Header()
+    if ref_hdr is not None:
+        hdr.extend(ref_hdr, unique=True)
+    hdr["TSVERS"] = (__version__, "tui-stack version")
+    hdr["TSMETHOD"] = (combined.method, "combine method")
+    hdr["NCOMBINE"] = (combined.n_frames, "frames combined")
+    hdr["TSREF"] = (state.files[state.ref_index].name, "reference frame")
+    hdr["TSMODE"] = (state.config.shift_mode, "shift mode")
+    if combined.method == "minmax":
+        hdr["TSNLOW"], hdr["TSNHIGH"] = state.config.nlow, state.config.nhigh
+    if combined.method == "sigmaclip":
+        hdr["TSSIGMA"], hdr["TSMAXIT"] = state.config.sigma, state.config.maxiters
+    k = 0
+    for fr in state.frames:
+        if not fr.used:
+            continue
+        k += 1
+        hdr[f"IMCMB{k:03d}"] = fr.name
+        hdr.add_history(
+            f"{fr.name} shift=({fr.applied_shift_x:g},{fr.applied_shift_y:g}) sky={fr.sky:.2f} scale={fr.scale:.5f}"
+        )
+    path = out_dir / f"combined_{combined.method}.fits"
+    io.write_fits_atomic(path, fits.HDUList([fits.PrimaryHDU(combined.data.astype(np.float32), hdr)]))
+    combined.path = path
+    return path
+
+
+def _reference_header(state: RunState):
+    """The reference frame's descriptive keywords and WCS (the combined image is on its grid)."""
+    from astropy.io import fits
+
+    with fits.open(state.files[state.ref_index]) as hdul:
+        src = hdul[state.frames[state.ref_index].hdu_index].header
+        keep = fits.Header()
+        for key in ("OBJECT", "TELESCOP", "INSTRUME", "FILTER", "DATE-OBS", "EXPTIME", "GAIN", "RDNOISE"):
+            if key in src:
+                keep[key] = (src[key], src.comments[key])
+        try:
+            from astropy.wcs import WCS
+
+            wcs = WCS(src)
+            if wcs.has_celestial:
+                keep.extend(wcs.to_header(), unique=True)
+        except Exception:
+            pass  # a broken WCS in the input is not worth failing the run for
+    return keep
+
+
+# ---------------------------------------------------------------- report
+
+
+def report_dict(state: RunState) -> dict:
+    ref = state.ref_star
+    frames = []
+    for fr in state.frames:
+        frames.append(
+            {
+                "file": fr.name,
+                "centroid_x": _nan_to_none(round(fr.centroid_x, 4)),
+                "centroid_y": _nan_to_none(round(fr.centroid_y, 4)),
+                "shift_x": _nan_to_none(round(fr.shift_x, 4)),
+                "shift_y": _nan_to_none(round(fr.shift_y, 4)),
+                "applied_shift_x": fr.applied_shift_x,
+                "applied_shift_y": fr.applied_shift_y,
+                "sky": _nan_to_none(round(fr.sky, 3)),
+                "scale": _nan_to_none(round(fr.scale, 6)),
+                "used": fr.used,
+                "flags": list(fr.flags),
+                "xcorr_shift_x": _nan_to_none(round(fr.xcorr_shift_x, 3)),
+                "xcorr_shift_y": _nan_to_none(round(fr.xcorr_shift_y, 3)),
+                "scale_mad": _nan_to_none(round(fr.scale_mad, 6)),
+                "n_scale_stars": fr.n_scale_stars,
+            }
+        )
+    out = {
+        "version": __version__,
+        "reference": {
+            "index": state.ref_index,
+            "file": state.files[state.ref_index].name,
+            "star": {"x": round(ref.x, 4), "y": round(ref.y, 4)} if ref else None,
+        },
+        "frames": frames,
+    }
+    if state.combined:
+        c = state.combined[-1]
+        out["combined"] = _combined_entry(c)
+        out["photometry"] = {
+            "stars": [list(s) for s in c.photometry.stars],
+            "reference_flux": [_nan_to_none(v) for v in c.photometry.reference_flux],
+            "combined_flux": [_nan_to_none(v) for v in c.photometry.combined_flux],
+            "ratio_median": _nan_to_none(c.photometry.ratio_median),
+        }
+        if len(state.combined) > 1:
+            out["all_combined"] = [_combined_entry(x) for x in state.combined]
+    return out
+
+
+def _combined_entry(c: CombinedResult) -> dict:
+    return {
+        "file": c.path.name if c.path else f"combined_{c.method}.fits",
+        "method": c.method,
+        "n_frames": c.n_frames,
+        "median": _nan_to_none(c.stats.median),
+        "std": _nan_to_none(c.stats.std),
+        "std_region": list(c.stats.region),
+        "ratio_median": _nan_to_none(c.photometry.ratio_median),
+    }
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def prepare_output_dir(state: RunState) -> Path:
+    cfg = state.config
+    out = cfg.out_dir
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{out}: cannot create the output directory ({exc.strerror})") from None
+    try:
+        probe = tempfile.NamedTemporaryFile(dir=out, prefix=".tui-stack-probe-")
+        probe.close()
+    except OSError as exc:
+        raise InputError(f"{out}: output directory is not writable ({exc.strerror})") from None
+    inputs = {p.resolve() for p in state.files}
+    planned = [out / f"combined_{cfg.method}.fits", out / "report.json"]
+    if cfg.write_shifted:
+        planned += [out / f"s{p.name}" for p in state.files]
+    for p in planned:
+        if p.resolve() in inputs:
+            raise InputError(f"{p}: output would overwrite an input file; choose another [output].directory")
+    return out
+
+
+def run(cfg: Config, progress: Progress = _noop) -> RunState:
+    """The whole pipeline, writing the outputs of SPEC.md."""
+    state = RunState(config=cfg)
+    state.files = select(cfg)
+    state.ref_index = resolve_reference(cfg, state.files)
+    out = prepare_output_dir(state)
+    register(state, progress)
+    tmp = None
+    try:
+        if cfg.write_shifted:
+            shifted_dir = out
+        elif cfg.shift_mode == "subpixel":
+            tmp = Path(tempfile.mkdtemp(prefix=".tui-stack-tmp-", dir=out))
+            shifted_dir = tmp
+        else:
+            shifted_dir = None
+        measure_scales(state, progress, shifted_dir)
+        combined = combine_frames(state, cfg.method, shifted_dir, progress)
+        write_combined(state, combined, out)
+        io.write_text_atomic(out / "report.json", json.dumps(report_dict(state), indent=2) + "\n")
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return state

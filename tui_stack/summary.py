@@ -1,0 +1,36 @@
+"""The short rich summary that `run` and `demo --headless` print."""
+
+from __future__ import annotations
+
+
+def _fmt(v, spec=".2f"):
+    try:
+        return format(v, spec) if v == v else "-"
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def print_summary(state, console) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{len(state.frames)} frames, reference {state.files[state.ref_index].name}", title_justify="left")
+    for col in ("#", "file", "shift x", "shift y", "applied", "sky", "scale", "used", "flags"):
+        t.add_column(col, justify="right" if col not in ("file", "flags") else "left")
+    for i, fr in enumerate(state.frames):
+        t.add_row(
+            str(i), fr.name, _fmt(fr.shift_x), _fmt(fr.shift_y),
+            f"{_fmt(fr.applied_shift_x, 'g')},{_fmt(fr.applied_shift_y, 'g')}",
+            _fmt(fr.sky, ".1f"), _fmt(fr.scale, ".4f"), "yes" if fr.used else "no", " ".join(fr.flags),
+        )
+    console.print(t)
+    for c in state.combined:
+        r = Table(title=f"combined ({c.method})", title_justify="left")
+        for col in ("file", "frames", "median", "std " + "[{}:{}, {}:{}]".format(*c.stats.region), "flux ratio vs ref"):
+            r.add_column(col)
+        r.add_row(
+            str(c.path.name if c.path else "-"), str(c.n_frames), _fmt(c.stats.median, ".3f"),
+            _fmt(c.stats.std, ".3f"), _fmt(c.photometry.ratio_median, ".4f"),
+        )
+        console.print(r)
+    if state.combined and state.combined[-1].path is not None:
+        console.print(f"outputs in {state.combined[-1].path.parent}")
