@@ -80,6 +80,17 @@ def _crash_log(exc: BaseException) -> Path:
     return log
 
 
+def _quiet_astropy() -> None:
+    """Astropy's warnings (header fixes, fits not converging) are noise in a summary table."""
+    import warnings
+
+    from astropy import log
+    from astropy.utils.exceptions import AstropyWarning
+
+    warnings.simplefilter("ignore", AstropyWarning)
+    log.setLevel("ERROR")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     from tui_stack.errors import InputError
@@ -89,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
             cmd = argv[0]
             handler = {"run": cmd_run, "demo": cmd_demo, "combine": cmd_combine}[cmd]
             parser = {"run": _run_parser, "demo": _demo_parser, "combine": _combine_parser}[cmd]()
-            return handler(parser.parse_args(argv[1:]))
+            args = parser.parse_args(argv[1:])
+            _quiet_astropy()
+            return handler(args)
         return cmd_wizard(_parser().parse_args(argv))
     except InputError as exc:
         return _error(str(exc))

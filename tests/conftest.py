@@ -1,0 +1,54 @@
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tui_stack.core import synthetic
+
+REPO = Path(__file__).resolve().parent.parent
+PYDIA = REPO.parent / "shared" / "data" / "pydia"
+
+
+def checksums(paths):
+    return {Path(p).name: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths}
+
+
+def small_spec(**kw):
+    base = dict(n_frames=6, shape=(320, 320), n_stars=70, max_shift=9.0, cosmic_rays=10, seed=11)
+    base.update(kw)
+    return synthetic.FieldSpec(**base)
+
+
+@pytest.fixture(scope="session")
+def field_subpixel(tmp_path_factory):
+    d = tmp_path_factory.mktemp("subpixel")
+    return synthetic.write_field(d, small_spec(transparencies=(1.0, 0.9, 0.75, 1.1, 0.5, 0.95)))
+
+
+@pytest.fixture(scope="session")
+def field_integer(tmp_path_factory):
+    d = tmp_path_factory.mktemp("integer")
+    return synthetic.write_field(d, small_spec(subpixel=False, seed=5))
+
+
+def make_config(truth, out_dir, **over):
+    from tui_stack.config import Config
+
+    cfg = Config(
+        directory=truth.files[0].parent,
+        pattern="demo_*.fits",
+        frame=truth.ref_index,
+        star=(round(truth.ref_star[0]), round(truth.ref_star[1])),
+        stars=[list(c) for c in truth.comparison_stars],
+        radius=12.0,
+        out_dir=Path(out_dir),
+    )
+    for k, v in over.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+requires_pydia = pytest.mark.skipif(
+    not (PYDIA / "frames.csv").exists(), reason=f"real frames not found at {PYDIA} (CI has them in ../shared/data)"
+)

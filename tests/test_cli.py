@@ -1,0 +1,157 @@
+"""Bad input named in SPEC.md: exit 2, one clear line on stderr, inputs untouched."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from tui_stack import cli
+from tui_stack.config import config_to_toml
+
+from conftest import checksums, make_config
+
+
+def write_config(cfg, path: Path) -> Path:
+    path.write_text(config_to_toml(cfg))
+    return path
+
+
+def run_cli(args, capsys):
+    code = cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *words):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("tui-stack: error: ")
+    assert "Traceback" not in err
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+@pytest.fixture()
+def frames(field_integer, tmp_path):
+    d = tmp_path / "frames"
+    shutil.copytree(field_integer.files[0].parent, d)
+    return d
+
+
+def config_for(field_integer, frames, tmp_path, **over):
+    cfg = make_config(field_integer, tmp_path / "out", **over)
+    cfg.directory = frames
+    return write_config(cfg, tmp_path / "c.toml")
+
+
+def test_run_succeeds_and_prints_summary(field_integer, frames, tmp_path, capsys):
+    code, out, err = run_cli(["run", config_for(field_integer, frames, tmp_path), "--quiet"], capsys)
+    assert code == 0, err
+    assert "combined (median)" in out and "demo_001.fits" in out
+    assert (tmp_path / "out" / "report.json").exists()
+
+
+def test_no_files_match(field_integer, frames, tmp_path, capsys):
+    cfg = config_for(field_integer, frames, tmp_path, pattern="nothing_*.fits")
+    assert_one_line_error(*run_cli(["run", cfg], capsys)[::2], "no files match", "nothing_*.fits")
+
+
+def test_text_file_named_fits(field_integer, frames, tmp_path, capsys):
+    (frames / "demo_000.fits").write_text("this is not a FITS file\n" * 200)
+    before = checksums(frames.glob("*.fits"))
+    cfg = config_for(field_integer, frames, tmp_path)
+    assert_one_line_error(*run_cli(["run", cfg], capsys)[::2], "demo_000.fits", "not a readable FITS")
+    assert checksums(frames.glob("*.fits")) == before
+
+
+def test_truncated_fits(field_integer, frames, tmp_path, capsys):
+    raw = (frames / "demo_002.fits").read_bytes()
+    (frames / "demo_002.fits").write_bytes(raw[: len(raw) // 2])
+    before = checksums(frames.glob("*.fits"))
+    cfg = config_for(field_integer, frames, tmp_path)
+    code, err = run_cli(["run", cfg], capsys)[::2]
+    assert_one_line_error(code, err, "demo_002.fits")
+    assert "truncated" in err
+    assert checksums(frames.glob("*.fits")) == before
+
+
+def test_frames_of_different_shapes(field_integer, frames, tmp_path, capsys):
+    fits.PrimaryHDU(np.ones((100, 120), np.float32), fits.Header({"PICTTYPE": 1})).writeto(frames / "demo_009.fits")
+    cfg = config_for(field_integer, frames, tmp_path)
+    assert_one_line_error(*run_cli(["run", cfg], capsys)[::2], "demo_009.fits", "shape")
+
+
+def test_star_not_in_box(field_integer, frames, tmp_path, capsys):
+    cfg = config_for(field_integer, frames, tmp_path, star=(3.0, 3.0), box=5)
+    assert_one_line_error(*run_cli(["run", cfg], capsys)[::2], "no star found", "[reference].star")
+
+
+def test_every_comparison_star_saturated(field_integer, frames, tmp_path, capsys):
+    stars = [(80.0, 240.0), (250.0, 60.0)]
+    for path, (dx, dy) in zip(sorted(frames.glob("demo_*.fits")), field_integer.shifts):
+        with fits.open(path, mode="update") as h:
+            for x, y in stars:
+                for ddx in range(-6, 7):
+                    for ddy in range(-6, 7):
+                        synthetic_peak = 60000.0 * np.exp(-(ddx**2 + ddy**2) / 8.0) + 1000.0
+                        h[0].data[int(y - dy) + ddy, int(x - dx) + ddx] = min(65535.0, 1.3 * synthetic_peak)
+    cfg = config_for(field_integer, frames, tmp_path, stars=[list(s) for s in stars])
+    assert_one_line_error(*run_cli(["run", cfg], capsys)[::2], "no usable comparison star", "saturated")
+
+
+def test_output_would_overwrite_input(field_integer, frames, tmp_path, capsys):
+    shutil.copy(frames / "demo_001.fits", frames / "sdemo_001.fits")
+    before = checksums(frames.glob("*.fits"))
+    cfg = make_config(field_integer, frames, pattern="*demo_00*.fits")
+    cfg.directory = frames
+    path = write_config(cfg, tmp_path / "c.toml")
+    assert_one_line_error(*run_cli(["run", path], capsys)[::2], "sdemo_001.fits", "overwrite an input")
+    assert checksums(frames.glob("*.fits")) == before
+
+
+def test_unknown_key_and_wrong_type(tmp_path, capsys):
+    p = tmp_path / "c.toml"
+    p.write_text('[input]\npattern = "*.fits"\n[combine]\nmethod = "median"\nnlowww = 3\n')
+    assert_one_line_error(*run_cli(["run", p], capsys)[::2], "[combine].nlowww", "unknown key")
+    p.write_text('[input]\npattern = "*.fits"\n[reference]\nbox = "big"\n')
+    assert_one_line_error(*run_cli(["run", p], capsys)[::2], "[reference].box", "integer")
+    p.write_text('[reference]\nbox = 10\n')
+    assert_one_line_error(*run_cli(["run", p], capsys)[::2], "missing section [input]")
+    assert_one_line_error(*run_cli(["run", tmp_path / "nope.toml"], capsys)[::2], "not found")
+
+
+def test_console_script_exit_codes(tmp_path):
+    """The real entry point: --version, --help and a bad config through `python -m tui_stack`."""
+    r = subprocess.run([sys.executable, "-m", "tui_stack", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("tui-stack ")
+    r = subprocess.run([sys.executable, "-m", "tui_stack", "run", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "CONFIG" in r.stdout.upper()
+    p = tmp_path / "bad.toml"
+    p.write_text("[input\n")
+    r = subprocess.run([sys.executable, "-m", "tui_stack", "run", str(p)], capture_output=True, text=True)
+    assert r.returncode == 2 and "not valid TOML" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_combine_command_matches_engine(field_integer, tmp_path, capsys):
+    files = field_integer.files[:4]
+    scale = tmp_path / "scales.txt"
+    scale.write_text("1\n1.1\n0.9\n1.2\n")
+    offsets = tmp_path / "off.txt"
+    offsets.write_text("0 0\n3 -2\n0 0\n1 1\n")
+    out = tmp_path / "c.fits"
+    code, _, err = run_cli(["combine", *files, "--method", "average", "--out", out, "--scale", scale,
+                            "--offsets", offsets], capsys)
+    assert code == 0, err
+    data = fits.getdata(out)
+    assert data.shape == (320 + 3, 320 + 3)  # IRAF style: the output holds every offset frame
+    f1 = fits.getdata(files[1]).astype(np.float64) * 1.1
+    # pixel (y=0+.., x=3..) of frame 1 sits at output (y+0, x+3) where only frame 1 and 3 reach
+    assert np.isfinite(data).sum() > 0
+    assert np.isclose(data[0, 322], f1[0, 319], rtol=1e-5)  # only frame 1 covers the top-right corner
+    code, _, err = run_cli(["combine", *files, "--method", "median", "--out", files[0]], capsys)
+    assert_one_line_error(code, err, "overwrite an input")

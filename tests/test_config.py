@@ -1,0 +1,88 @@
+import tomllib
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tui_stack.config import SCHEMA, Config, config_from_dict, config_to_toml, load_config, parse_size
+from tui_stack.errors import ConfigError
+
+from conftest import REPO
+
+
+def test_spec_example_config_is_accepted():
+    raw = {
+        "input": {"directory": "frames", "pattern": "proc_NGC_2362_V_30*.fits", "select": {"PICTTYPE": 1}},
+        "reference": {"frame": 6, "star": [2030, 1360], "box": 100, "centroid": "2dg"},
+        "shift": {"mode": "integer"},
+        "scale": {"stars": [[1721, 1257], [479, 867]], "radius": 20, "saturation": 60000},
+        "combine": {"method": "median", "nlow": 3, "nhigh": 3, "sigma": 3.0},
+        "output": {"directory": "out", "write_shifted": True},
+    }
+    cfg = config_from_dict(raw, Path("/data"))
+    assert cfg.frame == 6 and cfg.star == (2030.0, 1360.0) and cfg.directory == Path("/data/frames")
+    assert cfg.select == {"PICTTYPE": 1} and cfg.stars == [(1721.0, 1257.0), (479.0, 867.0)]
+
+
+def test_round_trip_through_toml(tmp_path):
+    cfg = Config(directory=tmp_path, star=(10.5, 20.0), stars=[(1.0, 2.0)], select={"PICTTYPE": 1},
+                 exclude=[2, "x.fits"], method="minmax", saturation=None, out_dir=tmp_path / "o")
+    p = tmp_path / "c.toml"
+    p.write_text(config_to_toml(cfg))
+    back = load_config(p)
+    for attr in ("directory", "star", "stars", "select", "exclude", "method", "saturation", "out_dir", "memory_limit"):
+        assert getattr(back, attr) == getattr(cfg, attr), attr
+
+
+@pytest.mark.parametrize("name", ["demo.toml", "pydia.toml", "ngc2362_lab.toml"])
+def test_sample_configs_load(name):
+    cfg = load_config(REPO / "sample_configs" / name)
+    assert cfg.pattern
+
+
+def test_lab_config_has_the_lab_parameters():
+    cfg = load_config(REPO / "sample_configs" / "ngc2362_lab.toml")
+    assert (cfg.frame, cfg.star, cfg.box, cfg.centroid) == (6, (2030.0, 1360.0), 100, "2dg")
+    assert (cfg.radius, cfg.saturation, cfg.shift_mode, cfg.phot_sky) == (20.0, 60000.0, "integer", "global")
+
+
+def test_sizes():
+    assert parse_size("256MB") == 256 * 1024**2 and parse_size("2 GB") == 2 * 1024**3 and parse_size(1000) == 1000
+    with pytest.raises(ValueError):
+        parse_size("lots")
+
+
+toml_scalars = st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=False, allow_infinity=False),
+                         st.text(max_size=8), st.booleans(), st.lists(st.integers(-5, 5000), max_size=3))
+section_names = st.sampled_from(list(SCHEMA) + ["bogus"])
+key_names = st.sampled_from(sorted({k for s in SCHEMA.values() for k in s}) + ["nope"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(section_names, st.one_of(st.dictionaries(key_names, toml_scalars, max_size=5), toml_scalars), max_size=6))
+def test_fuzzed_configs_never_raise_anything_but_config_error(raw):
+    try:
+        config_from_dict(raw, Path("."))
+    except ConfigError as exc:
+        assert str(exc).startswith("config: ")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=200))
+def test_fuzzed_toml_text(tmp_path_factory, text):
+    p = tmp_path_factory.mktemp("fz") / "c.toml"
+    p.write_text(text, encoding="utf-8")
+    try:
+        load_config(p)
+    except ConfigError:
+        pass
+
+
+def test_sample_demo_config_matches_the_generated_demo(tmp_path):
+    from tui_stack import demo
+
+    generated = load_config(demo.write_demo(tmp_path, n_frames=3, size=1024))
+    sample = load_config(REPO / "sample_configs" / "demo.toml")
+    for attr in ("pattern", "select", "frame", "star", "box", "centroid", "stars", "radius", "saturation", "method"):
+        assert getattr(sample, attr) == getattr(generated, attr), attr

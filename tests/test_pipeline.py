@@ -1,0 +1,117 @@
+"""The whole pipeline on synthetic frames with known truth: outputs as SPEC.md describes them."""
+
+import json
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from tui_stack import pipeline
+from tui_stack.core import combine
+
+from conftest import checksums, make_config
+
+SPEC_FRAME_KEYS = {"file", "centroid_x", "centroid_y", "shift_x", "shift_y", "applied_shift_x",
+                   "applied_shift_y", "sky", "scale", "used", "flags"}
+
+
+@pytest.fixture(scope="module")
+def run_subpixel(field_subpixel, tmp_path_factory):
+    before = checksums(field_subpixel.files)
+    out = tmp_path_factory.mktemp("out_sub")
+    state = pipeline.run(make_config(field_subpixel, out, shift_mode="subpixel", method="average"))
+    return state, out, before
+
+
+def test_scales_within_1_percent_of_injected_transparency(run_subpixel, field_subpixel):
+    state, _, _ = run_subpixel
+    scales = np.array([f.scale for f in state.frames])
+    assert np.abs(scales / field_subpixel.scales - 1).max() < 0.01, scales / field_subpixel.scales
+
+
+def test_report_matches_spec(run_subpixel, field_subpixel):
+    state, out, _ = run_subpixel
+    rep = json.loads((out / "report.json").read_text())
+    assert set(rep) >= {"version", "reference", "frames", "combined", "photometry"}
+    assert rep["reference"]["index"] == 0 and rep["reference"]["file"] == "demo_001.fits"
+    assert set(rep["reference"]["star"]) == {"x", "y"}
+    assert len(rep["frames"]) == 6
+    for f in rep["frames"]:
+        assert SPEC_FRAME_KEYS <= set(f)
+        assert isinstance(f["flags"], list) and isinstance(f["used"], bool)
+    assert rep["frames"][0]["shift_x"] == 0 and rep["frames"][0]["scale"] == 1
+    c = rep["combined"]
+    assert c["file"] == "combined_average.fits" and c["method"] == "average" and c["n_frames"] == 6
+    assert c["std_region"] == [110, 210, 110, 210]  # lab's region does not fit 320 px: centre square
+    assert 0.98 < rep["photometry"]["ratio_median"] < 1.02
+    assert len(rep["photometry"]["reference_flux"]) == len(rep["photometry"]["stars"])
+
+
+def test_outputs_written_and_inputs_untouched(run_subpixel, field_subpixel):
+    state, out, before = run_subpixel
+    assert checksums(field_subpixel.files) == before
+    for f in field_subpixel.files:
+        assert (out / f"s{f.name}").exists()
+    assert not list(out.glob(".*part")) and not list(out.glob(".tui-stack-*"))
+    with fits.open(out / "combined_average.fits") as h:
+        hdr, data = h[0].header, h[0].data
+    assert data.dtype == np.dtype(">f4")
+    assert hdr["NCOMBINE"] == 6 and hdr["TSMETHOD"] == "average" and hdr["IMCMB001"] == "demo_001.fits"
+    assert hdr["TSVERS"] and any("scale=" in h for h in hdr["HISTORY"])
+    assert hdr["CTYPE1"] == "RA---TAN"  # the reference frame's WCS
+
+
+def test_shifted_frames_masked_not_filled(run_subpixel):
+    state, out, _ = run_subpixel
+    fr = max(state.frames, key=lambda f: abs(f.applied_shift_x))
+    data = fits.getdata(out / f"s{fr.name}")
+    nx = int(np.ceil(abs(fr.applied_shift_x)))
+    edge = data[:, :nx] if fr.applied_shift_x > 0 else data[:, -nx:]
+    assert np.isnan(edge).all()  # no sentinel, no zeros: no data
+    ny = int(np.ceil(abs(fr.applied_shift_y)))
+    inner = data[ny + 1 : data.shape[0] - ny - 1, nx + 1 : data.shape[1] - nx - 1]
+    assert np.isfinite(inner).all()  # and nothing else is masked
+    combined = fits.getdata(out / "combined_average.fits")
+    # the reference covers every pixel; edges average fewer frames, with no sentinel pulled in
+    assert np.isfinite(combined).all()
+    ref = fits.getdata(out / f"s{state.frames[0].name}")
+    edge_mean = combined[:, :2].mean() if fr.applied_shift_x > 0 else combined[:, -2:].mean()
+    assert abs(edge_mean - np.nanmean(ref[:, :2] if fr.applied_shift_x > 0 else ref[:, -2:])) < 50
+
+
+def test_wcs_of_shifted_frame_follows_the_shift(run_subpixel, field_subpixel):
+    state, out, _ = run_subpixel
+    fr = state.frames[3]
+    h_in = fits.getheader(fr.path)
+    h_out = fits.getheader(out / f"s{fr.name}")
+    assert h_out["CRPIX1"] == pytest.approx(h_in["CRPIX1"] + fr.applied_shift_x)
+    # the shifted frame's WCS equals the reference frame's to within the shift error
+    assert h_out["CRPIX1"] == pytest.approx(fits.getheader(field_subpixel.files[0])["CRPIX1"], abs=0.05)
+
+
+def test_integer_mode_streams_from_inputs_same_as_shifted_files(field_integer, tmp_path):
+    state = pipeline.run(make_config(field_integer, tmp_path, method="median"))
+    combined = fits.getdata(tmp_path / "combined_median.fits").astype(np.float32)
+    srcs = [combine.FileSource(tmp_path / f"s{f.name}", 0, state.shape, scale=f.scale) for f in state.frames]
+    from_files = combine.combine(srcs, combine.CombineParams("median")).data
+    np.testing.assert_allclose(combined, from_files, rtol=1e-6, atol=1e-3, equal_nan=True)
+
+
+def test_excluded_frame_is_left_out(field_integer, tmp_path):
+    cfg = make_config(field_integer, tmp_path, method="average", exclude=["demo_003.fits"], write_shifted=False)
+    state = pipeline.run(cfg)
+    assert not state.frames[2].used and "excluded" in state.frames[2].flags
+    assert state.combined[-1].n_frames == 5
+    assert not list(tmp_path.glob("sdemo_*.fits"))
+
+
+def test_clouded_out_frame_flagged_and_run_goes_on(tmp_path):
+    from tui_stack.core import synthetic
+
+    from conftest import small_spec
+
+    truth = synthetic.write_field(tmp_path / "f", small_spec(transparencies=(1, 0.9, 0.0, 1, 1, 1), seed=8))
+    state = pipeline.run(make_config(truth, tmp_path / "out"))
+    assert not state.frames[2].used and "no_stars" in state.frames[2].flags
+    assert all(f.used for i, f in enumerate(state.frames) if i != 2)
+    assert state.combined[-1].n_frames == 5
