@@ -18,13 +18,12 @@ import numpy as np
 
 from tui_stack import __version__
 from tui_stack.config import Config
-from tui_stack.core import background, combine, io, photometry, registration, shifting, stats
+from tui_stack.core import background, combine, io, photometry, quality, registration, shifting, stats
 from tui_stack.errors import InputError
 
 Progress = Callable[[str, int, int], None]
 
 MIN_XCORR_PEAK = 0.2  # below this the frame shares no star pattern with the reference
-LOW_TRANSPARENCY_SCALE = 1.5  # scale above this: the frame lost a third of its light
 
 
 @dataclass
@@ -47,6 +46,8 @@ class FrameResult:
     n_scale_stars: int = 0
     star_flux: list = field(default_factory=list)
     star_flags: list = field(default_factory=list)
+    rotation: float = float("nan")  # degrees, from matching stars after the shift
+    quality: object = None  # core.quality.FrameQuality
     used: bool = True
     flags: list = field(default_factory=list)
 
@@ -76,6 +77,8 @@ class RunState:
     shape: tuple[int, int] = (0, 0)
     ref_index: int = 0
     ref_star: registration.StarPosition | None = None
+    ref_stars: object = None  # core.quality.Stars of the reference frame
+    qualities: list = field(default_factory=list)
     comparison_stars: list[tuple[float, float]] = field(default_factory=list)
     frames: list[FrameResult] = field(default_factory=list)
     combined: list[CombinedResult] = field(default_factory=list)
@@ -129,20 +132,67 @@ def excluded_indices(cfg: Config, files: list[Path]) -> set[int]:
 # ---------------------------------------------------------------- registration
 
 
+ROTATION_LIMIT_DEG = 0.05  # above this a shift alone leaves stars 0.2 px off at 250 px from the centre
+
+
+def _frame_measure(path: Path, cfg: Config):
+    """Read a frame, its sky and its stars: what every per-frame step starts from."""
+    frame = io.read_frame(path)
+    sky = background.estimate_sky(frame.data, frame.mask, cfg.sky)
+    sub = frame.data - np.float32(sky.level) if np.isfinite(sky.level) else frame.data
+    if np.isfinite(sky.level) and sky.noise > 0:
+        stars = quality.find_stars(sub, frame.mask, sky.noise)
+        q = quality.frame_quality(stars, sky.level, sky.noise, cfg.saturation)
+    else:
+        stars, q = None, quality.FrameQuality(sky.level, sky.noise, 0, float("nan"), float("nan"), 0.0, ["no_data"])
+    return frame, sky, sub, stars, q
+
+
+def assess(state: RunState, progress: Progress = _noop) -> list:
+    """Quality of every frame (one pass); used to choose the reference frame automatically."""
+    qs = []
+    for i, path in enumerate(state.files):
+        progress("assess", i, len(state.files))
+        qs.append(_frame_measure(path, state.config)[4])
+    progress("assess", len(state.files), len(state.files))
+    quality.flag_qualities(qs)
+    state.qualities = qs
+    return qs
+
+
+def choose_reference(state: RunState, progress: Progress = _noop) -> int:
+    cfg = state.config
+    if cfg.frame == "auto":
+        qs = state.qualities or assess(state, progress)
+        excluded = excluded_indices(cfg, state.files)
+        allowed = [i for i in range(len(qs)) if i not in excluded]
+        best = quality.best_reference([qs[i] for i in allowed])
+        state.ref_index = allowed[best]
+    else:
+        state.ref_index = resolve_reference(cfg, state.files)
+    return state.ref_index
+
+
 def register(state: RunState, progress: Progress = _noop) -> None:
-    """Sky, reference star and shift of every frame (one frame in memory at a time)."""
+    """Sky, quality, reference star and shift of every frame (one frame in memory at a time)."""
     cfg = state.config
     files = state.files
-    ref_frame = io.read_frame(files[state.ref_index])
+    ref_frame, ref_sky, ref_sub, ref_stars, _ = _frame_measure(files[state.ref_index], cfg)
     state.shape = ref_frame.shape
-    ref_sky = background.estimate_sky(ref_frame.data, ref_frame.mask, cfg.sky)
-    if not np.isfinite(ref_sky.level):
-        raise InputError(f"{ref_frame.path.name}: the reference frame has no valid pixels")
-    ref_sub = ref_frame.data - np.float32(ref_sky.level)
-    if cfg.star == "auto":
-        raise InputError('config: [reference].star = "auto" is not available yet; give [x, y]')
-    sx, sy = cfg.star
     h, w = ref_frame.shape
+    if not np.isfinite(ref_sky.level) or ref_stars is None or len(ref_stars) == 0:
+        raise InputError(f"{ref_frame.path.name}: the reference frame has no stars; choose another reference frame")
+    state.ref_stars = ref_stars
+    if cfg.star == "auto":
+        picked = quality.pick_reference_star(ref_stars, state.shape, ref_sky.level, cfg.saturation, cfg.box)
+        if picked is None:
+            raise InputError(
+                f"{ref_frame.path.name}: no bright, unsaturated, isolated star for [reference].star = \"auto\"; "
+                "give [x, y]"
+            )
+        sx, sy = picked
+    else:
+        sx, sy = cfg.star
     if not (0 <= sx < w and 0 <= sy < h):
         raise InputError(
             f"config: [reference].star = [{sx:g}, {sy:g}] is outside the {w}x{h} reference frame "
@@ -161,22 +211,25 @@ def register(state: RunState, progress: Progress = _noop) -> None:
         )
     state.ref_star = star
     xref = registration.XcorrReference(ref_frame.data, ref_frame.mask, ref_sky.level, ref_sky.noise)
+    rot_stars = np.array(quality.pick_comparison_stars(ref_stars, state.shape, ref_sky.level, cfg.saturation, 6, 16))
     excluded = excluded_indices(cfg, files)
     del ref_frame, ref_sub
     state.frames = []
+    qs = []
     for i, path in enumerate(files):
         progress("register", i, len(files))
         fr = FrameResult(path=path)
-        frame = io.read_frame(path)
+        frame, sky, sub, _, q = _frame_measure(path, cfg)
+        qs.append(q)
+        fr.quality = q
         if frame.shape != state.shape:
             raise InputError(
                 f"{path.name}: shape {frame.shape[1]}x{frame.shape[0]} differs from the reference "
                 f"({w}x{h}); frames must all have one shape"
             )
         fr.hdu_index = frame.hdu_index
-        sky = background.estimate_sky(frame.data, frame.mask, cfg.sky)
         fr.sky, fr.noise = sky.level, sky.noise
-        if not np.isfinite(sky.level) or sky.noise == 0:
+        if "no_data" in q.flags:
             fr.used = False
             fr.flags.append("no_data")
             state.frames.append(fr)
@@ -188,17 +241,27 @@ def register(state: RunState, progress: Progress = _noop) -> None:
         else:
             dx, dy, peak = xref.offset(frame.data, frame.mask, sky.level, sky.noise)
             fr.xcorr_shift_x, fr.xcorr_shift_y, fr.xcorr_peak = dx, dy, peak
-            if peak < MIN_XCORR_PEAK:
+            # A meridian flip turns the frame by 180 degrees: it then matches the reference
+            # better turned back than as it is.
+            flipped = xref.offset(frame.data, frame.mask, sky.level, sky.noise, flip=True)[2]
+            if flipped > peak and flipped >= MIN_XCORR_PEAK:
+                fr.used = False
+                fr.flags.append("rotated_180")
+            elif peak < MIN_XCORR_PEAK:
                 fr.used = False
                 fr.flags.append("no_stars")
             else:
-                sub = frame.data - np.float32(sky.level)
-                res = registration.measure_frame_shift(
-                    sub, frame.mask, sky.noise, star, dx, dy, cfg.centroid, xref.binning
-                )
+                res = registration.measure_frame_shift(sub, frame.mask, sky.noise, star, dx, dy, cfg.centroid, xref.binning)
                 fr.centroid_x, fr.centroid_y = res.centroid_x, res.centroid_y
                 fr.shift_x, fr.shift_y = res.shift_x, res.shift_y
                 fr.flags.extend(res.flags)
+                ref_pts, pts = registration.match_stars(sub, frame.mask, sky.noise, rot_stars, fr.shift_x, fr.shift_y)
+                if ("star_off_frame" in res.flags or "star_not_found" in res.flags) and len(pts) >= 3:
+                    # The reference star is not there: the median offset of the other stars stands in.
+                    fr.shift_x, fr.shift_y = np.median(ref_pts - pts, axis=0).tolist()
+                fr.rotation = registration.fit_rotation(ref_pts, pts)
+                if np.isfinite(fr.rotation) and abs(fr.rotation) > ROTATION_LIMIT_DEG:
+                    fr.flags.append("rotated")
         if fr.used:
             if abs(fr.shift_x) >= w or abs(fr.shift_y) >= h:
                 fr.used = False
@@ -210,6 +273,8 @@ def register(state: RunState, progress: Progress = _noop) -> None:
             fr.used = False
             fr.flags.append("excluded")
         state.frames.append(fr)
+    quality.flag_qualities(qs)
+    state.qualities = qs
     progress("register", len(files), len(files))
 
 
@@ -234,8 +299,19 @@ def measure_scales(state: RunState, progress: Progress = _noop, shifted_dir: Pat
     """
     cfg = state.config
     if cfg.stars == "auto":
-        raise InputError('config: [scale].stars = "auto" is not available yet; give a list of [x, y]')
-    state.comparison_stars = [tuple(s) for s in cfg.stars]
+        # No margin for the shifts: a star off one frame is flagged there and left out of that
+        # frame's scale only.
+        ref_fr = state.frames[state.ref_index]
+        state.comparison_stars = quality.pick_comparison_stars(
+            state.ref_stars, state.shape, ref_fr.sky, cfg.saturation, cfg.radius
+        )
+        if not state.comparison_stars:
+            raise InputError(
+                f"{ref_fr.name}: no bright, unsaturated, isolated comparison star found for "
+                '[scale].stars = "auto"; give a list of [x, y] or a smaller [scale].radius'
+            )
+    else:
+        state.comparison_stars = [tuple(s) for s in cfg.stars]
     annulus = cfg.annulus_radii()
     n = len(state.frames)
     order = [state.ref_index] + [i for i in range(n) if i != state.ref_index]
@@ -264,11 +340,20 @@ def measure_scales(state: RunState, progress: Progress = _noop, shifted_dir: Pat
         if sc.n_used == 0:
             fr.used = False
             fr.flags.append("no_comparison_star")
-        elif sc.scale > LOW_TRANSPARENCY_SCALE:
-            fr.flags.append("low_transparency")
         if shifted_dir is not None:
             write_shifted(state, i, data, mask, header, shifted_dir / f"s{fr.name}")
     progress("scale", n, n)
+    _flag_transparency(state)
+
+
+def _flag_transparency(state: RunState) -> None:
+    """Quality flags from the whole set (clouded, trailed, ...) onto the frames' flags."""
+    qs = [fr.quality for fr in state.frames]
+    if any(q is None for q in qs):
+        return
+    quality.flag_qualities(qs, [fr.scale for fr in state.frames])
+    for fr in state.frames:
+        fr.flags = [f for f in fr.flags if f not in quality.QUALITY_FLAGS] + fr.quality.flags
 
 
 def _shifted_header(header, fr: FrameResult, state: RunState):
@@ -419,6 +504,8 @@ def report_dict(state: RunState) -> dict:
                 "xcorr_shift_y": _nan_to_none(round(fr.xcorr_shift_y, 3)),
                 "scale_mad": _nan_to_none(round(fr.scale_mad, 6)),
                 "n_scale_stars": fr.n_scale_stars,
+                "rotation_deg": _nan_to_none(round(fr.rotation, 4)),
+                **_quality_entry(fr.quality),
             }
         )
     out = {
@@ -442,6 +529,20 @@ def report_dict(state: RunState) -> dict:
         if len(state.combined) > 1:
             out["all_combined"] = [_combined_entry(x) for x in state.combined]
     return out
+
+
+def _quality_entry(q) -> dict:
+    if q is None:
+        return {}
+    return {
+        "quality": {
+            "noise": _nan_to_none(round(q.noise, 3)),
+            "n_stars": q.n_stars,
+            "fwhm": _nan_to_none(round(q.fwhm, 3)),
+            "elongation": _nan_to_none(round(q.elongation, 3)),
+            "transparency": _nan_to_none(round(q.transparency, 4)),
+        }
+    }
 
 
 def _combined_entry(c: CombinedResult) -> dict:
@@ -485,8 +586,8 @@ def run(cfg: Config, progress: Progress = _noop) -> RunState:
     """The whole pipeline, writing the outputs of SPEC.md."""
     state = RunState(config=cfg)
     state.files = select(cfg)
-    state.ref_index = resolve_reference(cfg, state.files)
     out = prepare_output_dir(state)
+    choose_reference(state, progress)
     register(state, progress)
     tmp = None
     try:

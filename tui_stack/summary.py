@@ -11,22 +11,23 @@ def _fmt(v, spec=".2f"):
 
 
 def print_summary(state, console) -> None:
+    from rich import box
     from rich.table import Table
 
-    t = Table(title=f"{len(state.frames)} frames, reference {state.files[state.ref_index].name}", title_justify="left")
-    for col in ("#", "file", "shift x", "shift y", "applied", "sky", "scale", "used", "flags"):
-        t.add_column(col, justify="right" if col not in ("file", "flags") else "left")
+    t = Table(title=f"{len(state.frames)} frames, reference {state.files[state.ref_index].name}",
+              title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False)
+    for col in ("#", "file", "shift x", "shift y", "sky", "scale", "used"):
+        t.add_column(col, no_wrap=True, justify="left" if col == "file" else "right")
+    t.add_column("flags", ratio=1)
     for i, fr in enumerate(state.frames):
         t.add_row(
-            str(i), fr.name, _fmt(fr.shift_x), _fmt(fr.shift_y),
-            f"{_fmt(fr.applied_shift_x, 'g')},{_fmt(fr.applied_shift_y, 'g')}",
-            _fmt(fr.sky, ".1f"), _fmt(fr.scale, ".4f"), "yes" if fr.used else "no", " ".join(fr.flags),
+            str(i), fr.name, _fmt(fr.shift_x), _fmt(fr.shift_y), _fmt(fr.sky, ".0f"), _fmt(fr.scale, ".4f"), "yes" if fr.used else "no", " ".join(fr.flags),
         )
     console.print(t)
     for c in state.combined:
-        r = Table(title=f"combined ({c.method})", title_justify="left")
-        for col in ("file", "frames", "median", "std " + "[{}:{}, {}:{}]".format(*c.stats.region), "flux ratio vs ref"):
-            r.add_column(col)
+        r = Table(title=f"combined ({c.method})", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False)
+        for col in ("file", "frames", "median", "std [{}:{},{}:{}]".format(*c.stats.region), "flux / ref"):
+            r.add_column(col, no_wrap=True)
         r.add_row(
             str(c.path.name if c.path else "-"), str(c.n_frames), _fmt(c.stats.median, ".3f"),
             _fmt(c.stats.std, ".3f"), _fmt(c.photometry.ratio_median, ".4f"),

@@ -81,11 +81,15 @@ class XcorrReference:
         self._norm = float(np.sqrt((img.astype(np.float64) ** 2).sum()))
         self._img_shape = img.shape
 
-    def offset(self, data, mask, sky: float, noise: float) -> tuple[float, float, float]:
-        """Shift (dx, dy) = reference position - frame position, and the peak's correlation (0..1)."""
+    def offset(self, data, mask, sky: float, noise: float, flip: bool = False) -> tuple[float, float, float]:
+        """Shift (dx, dy) = reference position - frame position, and the peak's correlation (0..1).
+
+        With `flip` the frame is first turned by 180 degrees (a meridian flip)."""
         import scipy.fft
 
         img = _prepare_for_xcorr(data, mask, sky, noise, self.binning)
+        if flip:
+            img = img[::-1, ::-1]
         norm = float(np.sqrt((img.astype(np.float64) ** 2).sum())) * self._norm
         if norm == 0:
             return float("nan"), float("nan"), 0.0
@@ -246,3 +250,33 @@ def lab_centroid(data: np.ndarray, x: float, y: float, box: int = 100) -> tuple[
     y0, y1, x0, x1 = _box(data.shape, x, y, box)
     cx, cy = centroid_2dg(data[y0:y1, x0:x1])
     return float(cx + x0), float(cy + y0)
+
+
+def match_stars(
+    data: np.ndarray, mask: np.ndarray | None, noise: float, ref_xy, shift_x: float, shift_y: float,
+    search: int = 21, box: int = 9, method: str = "com",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reference stars found again in a frame near where the shift puts them.
+
+    Returns (reference positions, frame centroids), both (k, 2) arrays of x, y."""
+    ref_pts, pts = [], []
+    for x, y in ref_xy:
+        found = find_star(data, mask, x - shift_x, y - shift_y, search, noise, nsigma=5.0)
+        if found is None:
+            continue
+        cx, cy = centroid_at(data, mask, found[0], found[1], box, method)
+        if np.isfinite(cx) and np.isfinite(cy):
+            ref_pts.append((x, y))
+            pts.append((cx, cy))
+    return np.array(ref_pts, dtype=float).reshape(-1, 2), np.array(pts, dtype=float).reshape(-1, 2)
+
+
+def fit_rotation(ref_pts: np.ndarray, pts: np.ndarray) -> float:
+    """Rotation (degrees) taking the reference positions to the frame's, shift removed
+    (least squares in complex form); NaN with fewer than 3 stars."""
+    if len(pts) < 3:
+        return float("nan")
+    a = ref_pts[:, 0] + 1j * ref_pts[:, 1]
+    b = pts[:, 0] + 1j * pts[:, 1]
+    a, b = a - a.mean(), b - b.mean()
+    return float(np.degrees(np.angle(np.sum(np.conj(a) * b))))

@@ -36,6 +36,13 @@ class FieldSpec:
     bright_neighbour: float | None = None
     # Extra frame with PICTTYPE=2 that a header filter must leave out.
     with_flat: bool = False
+    # Frames whose stars are trailed along x by `trail_px` (a guiding error).
+    trailed: tuple[int, ...] = ()
+    trail_px: float = 8.0
+    # Rotation of each frame about the frame centre, degrees (None: no rotation).
+    rotations: tuple[float, ...] | None = None
+    # Explicit (x, y) shift per frame instead of random ones.
+    shifts: tuple[tuple[float, float], ...] | None = None
 
 
 @dataclass
@@ -105,6 +112,8 @@ def frame_shifts(spec: FieldSpec, ref_index: int = 0) -> tuple[np.ndarray, np.nd
     rng = np.random.default_rng(spec.seed + 1)
     n = spec.n_frames
     shifts = rng.uniform(-spec.max_shift, spec.max_shift, size=(n, 2))
+    if spec.shifts is not None:
+        shifts = np.array(spec.shifts, dtype=float).reshape(n, 2)
     if not spec.subpixel:
         shifts = np.round(shifts)
     shifts -= shifts[ref_index]
@@ -120,12 +129,25 @@ def frame_shifts(spec: FieldSpec, ref_index: int = 0) -> tuple[np.ndarray, np.nd
     return shifts, t
 
 
-def render_frame(stars: np.ndarray, shift, transparency: float, spec: FieldSpec, rng, sky: float | None = None):
-    """One noisy frame: the stars at (x - shift_x, y - shift_y), fluxes times transparency."""
+def render_frame(
+    stars: np.ndarray, shift, transparency: float, spec: FieldSpec, rng, sky: float | None = None,
+    rotation: float = 0.0, trail: float = 0.0,
+):
+    """One noisy frame: the stars at (x - shift_x, y - shift_y), fluxes times transparency.
+
+    With `rotation` (degrees) positions are first turned about the frame centre; with
+    `trail` each star is smeared over that many px along x."""
     h, w = spec.shape
     img = np.full((h, w), spec.sky if sky is None else sky, dtype=np.float64)
-    for x, y, f in stars:
-        add_star(img, x - shift[0], y - shift[1], f * transparency, spec.fwhm, spec.beta)
+    xs, ys = stars[:, 0].copy(), stars[:, 1].copy()
+    if rotation:
+        c, s_ = np.cos(np.radians(rotation)), np.sin(np.radians(rotation))
+        cx, cy = (w - 1) / 2, (h - 1) / 2
+        xs, ys = cx + c * (xs - cx) - s_ * (ys - cy), cy + s_ * (xs - cx) + c * (ys - cy)
+    steps = np.linspace(-trail / 2, trail / 2, 9) if trail else np.zeros(1)
+    for x, y, f in zip(xs, ys, stars[:, 2]):
+        for t in steps:
+            add_star(img, x - shift[0] + t, y - shift[1], f * transparency / len(steps), spec.fwhm, spec.beta)
     electrons = rng.poisson(np.clip(img, 0, None) * spec.gain).astype(np.float64)
     electrons += rng.normal(0.0, spec.read_noise, size=img.shape)
     adu = electrons / spec.gain
@@ -146,7 +168,9 @@ def write_field(directory: Path, spec: FieldSpec = FieldSpec(), prefix: str = "d
     rng = np.random.default_rng(spec.seed + 2)
     files = []
     for i in range(spec.n_frames):
-        data = render_frame(stars, shifts[i], transp[i], spec, rng)
+        rot = spec.rotations[i] if spec.rotations is not None else 0.0
+        trail = spec.trail_px if i in spec.trailed else 0.0
+        data = render_frame(stars, shifts[i], transp[i], spec, rng, rotation=rot, trail=trail)
         hdr = fits.Header()
         hdr["OBJECT"] = "DEMO FIELD"
         hdr["DATE-OBS"] = f"2026-11-26T02:{i * 2:02d}:00"

@@ -1,0 +1,110 @@
+"""Automatic choices and frame quality, on synthetic truth and on the real frames."""
+
+import csv
+
+import numpy as np
+import pytest
+
+from tui_stack import pipeline
+from tui_stack.config import load_config
+from tui_stack.core import synthetic
+
+from conftest import PYDIA, REPO, make_config, requires_pydia, small_spec
+
+
+def auto_run(truth, out, **over):
+    cfg = make_config(truth, out, **{"frame": "auto", "star": "auto", "stars": "auto", **over})
+    return pipeline.run(cfg)
+
+
+@pytest.fixture(scope="module")
+def crowded_clouded_trailed(tmp_path_factory):
+    spec = small_spec(
+        n_frames=7, shape=(384, 384), n_stars=220, seed=31, bright_neighbour=35.0,
+        transparencies=(0.9, 1.0, 0.45, 0.95, 0.85, 1.0, 0.92), trailed=(4,),
+    )
+    truth = synthetic.write_field(tmp_path_factory.mktemp("auto") / "f", spec)
+    state = auto_run(truth, tmp_path_factory.mktemp("auto_out"))
+    return truth, state
+
+
+def test_auto_reference_frame_is_sharp_and_clear(crowded_clouded_trailed):
+    truth, state = crowded_clouded_trailed
+    # clearest frames are 1 and 5 (transparency 1.0); neither trailed
+    assert state.ref_index in (1, 5)
+
+
+def test_auto_shifts_and_scales_match_truth(crowded_clouded_trailed):
+    truth, state = crowded_clouded_trailed
+    ref = state.ref_index
+    want_shift = truth.shifts - truth.shifts[ref]
+    got = np.array([[f.shift_x, f.shift_y] for f in state.frames])
+    assert np.abs(got - want_shift).max() < 0.15
+    want_scale = truth.transparencies[ref] / truth.transparencies
+    scales = np.array([f.scale for f in state.frames])
+    assert np.abs(scales / want_scale - 1).max() < 0.02, scales / want_scale
+    assert len(state.comparison_stars) >= 8
+
+
+def test_clouded_and_trailed_frames_flagged(crowded_clouded_trailed):
+    _, state = crowded_clouded_trailed
+    assert "low_transparency" in state.frames[2].flags
+    assert "trailed" in state.frames[4].flags
+    others = [f for i, f in enumerate(state.frames) if i not in (2, 4)]
+    assert not any("low_transparency" in f.flags or "trailed" in f.flags for f in others)
+
+
+def test_auto_reference_star_is_isolated_and_unsaturated(crowded_clouded_trailed):
+    truth, state = crowded_clouded_trailed
+    s = state.ref_star
+    # star positions in the chosen reference frame
+    sx, sy = truth.shifts[state.ref_index]
+    d = np.hypot(truth.stars[:, 0] - sx - s.x, truth.stars[:, 1] - sy - s.y)
+    assert d.min() < 0.5
+    me = truth.stars[np.argmin(d)]
+    neighbours = truth.stars[(d > 3) & (d < 50)]
+    assert not np.any(neighbours[:, 2] >= 0.5 * me[2])
+    assert s.peak + state.frames[state.ref_index].sky < 0.5 * 60000
+
+
+def test_large_offsets_over_100_px(tmp_path):
+    spec = small_spec(n_frames=4, shape=(512, 512), n_stars=150, seed=44,
+                      shifts=((0, 0), (131.4, -12.7), (-118.2, 104.6), (35.5, 142.3)))
+    truth = synthetic.write_field(tmp_path / "f", spec)
+    assert np.abs(truth.shifts).max() > 100
+    state = auto_run(truth, tmp_path / "o", frame=0)
+    got = np.array([[f.shift_x, f.shift_y] for f in state.frames])
+    assert np.abs(got - truth.shifts).max() < 0.15
+    assert all(f.used for f in state.frames)
+
+
+def test_rotated_frames_are_flagged_not_shifted_wrongly(tmp_path):
+    spec = small_spec(n_frames=4, shape=(384, 384), n_stars=120, seed=45, rotations=(0.0, 0.0, 1.0, 180.0))
+    truth = synthetic.write_field(tmp_path / "f", spec)
+    state = auto_run(truth, tmp_path / "o", frame=0)
+    assert "rotated" in state.frames[2].flags and abs(state.frames[2].rotation - 1.0) < 0.1
+    assert "rotated_180" in state.frames[3].flags and not state.frames[3].used
+    assert not any(f.startswith("rotated") for f in state.frames[1].flags)
+    assert abs(state.frames[1].rotation) < 0.02
+
+
+@requires_pydia
+def test_real_frames_all_auto():
+    cfg = load_config(REPO / "sample_configs" / "auto.toml")
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        cfg.out_dir = Path(d)
+        state = pipeline.run(cfg)
+    est = {r["file"]: r for r in csv.DictReader(open(PYDIA / "frames.csv"))}
+    e0 = est[state.files[state.ref_index].name]
+    for fr in state.frames:
+        e = est[fr.name]
+        assert abs(fr.shift_x - (float(e["shift_x"]) - float(e0["shift_x"]))) < 0.5, fr.name
+        assert abs(fr.shift_y - (float(e["shift_y"]) - float(e0["shift_y"]))) < 0.5, fr.name
+        ratio = float(e["flux_ratio_est"]) / float(e0["flux_ratio_est"])
+        assert abs(fr.scale / ratio - 1) < 0.05, fr.name
+    clouded = {f.name for f in state.frames if "low_transparency" in f.flags}
+    assert {"AKB13475I0005.fits", "AKB13475I0012.fits", "AKB13475I0013.fits"} <= clouded
+    assert len(state.comparison_stars) >= 10

@@ -1,0 +1,197 @@
+"""Frame quality and automatic choices: reference frame, reference star, comparison stars.
+
+Stars are found with photutils.detection.find_peaks; their shape comes from second
+moments of a small stamp around each (vectorised over all stars at once).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+STAMP = 15  # px, moments stamp
+QUALITY_FLAGS = ("low_transparency", "trailed", "out_of_focus", "high_sky", "few_stars")
+
+
+@dataclass
+class Stars:
+    """Stars found in one sky-subtracted frame, brightest first."""
+
+    x: np.ndarray
+    y: np.ndarray
+    peak: np.ndarray  # above sky
+    flux: np.ndarray  # sum in the stamp
+    fwhm: np.ndarray
+    elongation: np.ndarray  # major / minor axis
+
+    def __len__(self):
+        return len(self.x)
+
+
+@dataclass
+class FrameQuality:
+    sky: float
+    noise: float
+    n_stars: int
+    fwhm: float  # median over unsaturated stars, px
+    elongation: float
+    signal: float  # median peak / noise of the 30 brightest unsaturated stars
+    transparency: float = float("nan")  # relative to the median frame, from the scales
+    flags: list[str] = field(default_factory=list)
+
+
+def find_stars(data: np.ndarray, mask: np.ndarray | None, noise: float, nsigma: float = 10.0, max_stars: int = 2000) -> Stars:
+    """Local maxima above nsigma * noise (data sky-subtracted), with stamp moments."""
+    from photutils.detection import find_peaks
+
+    h, w = data.shape
+    half = STAMP // 2
+    border = half + 1
+    tbl = find_peaks(data, nsigma * noise, box_size=7, mask=mask, border_width=border, n_peaks=max_stars)
+    if tbl is None or len(tbl) == 0:
+        e = np.array([])
+        return Stars(e, e, e, e, e, e)
+    tbl.sort("peak_value", reverse=True)
+    xp = np.asarray(tbl["x_peak"], dtype=int)
+    yp = np.asarray(tbl["y_peak"], dtype=int)
+    off = np.arange(-half, half + 1)
+    stamps = data[yp[:, None, None] + off[None, :, None], xp[:, None, None] + off[None, None, :]].astype(np.float64)
+    stamps = np.clip(stamps, 0, None)
+    tot = stamps.sum(axis=(1, 2))
+    tot = np.where(tot > 0, tot, 1.0)
+    gy, gx = np.meshgrid(off, off, indexing="ij")
+    cx = (stamps * gx).sum(axis=(1, 2)) / tot
+    cy = (stamps * gy).sum(axis=(1, 2)) / tot
+    sxx = (stamps * (gx - cx[:, None, None]) ** 2).sum(axis=(1, 2)) / tot
+    syy = (stamps * (gy - cy[:, None, None]) ** 2).sum(axis=(1, 2)) / tot
+    sxy = (stamps * (gx - cx[:, None, None]) * (gy - cy[:, None, None])).sum(axis=(1, 2)) / tot
+    tr, det = sxx + syy, sxx * syy - sxy**2
+    disc = np.sqrt(np.clip(tr**2 / 4 - det, 0, None))
+    l1, l2 = tr / 2 + disc, np.clip(tr / 2 - disc, 1e-6, None)
+    # The stamp truncates the wings, so moments underestimate a Moffat's width; this is a
+    # relative measure between frames (same stamp everywhere), not an absolute FWHM.
+    fwhm = 2.3548 * np.sqrt((l1 + l2) / 2)
+    return Stars(xp + cx, yp + cy, np.asarray(tbl["peak_value"], float), tot, fwhm, np.sqrt(l1 / l2))
+
+
+def frame_quality(stars: Stars, sky: float, noise: float, saturation: float | None) -> FrameQuality:
+    ok = np.ones(len(stars), bool) if saturation is None else stars.peak + sky < 0.9 * saturation
+    bright = np.nonzero(ok)[0][:30]
+    if bright.size == 0:
+        return FrameQuality(sky, noise, len(stars), float("nan"), float("nan"), 0.0, flags=["few_stars"])
+    return FrameQuality(
+        sky=sky,
+        noise=noise,
+        n_stars=len(stars),
+        fwhm=float(np.median(stars.fwhm[bright])),
+        elongation=float(np.median(stars.elongation[bright])),
+        signal=float(np.median(stars.peak[bright]) / noise),
+    )
+
+
+def flag_qualities(qs: list[FrameQuality], scales: list[float] | None = None) -> None:
+    """Flags relative to the set of frames: clouded, trailed, out of focus, high sky, few stars.
+
+    - low_transparency: transparency (1/scale) below 0.8 of the median frame's;
+    - trailed: median elongation above 1.3 (round stars are ~1.05);
+    - out_of_focus: FWHM above 1.5 x the median frame's;
+    - high_sky: sky above 1.5 x the median frame's;
+    - few_stars: fewer than a third of the median frame's stars (or under 5).
+    """
+    good = [q for q in qs if q.n_stars > 0]
+    if not good:
+        return
+    med_fwhm = np.nanmedian([q.fwhm for q in good])
+    med_sky = np.nanmedian([q.sky for q in qs])
+    med_n = np.median([q.n_stars for q in qs])
+    if scales is not None:
+        t = np.array([1.0 / s if s and np.isfinite(s) and s > 0 else np.nan for s in scales])
+        med_t = np.nanmedian(t) if np.isfinite(t).any() else np.nan
+        for q, ti in zip(qs, t):
+            q.transparency = float(ti / med_t) if np.isfinite(ti) and np.isfinite(med_t) else float("nan")
+    for q in qs:
+        flags = [f for f in q.flags if f == "few_stars"]
+        if np.isfinite(q.transparency) and q.transparency < 0.8:
+            flags.append("low_transparency")
+        if np.isfinite(q.elongation) and q.elongation > 1.3:
+            flags.append("trailed")
+        if np.isfinite(q.fwhm) and q.fwhm > 1.5 * med_fwhm:
+            flags.append("out_of_focus")
+        if q.sky > 1.5 * med_sky and med_sky > 0:
+            flags.append("high_sky")
+        if (q.n_stars < med_n / 3 or q.n_stars < 5) and "few_stars" not in flags:
+            flags.append("few_stars")
+        q.flags = flags
+
+
+def best_reference(qs: list[FrameQuality]) -> int:
+    """The sharpest and clearest frame: highest signal / FWHM² (peak height per unit blur),
+    among frames not trailed and with at least half the median star count."""
+    med_n = np.median([q.n_stars for q in qs]) if qs else 0
+    best, best_score = 0, -1.0
+    for i, q in enumerate(qs):
+        if "trailed" in q.flags or q.n_stars < med_n / 2 or not np.isfinite(q.fwhm) or q.fwhm <= 0:
+            continue
+        score = q.signal / q.fwhm**2
+        if score > best_score:
+            best, best_score = i, score
+    return best
+
+
+def _isolated(stars: Stars, i: int, radius: float, ratio: float, sat_radius: float, saturated: np.ndarray) -> bool:
+    d = np.hypot(stars.x - stars.x[i], stars.y - stars.y[i])
+    d[i] = np.inf
+    if np.any((d < radius) & (stars.peak >= ratio * stars.peak[i])):
+        return False
+    return not np.any((d < sat_radius) & saturated)
+
+
+def pick_reference_star(stars: Stars, shape, sky: float, saturation: float | None, box: int) -> tuple[float, float] | None:
+    """Bright, unsaturated with margin (other frames may be brighter), no star half as bright
+    within half the box, away from the edges; the brightest such star nearest the centre wins."""
+    h, w = shape
+    limit = np.inf if saturation is None else 0.5 * saturation - sky
+    saturated = np.zeros(len(stars), bool) if saturation is None else stars.peak + sky >= 0.9 * saturation
+    margin = box / 2 + 10
+    cands = []
+    for i in range(len(stars)):
+        if stars.peak[i] >= limit:
+            continue
+        if not (margin <= stars.x[i] < w - margin and margin <= stars.y[i] < h - margin):
+            continue
+        if not _isolated(stars, i, box / 2, 0.5, box / 2, saturated):
+            continue
+        cands.append(i)
+        if len(cands) == 5:
+            break
+    if not cands:
+        return None
+    centre = min(cands, key=lambda i: np.hypot(stars.x[i] - w / 2, stars.y[i] - h / 2))
+    return float(stars.x[centre]), float(stars.y[centre])
+
+
+def pick_comparison_stars(
+    stars: Stars, shape, sky: float, saturation: float | None, radius: float, n_max: int = 30, margin: float = 0.0
+) -> list[tuple[float, float]]:
+    """Bright, unsaturated (with margin), isolated stars spread over a 3x3 grid of the field."""
+    h, w = shape
+    limit = np.inf if saturation is None else 0.6 * saturation - sky
+    saturated = np.zeros(len(stars), bool) if saturation is None else stars.peak + sky >= 0.9 * saturation
+    edge = radius + 15 + margin
+    cells: dict[tuple[int, int], list[int]] = {}
+    for i in range(len(stars)):
+        x, y = stars.x[i], stars.y[i]
+        if stars.peak[i] >= limit or not (edge <= x < w - edge and edge <= y < h - edge):
+            continue
+        if not _isolated(stars, i, radius + 5, 0.5, radius + 10, saturated):
+            continue
+        cells.setdefault((int(3 * y / h), int(3 * x / w)), []).append(i)
+    picked: list[int] = []
+    rank = 0
+    while len(picked) < n_max and any(rank < len(v) for v in cells.values()):
+        for key in sorted(cells):
+            if rank < len(cells[key]) and len(picked) < n_max:
+                picked.append(cells[key][rank])
+        rank += 1
+    return [(float(stars.x[i]), float(stars.y[i])) for i in picked]
