@@ -152,6 +152,24 @@ def _saturation(where, v):
     return None if v is False else _pos_num(where, v)
 
 
+def parse_select(text: str) -> dict:
+    """'PICTTYPE=1, FILTER=V' -> {'PICTTYPE': 1, 'FILTER': 'V'} (numbers and booleans typed)."""
+    out = {}
+    for part in text.replace(";", ",").split(","):
+        if not part.strip():
+            continue
+        if "=" not in part:
+            raise ValueError(f"{part.strip()!r} is not KEY=VALUE")
+        key, value = (p.strip() for p in part.split("=", 1))
+        if not key:
+            raise ValueError(f"{part.strip()!r} has no keyword")
+        try:
+            out[key.upper()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.upper()] = value.strip("'\"")
+    return out
+
+
 def parse_size(text: str | int) -> int:
     """'256MB', '2 GB', '512M' or a number of bytes."""
     if isinstance(text, int) and not isinstance(text, bool):

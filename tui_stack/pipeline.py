@@ -281,6 +281,11 @@ def register(state: RunState, progress: Progress = _noop) -> None:
 # ---------------------------------------------------------------- shifting and scaling
 
 
+def _measurable(fr: FrameResult) -> bool:
+    """The frame has a shift, so it can be shifted and measured (used or not)."""
+    return not any(f in fr.flags for f in ("no_data", "no_stars", "shift_exceeds_frame", "rotated_180"))
+
+
 def prepared_frame(state: RunState, i: int) -> tuple[np.ndarray, np.ndarray, object]:
     """Frame i sky-subtracted and shifted onto the reference grid: (data, mask, header)."""
     fr = state.frames[i]
@@ -319,7 +324,7 @@ def measure_scales(state: RunState, progress: Progress = _noop, shifted_dir: Pat
     for k, i in enumerate(order):
         progress("scale", k, n)
         fr = state.frames[i]
-        if "no_data" in fr.flags or "no_stars" in fr.flags or "shift_exceeds_frame" in fr.flags:
+        if not _measurable(fr):
             continue
         data, mask, header = prepared_frame(state, i)
         fluxes = photometry.measure_stars(
@@ -518,7 +523,8 @@ def report_dict(state: RunState) -> dict:
         "frames": frames,
     }
     if state.combined:
-        c = state.combined[-1]
+        chosen = [c for c in state.combined if c.method == state.config.method]
+        c = chosen[0] if chosen else state.combined[-1]
         out["combined"] = _combined_entry(c)
         out["photometry"] = {
             "stars": [list(s) for s in c.photometry.stars],
@@ -582,6 +588,25 @@ def prepare_output_dir(state: RunState) -> Path:
     return out
 
 
+def write_shifted_frames(state: RunState, directory: Path, progress: Progress = _noop) -> None:
+    """s<name> for every frame that has a shift (a pass over the frames)."""
+    todo = [i for i, fr in enumerate(state.frames) if _measurable(fr)]
+    for k, i in enumerate(todo):
+        progress("write shifted", k, len(todo))
+        data, mask, header = prepared_frame(state, i)
+        write_shifted(state, i, data, mask, header, directory / f"s{state.frames[i].name}")
+    progress("write shifted", len(todo), len(todo))
+
+
+def write_outputs(state: RunState, out: Path, progress: Progress = _noop, shifted_written: bool = False) -> None:
+    """Shifted frames (if asked and not yet written), every combined image, report.json."""
+    if state.config.write_shifted and not shifted_written:
+        write_shifted_frames(state, out, progress)
+    for c in state.combined:
+        write_combined(state, c, out)
+    io.write_text_atomic(out / "report.json", json.dumps(report_dict(state), indent=2) + "\n")
+
+
 def run(cfg: Config, progress: Progress = _noop) -> RunState:
     """The whole pipeline, writing the outputs of SPEC.md."""
     state = RunState(config=cfg)
@@ -598,10 +623,10 @@ def run(cfg: Config, progress: Progress = _noop) -> RunState:
             shifted_dir = tmp
         else:
             shifted_dir = None
+        # Shifted frames are written in the photometry pass: one read of each frame, not two.
         measure_scales(state, progress, shifted_dir)
-        combined = combine_frames(state, cfg.method, shifted_dir, progress)
-        write_combined(state, combined, out)
-        io.write_text_atomic(out / "report.json", json.dumps(report_dict(state), indent=2) + "\n")
+        combine_frames(state, cfg.method, shifted_dir, progress)
+        write_outputs(state, out, progress, shifted_written=True)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -207,6 +207,29 @@ def match_files(directory: Path, pattern: str) -> list[Path]:
     return found
 
 
+def header_matches(header, select: dict | None) -> bool:
+    """True when every `select` keyword is in the header with an equal value.
+
+    Numbers compare as numbers, strings case-insensitively with blanks stripped, as
+    ccdproc's ImageFileCollection.files_filtered does. The wizard filters headers it has
+    already read with this, so `run` must use the same rule rather than re-read every
+    header through ImageFileCollection.
+    """
+    for key, want in (select or {}).items():
+        if key not in header:
+            return False
+        have = header[key]
+        if isinstance(want, bool) or isinstance(have, bool):
+            if have != want:
+                return False
+        elif isinstance(want, (int, float)) and isinstance(have, (int, float)):
+            if float(have) != float(want):
+                return False
+        elif str(have).strip().lower() != str(want).strip().lower():
+            return False
+    return True
+
+
 def select_files(directory: Path, pattern: str, select: dict | None = None) -> list[Path]:
     """Glob, then keep the files whose header matches every `select` keyword.
 
@@ -214,20 +237,15 @@ def select_files(directory: Path, pattern: str, select: dict | None = None) -> l
     rather than silently skipped.
     """
     files = match_files(directory, pattern)
+    kept = []
     for path in files:
         hdul = open_fits(path)
         try:
-            _image_hdu_index(hdul, path)
+            idx = _image_hdu_index(hdul, path)
+            if header_matches(hdul[idx].header, select) or (idx > 0 and header_matches(hdul[0].header, select)):
+                kept.append(path)
         finally:
             hdul.close()
-    if not select:
-        return files
-    from ccdproc import ImageFileCollection
-
-    keys = list(select)
-    collection = ImageFileCollection(filenames=[str(p) for p in files], keywords=keys)
-    kept = collection.files_filtered(include_path=True, **select)
-    kept = sorted(Path(p).resolve() for p in kept)
     if not kept:
         wanted = ", ".join(f"{k}={v!r}" for k, v in select.items())
         raise InputError(f"no files in {directory} matching {pattern!r} have {wanted}")
