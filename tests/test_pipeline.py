@@ -29,6 +29,12 @@ def test_scales_within_1_percent_of_injected_transparency(run_subpixel, field_su
     assert np.abs(scales / field_subpixel.scales - 1).max() < 0.01, scales / field_subpixel.scales
 
 
+def test_unrotated_frames_are_not_flagged(run_subpixel):
+    state, _, _ = run_subpixel
+    for fr in state.frames[1:]:
+        assert abs(fr.rotation) < 0.01 and "rotated" not in fr.flags
+
+
 def test_report_matches_spec(run_subpixel, field_subpixel):
     state, out, _ = run_subpixel
     rep = json.loads((out / "report.json").read_text())

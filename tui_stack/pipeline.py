@@ -98,7 +98,9 @@ def _noop(stage, done, total):
 
 
 def select(cfg: Config) -> list[Path]:
-    return io.select_files(cfg.directory, cfg.pattern, cfg.select)
+    """The sorted frames to work on; an unreadable file named in `exclude` is skipped, not an error."""
+    names = {e for e in cfg.exclude if isinstance(e, str)}
+    return io.select_files(cfg.directory, cfg.pattern, cfg.select, skip=names)
 
 
 def resolve_reference(cfg: Config, files: list[Path]) -> int:
@@ -124,6 +126,8 @@ def excluded_indices(cfg: Config, files: list[Path]) -> set[int]:
             out.add(item)
         elif item in names:
             out.add(names.index(item))
+        elif (cfg.directory / item).exists():
+            continue  # unreadable or filtered out by the header keywords: not selected anyway
         else:
             raise InputError(f"config: [input].exclude names {item!r}, which is not a selected file")
     return out
@@ -211,7 +215,10 @@ def register(state: RunState, progress: Progress = _noop) -> None:
         )
     state.ref_star = star
     xref = registration.XcorrReference(ref_frame.data, ref_frame.mask, ref_sky.level, ref_sky.noise)
+    # Stars for the rotation check, centroided in the reference as they will be in each frame.
     rot_stars = np.array(quality.pick_comparison_stars(ref_stars, state.shape, ref_sky.level, cfg.saturation, 6, 16))
+    if len(rot_stars):
+        rot_stars = registration.match_stars(ref_sub, ref_frame.mask, ref_sky.noise, rot_stars, 0.0, 0.0)[1]
     excluded = excluded_indices(cfg, files)
     del ref_frame, ref_sub
     state.frames = []
@@ -259,8 +266,8 @@ def register(state: RunState, progress: Progress = _noop) -> None:
                 if ("star_off_frame" in res.flags or "star_not_found" in res.flags) and len(pts) >= 3:
                     # The reference star is not there: the median offset of the other stars stands in.
                     fr.shift_x, fr.shift_y = np.median(ref_pts - pts, axis=0).tolist()
-                fr.rotation = registration.fit_rotation(ref_pts, pts)
-                if np.isfinite(fr.rotation) and abs(fr.rotation) > ROTATION_LIMIT_DEG:
+                fr.rotation, rot_err = registration.fit_rotation(ref_pts, pts)
+                if np.isfinite(fr.rotation) and abs(fr.rotation) > max(ROTATION_LIMIT_DEG, 4 * rot_err):
                     fr.flags.append("rotated")
         if fr.used:
             if abs(fr.shift_x) >= w or abs(fr.shift_y) >= h:

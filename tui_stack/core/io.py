@@ -230,16 +230,22 @@ def header_matches(header, select: dict | None) -> bool:
     return True
 
 
-def select_files(directory: Path, pattern: str, select: dict | None = None) -> list[Path]:
+def select_files(directory: Path, pattern: str, select: dict | None = None, skip: set | frozenset = frozenset()) -> list[Path]:
     """Glob, then keep the files whose header matches every `select` keyword.
 
-    Every matched file is opened first, so a broken file is reported by name
-    rather than silently skipped.
+    Every matched file is opened first, so a broken file is reported by name rather
+    than silently skipped, unless its name is in `skip` (the user excluded it).
     """
     files = match_files(directory, pattern)
     kept = []
     for path in files:
-        hdul = open_fits(path)
+        try:
+            hdul = open_fits(path)
+            _image_hdu_index(hdul, path)
+        except InputError:
+            if path.name in skip:
+                continue
+            raise
         try:
             idx = _image_hdu_index(hdul, path)
             if header_matches(hdul[idx].header, select) or (idx > 0 and header_matches(hdul[0].header, select)):

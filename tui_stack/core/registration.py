@@ -271,12 +271,26 @@ def match_stars(
     return np.array(ref_pts, dtype=float).reshape(-1, 2), np.array(pts, dtype=float).reshape(-1, 2)
 
 
-def fit_rotation(ref_pts: np.ndarray, pts: np.ndarray) -> float:
-    """Rotation (degrees) taking the reference positions to the frame's, shift removed
-    (least squares in complex form); NaN with fewer than 3 stars."""
-    if len(pts) < 3:
-        return float("nan")
-    a = ref_pts[:, 0] + 1j * ref_pts[:, 1]
-    b = pts[:, 0] + 1j * pts[:, 1]
-    a, b = a - a.mean(), b - b.mean()
-    return float(np.degrees(np.angle(np.sum(np.conj(a) * b))))
+def fit_rotation(ref_pts: np.ndarray, pts: np.ndarray) -> tuple[float, float]:
+    """Rotation (degrees) taking the reference positions to the frame's, shift removed, and its
+    standard error. Least squares in complex form, refitted without stars whose residual is
+    over 3 robust sigma (a neighbour pulled their centroid); NaN with fewer than 3 stars."""
+    keep = np.ones(len(pts), bool)
+    angle, err = float("nan"), float("nan")
+    for _ in range(3):
+        if keep.sum() < 3:
+            return float("nan"), float("nan")
+        a = ref_pts[keep, 0] + 1j * ref_pts[keep, 1]
+        b = pts[keep, 0] + 1j * pts[keep, 1]
+        a0, b0 = a - a.mean(), b - b.mean()
+        rot = np.sum(np.conj(a0) * b0)
+        rot /= abs(rot)
+        angle = float(np.degrees(np.angle(rot)))
+        resid_all = np.abs((pts[:, 0] + 1j * pts[:, 1]) - b.mean() - rot * ((ref_pts[:, 0] + 1j * ref_pts[:, 1]) - a.mean()))
+        sigma = 1.4826 * np.median(resid_all[keep]) + 1e-3
+        err = float(np.degrees(sigma / np.sqrt(np.sum(np.abs(a0) ** 2))))
+        new_keep = resid_all < 3 * sigma
+        if np.array_equal(new_keep, keep):
+            break
+        keep = new_keep
+    return angle, err

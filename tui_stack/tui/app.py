@@ -1,0 +1,225 @@
+"""The guided wizard: five screens from files to combined image, keyboard only, made for SSH."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Callable
+
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Footer, ProgressBar, Static
+
+from tui_stack.config import Config, load_config
+from tui_stack.errors import InputError
+from tui_stack.tui.state import WizardState
+
+STEPS = ("Files", "Reference", "Shifts", "Scales", "Combine")
+
+
+def crash_log(exc: BaseException) -> Path:
+    log = Path(tempfile.gettempdir()) / f"tui-stack-crash-{os.getpid()}.log"
+    log.write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
+    return log
+
+
+class StepBar(Static):
+    """Where the user is: ' 1 Files > 2 Reference > ...' with the current step highlighted."""
+
+    def __init__(self, step: int):
+        parts = []
+        for i, name in enumerate(STEPS):
+            label = f" {i + 1} {name} "
+            parts.append(f"[reverse bold]{label}[/]" if i == step else f"[dim]{label}[/]" if i > step else label)
+        super().__init__(" > ".join(parts))
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    BINDINGS = [Binding("y", "answer(True)", "Yes"), Binding("n,escape", "answer(False)", "No")]
+
+    def __init__(self, question: str):
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static(self.question)
+            yield Static("\n[b]y[/] yes    [b]n[/] no")
+
+    def action_answer(self, value: bool) -> None:
+        self.dismiss(value)
+
+
+class WizardScreen(Screen):
+    """A step of the wizard: step bar, body, progress line, status line, footer."""
+
+    STEP = 0
+    BINDINGS = [
+        Binding("n,ctrl+n", "next", "Next"),
+        Binding("b,ctrl+b", "back", "Back"),
+    ]
+
+    @property
+    def ws(self) -> WizardState:
+        return self.app.ws
+
+    def compose(self) -> ComposeResult:
+        yield StepBar(self.STEP)
+        yield from self.compose_body()
+        yield ProgressBar(id="progress", show_eta=False, classes="idle")
+        yield Static("", id="status", classes="status", markup=False)
+        yield Footer()
+
+    def compose_body(self) -> ComposeResult:
+        yield from ()
+
+    def status(self, text: str, error: bool = False) -> None:
+        st = self.query_one("#status", Static)
+        st.update(text)
+        st.set_class(error, "error")
+
+    # ------------------------------------------------------------ long work in a thread
+
+    def run_task(self, label: str, fn: Callable, done: Callable | None = None) -> None:
+        """Run fn(progress) in a worker thread; progress(stage, k, n) drives the bar; errors become
+        messages (a bug also writes a log); done(result) runs on the UI thread."""
+        bar = self.query_one("#progress", ProgressBar)
+        bar.remove_class("idle")
+        bar.update(total=100, progress=0)
+        self.status(f"{label}…")
+        last = [-1]
+
+        def progress(stage, k, n):
+            worker = self._worker
+            if worker is not None and worker.is_cancelled:
+                from tui_stack.core.combine import Cancelled
+
+                raise Cancelled()
+            pct = int(100 * k / max(n, 1))
+            if pct != last[0]:  # at most 101 repaints per step: cheap over SSH
+                last[0] = pct
+                self.app.call_from_thread(self._progress, stage, pct)
+
+        def work():
+            from tui_stack.core.combine import Cancelled
+
+            try:
+                result = fn(progress)
+            except Cancelled:
+                self.app.call_from_thread(self._finish, None, f"{label}: cancelled", False)
+                return
+            except InputError as exc:
+                self.app.call_from_thread(self._finish, None, str(exc), True)
+                return
+            except Exception as exc:  # a bug: keep the app alive, keep the evidence
+                log = crash_log(exc)
+                self.app.call_from_thread(
+                    self._finish, None, f"internal error ({type(exc).__name__}: {exc}); details in {log}", True
+                )
+                return
+            self.app.call_from_thread(self._finish, (done, result), f"{label}: done", False)
+
+        self._worker = self.run_worker(work, thread=True, exclusive=True, group="step")
+
+    _worker = None
+
+    def _progress(self, stage: str, pct: int) -> None:
+        self.query_one("#progress", ProgressBar).update(progress=pct)
+        self.status(f"{stage}… {pct}%")
+
+    def _finish(self, payload, message: str, error: bool) -> None:
+        self._worker = None
+        self.query_one("#progress", ProgressBar).add_class("idle")
+        self.status(message, error)
+        if error:
+            self.notify(message, severity="error", timeout=12, markup=False)
+        if payload is not None:
+            done, result = payload
+            if done is not None:
+                done(result)
+
+    @property
+    def busy(self) -> bool:
+        return self._worker is not None
+
+    def action_cancel_task(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+
+    # ------------------------------------------------------------ navigation
+
+    def can_leave(self) -> bool:
+        """Checked before going to the next step; say why not with self.status."""
+        return True
+
+    def action_next(self) -> None:
+        if self.busy:
+            self.status("still working; wait or press escape to cancel")
+            return
+        if self.STEP + 1 < len(STEPS) and self.can_leave():
+            self.app.goto(self.STEP + 1)
+
+    def action_back(self) -> None:
+        if self.STEP > 0 and not self.busy:
+            self.app.goto(self.STEP - 1)
+
+
+class StackApp(App):
+    TITLE = "tui-stack"
+    CSS_PATH = "app.tcss"
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS = [
+        Binding("q", "request_quit", "Quit"),
+        Binding("ctrl+c,ctrl+q", "request_quit", "Quit", show=False, priority=True),
+    ]
+
+    def __init__(self, directory: Path, config: Config | None = None):
+        super().__init__()
+        if config is None:
+            config = Config(directory=Path(directory).resolve(), out_dir=Path(directory).resolve() / "tui-stack-out")
+        self.ws = WizardState(config=config)
+
+    def on_mount(self) -> None:
+        from tui_stack.tui.combine import CombineScreen
+        from tui_stack.tui.files import FilesScreen
+        from tui_stack.tui.reference import ReferenceScreen
+        from tui_stack.tui.scales import ScalesScreen
+        from tui_stack.tui.shifts import ShiftsScreen
+
+        for i, cls in enumerate((FilesScreen, ReferenceScreen, ShiftsScreen, ScalesScreen, CombineScreen)):
+            self.install_screen(cls(), name=STEPS[i])
+        self.push_screen(STEPS[0])
+
+    def _handle_exception(self, error: Exception) -> None:
+        """A bug: keep the traceback in a log file and say where, instead of printing it."""
+        log = crash_log(error)
+        self._return_code = 1
+        if self._exception is None:  # the test pilot re-raises it
+            self._exception = error
+            self._exception_event.set()
+        self.exit(return_code=1, message=f"tui-stack: internal error ({type(error).__name__}: {error}); details in {log}")
+
+    def goto(self, step: int) -> None:
+        self.switch_screen(STEPS[step])
+
+    def action_request_quit(self) -> None:
+        if not self.ws.dirty:
+            self.exit(0)
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.exit(0)
+
+        self.push_screen(ConfirmScreen("Measured results are not written yet.\nQuit and lose them?"), answer)
+
+
+def run_app(directory: Path, config_path: Path | None = None) -> int:
+    config = load_config(config_path) if config_path else None  # it names its own directory
+    app = StackApp(Path(directory), config)
+    app.run()
+    return app.return_code or 0

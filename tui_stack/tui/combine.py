@@ -1,0 +1,188 @@
+"""Step 5: combine method and parameters, run with progress and cancel, results side by side, write."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.widgets import DataTable, Input, Label, Static
+
+from tui_stack.core.combine import METHODS
+from tui_stack.tui.preview import ImageView
+from tui_stack.tui.reference import PreviewScreen
+
+
+def _f(v, spec=".3f"):
+    return "-" if v is None or v != v else format(v, spec)
+
+
+class CombineScreen(PreviewScreen):
+    STEP = 4
+    BINDINGS = [
+        Binding("m", "method", "Method"),
+        Binding("c", "combine", "Combine"),
+        Binding("w", "write", "Write"),
+        Binding("tab", "focus_next", "Focus", show=False),
+    ]
+
+    def compose_body(self) -> ComposeResult:
+        cfg = self.ws.config
+        with Horizontal(classes="params"):
+            yield Static(f"method [b]{cfg.method}[/] (m)", id="method")
+            yield Label("nlow")
+            yield Input(str(cfg.nlow), id="nlow", type="integer")
+            yield Label("nhigh")
+            yield Input(str(cfg.nhigh), id="nhigh", type="integer")
+            yield Label("sigma")
+            yield Input(str(cfg.sigma), id="sigma", type="number")
+        with Horizontal(classes="main"):
+            yield ImageView(id="preview", classes="preview")
+            with Vertical(classes="side-wide"):
+                results = DataTable(id="results", cursor_type="row", classes="small-table")
+                results.add_columns("method", "n", "median", "std", "flux/ref")
+                yield results
+                phot = DataTable(id="phot", cursor_type="row", classes="small-table")
+                phot.add_columns("star", "ref flux", "combined", "ratio")
+                yield phot
+                yield Input(str(cfg.out_dir), id="outdir", placeholder="output directory")
+        self._cache: Path | None = None
+        self._cache_key = None
+
+    def on_mount(self) -> None:
+        for inp in self.query(Input):
+            inp.cursor_blink = False
+
+    def on_screen_resume(self) -> None:
+        self._method_label()
+        self.query_one("#results", DataTable).focus()
+        self._fill()
+        if self.ws.run is None or not self.ws.run.comparison_stars:
+            self.status("measure the scales first (b: back)", error=True)
+        else:
+            self.status("m: method, c: combine (escape cancels), w: write the outputs and the config")
+
+    def _method_label(self) -> None:
+        self.query_one("#method", Static).update(f"method [b]{self.ws.config.method}[/] (m)")
+
+    def action_method(self) -> None:
+        cfg = self.ws.config
+        cfg.method = METHODS[(METHODS.index(cfg.method) + 1) % len(METHODS)]
+        self._method_label()
+
+    def _read_params(self) -> bool:
+        cfg = self.ws.config
+        try:
+            nlow, nhigh = int(self.query_one("#nlow", Input).value), int(self.query_one("#nhigh", Input).value)
+            sigma = float(self.query_one("#sigma", Input).value)
+        except ValueError:
+            self.status("nlow and nhigh must be whole numbers, sigma a number", error=True)
+            return False
+        if nlow < 0 or nhigh < 0 or sigma <= 0:
+            self.status("nlow and nhigh must be 0 or more, sigma positive", error=True)
+            return False
+        cfg.nlow, cfg.nhigh, cfg.sigma = nlow, nhigh, sigma
+        cfg.out_dir = Path(self.query_one("#outdir", Input).value).expanduser().resolve()
+        return True
+
+    def _shifted_dir(self, progress):
+        """Subpixel mode combines shifted frames from disk: write them once to a temporary cache."""
+        from tui_stack import pipeline
+
+        run = self.ws.run
+        if run.config.shift_mode == "integer":
+            return None
+        key = tuple((f.name, f.applied_shift_x, f.applied_shift_y, f.sky) for f in run.frames)
+        if self._cache is None or self._cache_key != key:
+            if self._cache is not None:
+                shutil.rmtree(self._cache, ignore_errors=True)
+            self._cache = Path(tempfile.mkdtemp(prefix="tui-stack-cache-"))
+            pipeline.write_shifted_frames(run, self._cache, progress)
+            self._cache_key = key
+        return self._cache
+
+    def action_combine(self) -> None:
+        from tui_stack import pipeline
+
+        ws = self.ws
+        if ws.run is None or not ws.run.comparison_stars or not self._read_params():
+            return
+        run = ws.run
+        run.config = ws.config_for_run()
+        method = ws.config.method
+
+        def work(progress):
+            return pipeline.combine_frames(run, method, self._shifted_dir(progress), progress)
+
+        self.run_task(f"combining ({method})", work, self._combined)
+
+    def _combined(self, result) -> None:
+        self.ws.dirty = True
+        self._fill(result.method)
+        self.preview().set_image(result.data)
+
+    def _fill(self, method: str | None = None) -> None:
+        run = self.ws.run
+        if run is None:
+            return
+        table = self.query_one("#results", DataTable)
+        table.clear()
+        for c in run.combined:
+            table.add_row(c.method, str(c.n_frames), _f(c.stats.median), _f(c.stats.std),
+                          _f(c.photometry.ratio_median, ".4f"), key=c.method)
+        chosen = [c for c in run.combined if c.method == method] or run.combined[-1:]
+        if chosen:
+            self._fill_phot(chosen[0])
+
+    def _fill_phot(self, c) -> None:
+        phot = self.query_one("#phot", DataTable)
+        phot.clear()
+        for k, (rf, cf) in enumerate(zip(c.photometry.reference_flux, c.photometry.combined_flux)):
+            ratio = cf / rf if rf and rf == rf and rf > 0 else float("nan")
+            phot.add_row(str(k), _f(rf, ".0f"), _f(cf, ".0f"), _f(ratio, ".4f"))
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        run = self.ws.run
+        if event.data_table.id != "results" or event.row_key is None or run is None:
+            return
+        for c in run.combined:
+            if c.method == event.row_key.value:
+                self._fill_phot(c)
+                view = self.preview()
+                view.set_image(c.data, keep_view=view.image is not None and view.image.shape == c.data.shape)
+
+    def action_write(self) -> None:
+        from tui_stack import pipeline
+        from tui_stack.core.io import write_text_atomic
+
+        ws = self.ws
+        run = ws.run
+        if run is None or not run.combined or not self._read_params():
+            self.status("combine first (c)", error=True)
+            return
+        run.config = ws.config_for_run()
+        if ws.config.method not in [c.method for c in run.combined]:
+            ws.config.method = run.combined[-1].method
+            self._method_label()
+
+        def work(progress):
+            out = pipeline.prepare_output_dir(run)
+            pipeline.write_outputs(run, out, progress)
+            path = out / "tui-stack.toml"
+            write_text_atomic(path, ws.config_toml())
+            return out
+
+        self.run_task("writing outputs", work, self._written)
+
+    def _written(self, out: Path) -> None:
+        self.ws.dirty = False
+        self.ws.written_to = out
+        self.status(f"written to {out} (config: tui-stack.toml; tui-stack run reproduces it). q: quit")
+        self.notify(f"outputs and config written to {out}", timeout=8, markup=False)
+
+    def on_unmount(self) -> None:
+        if self._cache is not None:
+            shutil.rmtree(self._cache, ignore_errors=True)

@@ -1,0 +1,146 @@
+"""Step 1: which frames. Directory, glob and header filter; a table of headers and quick stats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.widgets import DataTable, Input
+
+from tui_stack.tui.app import WizardScreen
+
+COLUMNS = ("use", "file", "DATE-OBS", "EXPTIME", "FILTER", "type", "shape", "median", "std", "max", "note")
+
+
+def _num(v, spec=".1f"):
+    return "" if v is None else format(v, spec)
+
+
+class FilesScreen(WizardScreen):
+    STEP = 0
+    BINDINGS = [
+        Binding("space", "toggle", "Use/skip"),
+        Binding("a", "toggle_all", "All"),
+        Binding("r", "rescan", "Rescan"),
+        Binding("slash", "edit", "Edit filter"),
+        Binding("escape", "cancel_task", "Cancel", show=False),
+    ]
+
+    def compose_body(self) -> ComposeResult:
+        cfg = self.ws.config
+        select = ", ".join(f"{k}={v}" for k, v in cfg.select.items())
+        with Horizontal(classes="inputs"):
+            yield Input(str(cfg.directory), placeholder="directory", id="directory")
+            yield Input(cfg.pattern, placeholder="glob, e.g. *.fits", id="pattern")
+            yield Input(select, placeholder="header filter, e.g. PICTTYPE=1", id="filter")
+        table = DataTable(id="files", cursor_type="row", zebra_stripes=False)
+        table.add_columns(*COLUMNS)
+        yield table
+
+    def on_mount(self) -> None:
+        for inp in self.query(Input):
+            inp.cursor_blink = False  # a blinking cursor costs ~1.8 KB/s over SSH
+        self.query_one(DataTable).focus()
+        self.action_rescan()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.action_rescan()
+        self.query_one(DataTable).focus()
+
+    def action_edit(self) -> None:
+        self.query_one("#filter", Input).focus()
+
+    def action_rescan(self) -> None:
+        from tui_stack.config import parse_select
+
+        cfg = self.ws.config
+        directory = Path(self.query_one("#directory", Input).value).expanduser()
+        pattern = self.query_one("#pattern", Input).value.strip() or "*.fits"
+        try:
+            select = parse_select(self.query_one("#filter", Input).value)
+        except ValueError as exc:
+            self.status(f"header filter: {exc}; write KEY=VALUE, KEY2=VALUE2", error=True)
+            return
+        cfg.directory, cfg.pattern, cfg.select = directory.resolve(), pattern, select
+        if not directory.is_dir():
+            self.status(f"{directory}: no such directory; type another and press enter", error=True)
+            return
+        table = self.query_one(DataTable)
+        table.clear()
+        self.ws.infos, self.ws.included = [], set()
+        self.ws.run = None
+
+        def scan(progress):
+            from tui_stack.core import io
+
+            files = sorted({p.resolve() for p in directory.glob(pattern) if p.is_file()})
+            for k, path in enumerate(files):
+                progress("reading headers", k, len(files))
+                info = io.frame_info(path)
+                if info.error or io.header_matches(info.header, select):
+                    self.app.call_from_thread(self._add, info)
+            return len(files)
+
+        self.run_task("reading frames", scan, self._scanned)
+
+    def _add(self, info) -> None:
+        ws = self.ws
+        ws.infos.append(info)
+        i = len(ws.infos) - 1
+        if not info.error:
+            ws.included.add(i)
+        shape = f"{info.shape[1]}x{info.shape[0]}" if info.shape else ""
+        self.query_one(DataTable).add_row(
+            "✓" if i in ws.included else "·", info.path.name, info.date_obs[:19], _num(info.exptime, "g"),
+            info.filter, info.imagetyp, shape, _num(info.median), _num(info.std), _num(info.max, ".0f"),
+            info.error, key=str(i),
+        )
+
+    def _scanned(self, n_files: int) -> None:
+        ws = self.ws
+        bad = sum(1 for i in ws.infos if i.error)
+        if n_files == 0:
+            self.status(f"no files match {ws.config.pattern!r} in {ws.config.directory}; edit the glob (/)", error=True)
+            return
+        msg = f"{len(ws.usable_infos())} of {n_files} files selected"
+        if len(ws.infos) < n_files:
+            msg += f" ({n_files - len(ws.infos)} left out by the header filter)"
+        if bad:
+            msg += f"; {bad} unreadable (see note)"
+        self.status(msg + ". space: use/skip, n: next")
+
+    def _set_use(self, i: int, use: bool) -> None:
+        ws = self.ws
+        if ws.infos[i].error:
+            return
+        (ws.included.add if use else ws.included.discard)(i)
+        table = self.query_one(DataTable)
+        table.update_cell(str(i), table.ordered_columns[0].key, "✓" if use else "·")
+        ws.run = None
+
+    def action_toggle(self) -> None:
+        table = self.query_one(DataTable)
+        if not self.ws.infos or table.cursor_row is None:
+            return
+        row_key = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key
+        i = int(row_key.value)
+        self._set_use(i, i not in self.ws.included)
+        self.status(f"{len(self.ws.usable_infos())} frames selected")
+
+    def action_toggle_all(self) -> None:
+        use = len(self.ws.included) < sum(1 for i in self.ws.infos if not i.error)
+        for i in range(len(self.ws.infos)):
+            self._set_use(i, use)
+
+    def can_leave(self) -> bool:
+        usable = self.ws.usable_infos()
+        if len(usable) < 2:
+            self.status("select at least two readable frames to stack", error=True)
+            return False
+        shapes = {u.shape for u in usable}
+        if len(shapes) > 1:
+            self.status("the selected frames differ in shape; skip the odd ones (space)", error=True)
+            return False
+        return True

@@ -1,0 +1,160 @@
+"""Step 3: the shifts table, a plot of the shifts, and the lab's visual check (blink)."""
+
+from __future__ import annotations
+
+import numpy as np
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.widgets import DataTable, Static
+
+from tui_stack.tui import plot
+from tui_stack.tui.app import WizardScreen
+from tui_stack.tui.preview import ImageView
+from tui_stack.tui.reference import cutout
+
+COLUMNS = ("#", "file", "use", "x", "y", "shift x", "shift y", "applied", "rot°", "flags")
+
+
+def _f(v, spec=".2f"):
+    return "-" if v is None or v != v else format(v, spec)
+
+
+class ShiftsScreen(WizardScreen):
+    STEP = 2
+    BINDINGS = [
+        Binding("k", "blink", "Blink"),
+        Binding("x", "exclude", "Use/skip"),
+        Binding("r", "measure", "Re-measure"),
+        Binding("escape", "cancel_task", "Cancel", show=False),
+    ]
+
+    def compose_body(self) -> ComposeResult:
+        with Horizontal(classes="main"):
+            with Vertical():
+                table = DataTable(id="shifts", cursor_type="row")
+                table.add_columns(*COLUMNS)
+                yield table
+                yield plot.PlotView("shifts (px)", "x", "y", id="plot", classes="plot")
+            with Vertical(classes="side-narrow"):
+                yield Static("", id="cutinfo", classes="info")
+                yield ImageView(id="cutout", classes="cutout", magnify=True)
+                yield Static("k blink frame/reference\nx use or skip frame\nr measure again", classes="info")
+        self._showing_ref = False
+        self._frame_cut = None
+        self._ref_cut = None
+
+    def on_screen_resume(self) -> None:
+        run = self.ws.run
+        self.query_one(DataTable).focus()
+        if run is None or self.ws.star_xy is None:
+            self.status("choose the reference star first (b: back)", error=True)
+            return
+        if not run.frames:
+            self.action_measure()
+        else:
+            self._fill()
+
+    def action_measure(self) -> None:
+        from tui_stack import pipeline
+
+        run = self.ws.run
+        run.config = self.ws.config_for_run()
+        self.run_task("measuring shifts", lambda p: pipeline.register(run, p), lambda _: self._fill())
+
+    def _fill(self) -> None:
+        run = self.ws.run
+        table = self.query_one(DataTable)
+        row = table.cursor_row or 0
+        table.clear()
+        for i, fr in enumerate(run.frames):
+            table.add_row(
+                str(i), fr.name, "✓" if fr.used else "·", _f(fr.centroid_x, ".1f"), _f(fr.centroid_y, ".1f"), _f(fr.shift_x),
+                _f(fr.shift_y), f"{_f(fr.applied_shift_x, 'g')},{_f(fr.applied_shift_y, 'g')}",
+                _f(fr.rotation, ".3f"), " ".join(fr.flags), key=str(i),
+            )
+        if run.frames:
+            table.move_cursor(row=min(row, len(run.frames) - 1))
+        self._ref_cut = cutout(self.ws.ref_image, *self.ws.star_xy) if self.ws.ref_image is not None else None
+        self._plot()
+        bad = [fr.name for fr in run.frames if fr.flags and not set(fr.flags) <= {"excluded"}]
+        self.status(f"{sum(f.used for f in run.frames)} of {len(run.frames)} frames used"
+                    + (f"; flagged: {', '.join(bad[:4])}" if bad else "") + ". n: scales")
+
+    def _plot(self) -> None:
+        run = self.ws.run
+        ok = [fr for fr in run.frames if fr.used and np.isfinite(fr.shift_x)]
+        self.query_one("#plot", plot.PlotView).set_data([f.shift_x for f in ok], [f.shift_y for f in ok])
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        run = self.ws.run
+        if run is None or event.row_key is None or not run.frames:
+            return
+        i = int(event.row_key.value)
+        fr = run.frames[i]
+        self.query_one("#cutinfo", Static).update(f"[b]{fr.name}[/]\nafter shift ({_f(fr.applied_shift_x, 'g')}, "
+                                                  f"{_f(fr.applied_shift_y, 'g')})")
+        if not np.isfinite(fr.shift_x):
+            return
+
+        def load(progress):
+            from tui_stack import pipeline
+
+            data, mask, _ = pipeline.prepared_frame(run, i)
+            data = np.where(mask, np.nan, data)
+            return cutout(data, *self.ws.star_xy)
+
+        self.run_task(f"cut-out of {fr.name}", load, self._show_cut)
+
+    def _show_cut(self, cut) -> None:
+        self._frame_cut = cut
+        self._showing_ref = False
+        self._show()
+
+    def _show(self) -> None:
+        view = self.query_one("#cutout", ImageView)
+        img = self._ref_cut if self._showing_ref else self._frame_cut
+        if img is None:
+            return
+        limits = None
+        if self._ref_cut is not None and np.isfinite(self._ref_cut).any():
+            limits = (float(np.nanmin(self._ref_cut)), float(np.nanmax(self._ref_cut)))
+        same = view.image is not None and view.image.shape == img.shape
+        view.set_image(img, limits, keep_view=same)
+        view.set_markers({(img.shape[1] // 2, img.shape[0] // 2): ("+", "green")})
+        view.cursor_visible = False
+        label = "reference" if self._showing_ref else "this frame, shifted"
+        self.status(f"showing {label}; k: blink")
+
+    def action_blink(self) -> None:
+        self._showing_ref = not self._showing_ref
+        self._show()
+
+    def action_exclude(self) -> None:
+        run = self.ws.run
+        table = self.query_one(DataTable)
+        if run is None or not run.frames or table.cursor_row is None:
+            return
+        i = table.cursor_row
+        fr = run.frames[i]
+        info_index = next(k for k, info in enumerate(self.ws.infos) if info.path == fr.path)
+        if "excluded" in fr.flags:
+            self.ws.included.add(info_index)
+            fr.flags.remove("excluded")
+            fr.used = not any(f in fr.flags for f in ("no_data", "no_stars", "shift_exceeds_frame", "rotated_180"))
+        else:
+            self.ws.included.discard(info_index)
+            fr.flags.append("excluded")
+            fr.used = False
+        run.config = self.ws.config_for_run()
+        self._fill()
+
+    def can_leave(self) -> bool:
+        run = self.ws.run
+        if run is None or not run.frames:
+            self.status("measure the shifts first (r)", error=True)
+            return False
+        if sum(f.used for f in run.frames) < 1:
+            self.status("no frame is usable; go back and choose another star or frames", error=True)
+            return False
+        return True
