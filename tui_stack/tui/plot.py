@@ -15,7 +15,9 @@ def build(xs, ys, width: int, height: int, title: str, xlabel: str = "", ylabel:
     plt.plotsize(max(20, width), max(5, height))
     plt.theme("clear")  # terminal colours, fewest bytes
     if len(xs):
-        (plt.plot if lines else plt.scatter)(list(xs), list(ys), marker="dot" if lines else "o")
+        if lines:
+            plt.plot(list(xs), list(ys), marker="dot")
+        plt.scatter(list(xs), list(ys), marker="o")
     plt.title(title)
     if xlabel:
         plt.xlabel(xlabel)

@@ -7,6 +7,7 @@ just the two cells it leaves and enters, not the image. North (higher y) is up, 
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 from rich.segment import Segment
@@ -187,22 +188,24 @@ class ImageView(Widget, can_focus=True):
         n = len(GREYS) if not self.ascii else len(ASCII_RAMP)
         vals = np.full((rows, cols), np.nan, dtype=np.float32)
         if s > 1:
+            # Block means over whole image pixels: the sky goes flat grey and stars stand out;
+            # block maxima would turn every block's noise peak into a star.
             b = int(np.ceil(s))
-            # max over each block keeps stars visible when zoomed far out
-            xs = (x0 + np.arange(cols) * s).astype(int)
-            ys = (ytop - (np.arange(rows) + 1) * s).astype(int)
-            valid = np.nonzero((xs + b > 0) & (xs < w))[0]
-            for r, yy in enumerate(ys):
-                y_lo, y_hi = max(0, yy), min(h, yy + b)
-                if y_hi <= y_lo:
-                    continue
-                band = img[y_lo:y_hi]
-                for c in valid:
-                    blk = band[:, max(0, xs[c]) : min(w, xs[c] + b)]
-                    if blk.size and np.isfinite(blk).any():
-                        vals[r, c] = np.nanmax(blk)
-            # block maxima sit above the sky: scale them by their own zscale
-            lo, hi = zscale_limits(vals)
+            xs = np.floor(x0 + np.arange(cols) * s).astype(int)
+            ys = np.floor(ytop - (np.arange(rows) + 1) * s).astype(int)
+            pad = b + 1
+            padded = np.full((h + 2 * pad, w + 2 * pad), np.nan, dtype=np.float32)
+            padded[pad:-pad, pad:-pad] = img
+            okx = (xs > -b) & (xs < w)
+            oky = (ys > -b) & (ys < h)
+            xi = np.clip(xs[okx], -pad, w) + pad
+            yi = np.clip(ys[oky], -pad, h) + pad
+            blocks = padded[yi[:, None, None, None] + np.arange(b)[None, None, :, None],
+                            xi[None, :, None, None] + np.arange(b)[None, None, None, :]]
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                means = np.nanmean(blocks, axis=(2, 3))
+            vals[np.ix_(np.nonzero(oky)[0], np.nonzero(okx)[0])] = means
         else:
             xs = np.floor(x0 + (np.arange(cols) + 0.5) * s).astype(int)
             ys = np.floor(ytop - (np.arange(rows) + 0.5) * s).astype(int)

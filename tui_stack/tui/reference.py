@@ -27,6 +27,14 @@ def cutout(image: np.ndarray, x: float, y: float, size: int = CUTOUT) -> np.ndar
     return out
 
 
+def stamp_limits(stamp: np.ndarray) -> tuple[float, float] | None:
+    """Linear from the stamp's sky to its peak: the star's profile, not a white disc."""
+    if not np.isfinite(stamp).any():
+        return None
+    lo, hi = float(np.nanpercentile(stamp, 10)), float(np.nanmax(stamp))
+    return (lo, hi) if hi > lo else None
+
+
 class PreviewScreen(WizardScreen):
     """Shared by the screens with a preview: cursor, pan and zoom keys."""
 
@@ -232,7 +240,8 @@ class ReferenceScreen(PreviewScreen):
         view.set_markers({(int(round(star.x)), int(round(star.y))): ("x", "green")})
         view.set_cursor(int(round(star.x)), int(round(star.y)))
         cut = self.query_one("#cutout", ImageView)
-        cut.set_image(cutout(img, star.x, star.y), view.limits)
+        stamp = cutout(img, star.x, star.y)
+        cut.set_image(stamp, stamp_limits(stamp))
         info = [
             f"[b]star[/] x {star.x:.2f}  y {star.y:.2f}",
             f"peak {star.peak + sky:.0f}  FWHM {star.fwhm:.1f}",

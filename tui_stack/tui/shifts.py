@@ -11,7 +11,7 @@ from textual.widgets import DataTable, Static
 from tui_stack.tui import plot
 from tui_stack.tui.app import WizardScreen
 from tui_stack.tui.preview import ImageView
-from tui_stack.tui.reference import cutout
+from tui_stack.tui.reference import cutout, stamp_limits
 
 COLUMNS = ("#", "file", "use", "x", "y", "shift x", "shift y", "applied", "rot°", "flags")
 
@@ -116,9 +116,8 @@ class ShiftsScreen(WizardScreen):
         img = self._ref_cut if self._showing_ref else self._frame_cut
         if img is None:
             return
-        limits = None
-        if self._ref_cut is not None and np.isfinite(self._ref_cut).any():
-            limits = (float(np.nanmin(self._ref_cut)), float(np.nanmax(self._ref_cut)))
+        # one scale for both, from the reference: blinking compares like with like
+        limits = stamp_limits(self._ref_cut) if self._ref_cut is not None else None
         same = view.image is not None and view.image.shape == img.shape
         view.set_image(img, limits, keep_view=same)
         view.set_markers({(img.shape[1] // 2, img.shape[0] // 2): ("+", "green")})

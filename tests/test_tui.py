@@ -1,0 +1,150 @@
+"""The wizard driven by Textual's pilot, at 80x24: whole runs, errors, and the saved config."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from tui_stack import demo, pipeline
+from tui_stack.config import load_config
+from tui_stack.tui.app import StackApp
+
+SIZE = (80, 24)
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("wizard")
+    demo.write_demo(d, n_frames=5, size=512)
+    return d
+
+
+async def settle(pilot):
+    """Wait for the worker threads and the UI callbacks they scheduled."""
+    for _ in range(3):
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+
+
+async def drive_to_combine(pilot):
+    await settle(pilot)
+    for _ in range(3):
+        await pilot.press("n")
+        await settle(pilot)
+    await pilot.press("n")
+    await settle(pilot)
+
+
+def test_whole_wizard_equals_run_with_saved_config(demo_dir, tmp_path):
+    import asyncio
+
+    cfg = load_config(demo_dir / "demo.toml")
+    cfg.out_dir = tmp_path / "wizard_out"
+    app = StackApp(cfg.directory, cfg)
+
+    async def go():
+        async with app.run_test(size=SIZE) as pilot:
+            await drive_to_combine(pilot)
+            assert app.screen.STEP == 4
+            await pilot.press("c")
+            await settle(pilot)
+            await pilot.press("m")  # median -> minmax
+            await pilot.press("c")
+            await settle(pilot)
+            await pilot.press("w")
+            await settle(pilot)
+            assert not app.ws.dirty
+
+    asyncio.run(go())
+    out = tmp_path / "wizard_out"
+    saved = out / "tui-stack.toml"
+    assert saved.exists()
+    rerun_cfg = load_config(saved)
+    rerun_cfg.out_dir = tmp_path / "run_out"
+    pipeline.run(rerun_cfg)
+    assert rerun_cfg.method == "minmax"
+    a = fits.getdata(out / "combined_minmax.fits")
+    b = fits.getdata(tmp_path / "run_out" / "combined_minmax.fits")
+    np.testing.assert_array_equal(a, b)
+    assert (out / "combined_median.fits").exists()  # both methods the user ran are written
+    ra = json.loads((out / "report.json").read_text())
+    rb = json.loads((tmp_path / "run_out" / "report.json").read_text())
+    assert ra["frames"] == rb["frames"] and ra["reference"] == rb["reference"]
+    assert ra["combined"] == rb["combined"] and ra["photometry"] == rb["photometry"]
+    assert len(list(out.glob("sdemo_*.fits"))) == 5
+
+
+def test_wizard_auto_star_and_excluded_frame(demo_dir, tmp_path):
+    import asyncio
+
+    cfg = load_config(demo_dir / "demo.toml")
+    cfg.star, cfg.stars = "auto", "auto"
+    cfg.out_dir = tmp_path / "o"
+    app = StackApp(cfg.directory, cfg)
+
+    async def go():
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            await pilot.press("down", "down", "space")  # skip the third frame
+            await pilot.press("n")
+            await settle(pilot)
+            assert app.ws.star_xy is None
+            await pilot.press("n")  # refused: no star yet
+            assert app.screen.STEP == 1
+            await pilot.press("a")
+            assert app.ws.star_xy is not None
+            await pilot.press("n")
+            await settle(pilot)
+            run = app.ws.run
+            assert "excluded" in run.frames[2].flags and not run.frames[2].used
+            await pilot.press("n")
+            await settle(pilot)
+            assert len(run.comparison_stars) >= 3
+            assert isinstance(app.ws.config.stars, list)  # the auto pick is saved as positions
+
+    asyncio.run(go())
+
+
+def test_errors_are_shown_not_raised(tmp_path):
+    import asyncio
+
+    (tmp_path / "bad.fits").write_text("not fits\n" * 100)
+    (tmp_path / "empty.fits").write_bytes(b"")
+    app = StackApp(tmp_path)
+
+    async def go():
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            assert {i.path.name for i in app.ws.infos} == {"bad.fits", "empty.fits"}
+            assert all(i.error for i in app.ws.infos)
+            await pilot.press("n")  # refused with a message
+            assert app.screen.STEP == 0
+            status = str(app.screen.query_one("#status").render())
+            assert "at least two readable frames" in status
+
+    asyncio.run(go())
+
+
+def test_quit_asks_when_work_would_be_lost(demo_dir):
+    import asyncio
+
+    cfg = load_config(demo_dir / "demo.toml")
+    app = StackApp(cfg.directory, cfg)
+
+    async def go():
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            await pilot.press("n")
+            await settle(pilot)
+            assert app.ws.dirty
+            await pilot.press("q")
+            await pilot.pause()
+            assert app.screen.__class__.__name__ == "ConfirmScreen"
+            await pilot.press("n")
+            await pilot.pause()
+            assert app.screen.STEP == 1 and app.is_running
+
+    asyncio.run(go())
