@@ -100,6 +100,10 @@ class FilesScreen(WizardScreen):
 
     def _scanned(self, n_files: int) -> None:
         ws = self.ws
+        # Settle the table once its rows are laid out: else the first cursor key repaints all
+        # of it (2.8 KB instead of 0.6 KB over SSH, measured with tmux pipe-pane).
+        table = self.query_one(DataTable)
+        self.set_timer(0.2, lambda: (table.action_cursor_down(), table.action_cursor_up()))
         bad = sum(1 for i in ws.infos if i.error)
         if n_files == 0:
             self.status(f"no files match {ws.config.pattern!r} in {ws.config.directory}; edit the glob (/)", error=True)
