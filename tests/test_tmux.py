@@ -82,7 +82,7 @@ def test_demo_in_tmux_80x24(tmp_path):
         tmux("send-keys", "-t", SESSION, "n")
         wait_for("after shift")
         tmux("send-keys", "-t", SESSION, "n")
-        wait_for("ref flux")
+        wait_for("left out")
         tmux("send-keys", "-t", SESSION, "n")
         wait_for("method median (m)")
         tmux("send-keys", "-t", SESSION, "c")

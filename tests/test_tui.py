@@ -23,10 +23,13 @@ def demo_dir(tmp_path_factory):
 
 
 async def settle(pilot):
-    """Wait for the worker threads and the UI callbacks they scheduled."""
-    for _ in range(3):
+    """Wait until no worker has run for a few event-loop rounds: workers start from messages
+    (a highlighted row loads its cut-out), so one wait is not enough."""
+    quiet = 0
+    while quiet < 4:
         await pilot.app.workers.wait_for_complete()
-        await pilot.pause()
+        await pilot.pause(0.02)
+        quiet = 0 if any(w.is_running for w in pilot.app.workers) else quiet + 1
 
 
 async def drive_to_combine(pilot):

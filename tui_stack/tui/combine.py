@@ -43,10 +43,13 @@ class CombineScreen(PreviewScreen):
             yield ImageView(id="preview", classes="preview")
             with Vertical(classes="side-wide"):
                 results = DataTable(id="results", cursor_type="row", classes="small-table")
-                results.add_columns("method", "n", "median", "std", "flux/ref")
+                # fixed widths: no reflow (and no extra bytes) when rows arrive
+                for label, width in (("method", 9), ("n", 3), ("median", 8), ("std", 8), ("flux/ref", 8)):
+                    results.add_column(label, width=width)
                 yield results
                 phot = DataTable(id="phot", cursor_type="row", classes="small-table")
-                phot.add_columns("star", "ref flux", "combined", "ratio")
+                for label, width in (("star", 4), ("ref flux", 10), ("combined", 10), ("ratio", 7)):
+                    phot.add_column(label, width=width)
                 yield phot
                 yield Input(str(cfg.out_dir), id="outdir", placeholder="output directory")
         self._cache: Path | None = None

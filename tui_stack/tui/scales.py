@@ -34,10 +34,12 @@ class ScalesScreen(PreviewScreen):
                 yield plot.PlotView("scale per frame (1/transparency)", "frame", lines=True, id="plot", classes="plot")
             with Vertical(classes="side-wide"):
                 frames = DataTable(id="frames", cursor_type="row", classes="small-table")
-                frames.add_columns("#", "file", "scale", "MAD", "n", "flags")
+                for label, width in (("file", 13), ("scale", 6), ("MAD", 6), ("n", 2), ("flags", 8)):
+                    frames.add_column(label, width=width)
                 yield frames
                 stars = DataTable(id="stars", cursor_type="row", classes="small-table")
-                stars.add_columns("star", "x", "y", "ref flux", "ratio", "flags")
+                for label, width in (("x", 6), ("y", 6), ("ref flux", 8), ("ratio", 6), ("flags", 8)):
+                    stars.add_column(label, width=width)
                 yield stars
         self._frame = 0
 
@@ -82,7 +84,7 @@ class ScalesScreen(PreviewScreen):
         frames = self.query_one("#frames", DataTable)
         frames.clear()
         for i, fr in enumerate(run.frames):
-            frames.add_row(str(i), fr.name, _f(fr.scale), _f(fr.scale_mad), str(fr.n_scale_stars),
+            frames.add_row(fr.name, _f(fr.scale), _f(fr.scale_mad), str(fr.n_scale_stars),
                            " ".join(fr.flags), key=str(i))
         self._fill_stars()
         markers = {}
@@ -109,7 +111,7 @@ class ScalesScreen(PreviewScreen):
             flags = sorted(set((ref.star_flags[k] if k < len(ref.star_flags) else [])
                                + (fr.star_flags[k] if k < len(fr.star_flags) else [])))
             ratio = rf / ff if ff and np.isfinite(ff) and ff > 0 else float("nan")
-            stars.add_row(str(k), f"{x:.1f}", f"{y:.1f}", _f(rf, ".0f"), _f(ratio), " ".join(flags), key=str(k))
+            stars.add_row(f"{x:.1f}", f"{y:.1f}", _f(rf, ".0f"), _f(ratio), " ".join(flags), key=str(k))
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.data_table.id == "frames" and event.row_key is not None:
