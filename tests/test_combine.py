@@ -134,3 +134,16 @@ def test_file_source_offsets_equal_shift_frame(tmp_path):
 def test_memory_limit_bounds_block_rows():
     assert combine.rows_per_block(20, 4096, 256 * 1024**2) < 300
     assert combine.rows_per_block(1000, 4096, 16 * 1024**2) == 1
+
+
+@pytest.mark.parametrize("maxiters", [1, 3])
+def test_sigmaclip_iterations_equal_astropy_sigma_clip(maxiters):
+    from astropy.stats import sigma_clip
+
+    data = stack(n=15, seed=12)
+    data[:4, 5, 5] += 300  # a cluster that needs more than one pass
+    clipped = sigma_clip(data, sigma=2.5, maxiters=maxiters, cenfunc="median", stdfunc="std", axis=0)
+    want = clipped.mean(axis=0).filled(np.nan)
+    res = ours(data, 5, method="sigmaclip", sigma=2.5, maxiters=maxiters)
+    np.testing.assert_allclose(res.data, want, rtol=2e-6, atol=1e-4)
+    assert np.array_equal(res.n_rejected, clipped.mask.sum(axis=0))

@@ -134,3 +134,19 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(OSError):
         io.write_fits_atomic(tmp_path / "x.fits", Boom())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_local_peaks_equals_photutils_find_peaks():
+    from photutils.detection import find_peaks
+
+    from tui_stack.core.quality import local_peaks
+
+    rng = np.random.default_rng(3)
+    img = rng.normal(0, 1, (300, 280)).astype(np.float32)
+    for _ in range(60):
+        synthetic.add_star(img, rng.uniform(0, 280), rng.uniform(0, 300), rng.uniform(50, 5000), 3.0, 3.0)
+    xs, ys, vals = local_peaks(img, None, 5.0, box=7, border=8)
+    tbl = find_peaks(img, 5.0, box_size=7, border_width=8)
+    assert len(xs) == len(tbl) > 30
+    assert set(zip(xs.tolist(), ys.tolist())) == set(zip(tbl["x_peak"].tolist(), tbl["y_peak"].tolist()))
+    assert np.all(np.diff(vals) <= 0)

@@ -94,6 +94,36 @@ def _noop(stage, done, total):
     pass
 
 
+FRAME_THREADS = 2  # frames measured at once: numpy releases the GIL, the machine has 2 cores
+
+
+def _in_order(fn, items, progress: Progress = _noop, stage: str = "", threads: int = FRAME_THREADS):
+    """fn(item) for every item on `threads` threads, yielded in order, at most `threads`
+    frames in memory at once; an error (or a cancel from `progress`) stops the rest."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    items = list(items)
+    with ThreadPoolExecutor(max(1, threads)) as ex:
+        inflight: deque = deque()
+        try:
+            done = 0
+            for item in items:
+                inflight.append(ex.submit(fn, item))
+                if len(inflight) >= threads:
+                    yield inflight.popleft().result()
+                    done += 1
+                    progress(stage, done, len(items))
+            while inflight:
+                yield inflight.popleft().result()
+                done += 1
+                progress(stage, done, len(items))
+        except BaseException:
+            for f in inflight:
+                f.cancel()
+            raise
+
+
 # ---------------------------------------------------------------- selection
 
 
@@ -181,7 +211,7 @@ def register(state: RunState, progress: Progress = _noop) -> None:
     """Sky, quality, reference star and shift of every frame (one frame in memory at a time)."""
     cfg = state.config
     files = state.files
-    ref_frame, ref_sky, ref_sub, ref_stars, _ = _frame_measure(files[state.ref_index], cfg)
+    ref_frame, ref_sky, ref_sub, ref_stars, ref_q = _frame_measure(files[state.ref_index], cfg)
     state.shape = ref_frame.shape
     h, w = ref_frame.shape
     if not np.isfinite(ref_sky.level) or ref_stars is None or len(ref_stars) == 0:
@@ -220,14 +250,12 @@ def register(state: RunState, progress: Progress = _noop) -> None:
     if len(rot_stars):
         rot_stars = registration.match_stars(ref_sub, ref_frame.mask, ref_sky.noise, rot_stars, 0.0, 0.0)[1]
     excluded = excluded_indices(cfg, files)
-    del ref_frame, ref_sub
-    state.frames = []
-    qs = []
-    for i, path in enumerate(files):
-        progress("register", i, len(files))
+    ref_measured = (ref_frame, ref_sky, None, None, ref_q)  # measured once, not twice
+    del ref_sub
+    def one(i: int) -> FrameResult:
+        path = files[i]
         fr = FrameResult(path=path)
-        frame, sky, sub, _, q = _frame_measure(path, cfg)
-        qs.append(q)
+        frame, sky, sub, _, q = ref_measured if i == state.ref_index else _frame_measure(path, cfg)
         fr.quality = q
         if frame.shape != state.shape:
             raise InputError(
@@ -239,8 +267,7 @@ def register(state: RunState, progress: Progress = _noop) -> None:
         if "no_data" in q.flags:
             fr.used = False
             fr.flags.append("no_data")
-            state.frames.append(fr)
-            continue
+            return fr
         if i == state.ref_index:
             fr.centroid_x, fr.centroid_y = star.x, star.y
             fr.shift_x = fr.shift_y = fr.xcorr_shift_x = fr.xcorr_shift_y = 0.0
@@ -279,7 +306,10 @@ def register(state: RunState, progress: Progress = _noop) -> None:
         if i in excluded:
             fr.used = False
             fr.flags.append("excluded")
-        state.frames.append(fr)
+        return fr
+
+    state.frames = list(_in_order(one, range(len(files)), progress, "register"))
+    qs = [fr.quality for fr in state.frames]
     quality.flag_qualities(qs)
     state.qualities = qs
     progress("register", len(files), len(files))
@@ -326,34 +356,39 @@ def measure_scales(state: RunState, progress: Progress = _noop, shifted_dir: Pat
         state.comparison_stars = [tuple(s) for s in cfg.stars]
     annulus = cfg.annulus_radii()
     n = len(state.frames)
-    order = [state.ref_index] + [i for i in range(n) if i != state.ref_index]
-    ref_fluxes = None
-    for k, i in enumerate(order):
-        progress("scale", k, n)
+
+    def photometry_of(i: int):
         fr = state.frames[i]
         if not _measurable(fr):
-            continue
+            return None
         data, mask, header = prepared_frame(state, i)
-        fluxes = photometry.measure_stars(
-            data, mask, state.comparison_stars, cfg.radius, fr.sky, cfg.saturation, annulus
+        fluxes = photometry.measure_stars(data, mask, state.comparison_stars, cfg.radius, fr.sky, cfg.saturation, annulus)
+        if shifted_dir is not None:
+            write_shifted(state, i, data, mask, header, shifted_dir / f"s{fr.name}")
+        return fluxes
+
+    ref_fluxes = photometry_of(state.ref_index)
+    ref_fr = state.frames[state.ref_index]
+    if ref_fluxes is None or not photometry.usable(ref_fluxes).any():
+        reasons = sorted({f for flags in (ref_fluxes.flags if ref_fluxes else []) for f in flags}) or ["no flux"]
+        raise InputError(
+            f"{ref_fr.name}: no usable comparison star in the reference frame "
+            f"({', '.join(reasons)}); choose other [scale].stars"
         )
+    others = [i for i in range(n) if i != state.ref_index]
+    measured = [(state.ref_index, ref_fluxes)]
+    measured += zip(others, _in_order(photometry_of, others, lambda st, k, t: progress("scale", k + 1, n), "scale"))
+    for i, fluxes in measured:
+        if fluxes is None:
+            continue
+        fr = state.frames[i]
         fr.star_flux = fluxes.flux.tolist()
         fr.star_flags = fluxes.flags
-        if ref_fluxes is None:
-            ref_fluxes = fluxes
-            if not photometry.usable(fluxes).any():
-                reasons = sorted({f for flags in fluxes.flags for f in flags}) or ["no flux"]
-                raise InputError(
-                    f"{fr.name}: no usable comparison star in the reference frame "
-                    f"({', '.join(reasons)}); choose other [scale].stars"
-                )
         sc = photometry.frame_scale(ref_fluxes, fluxes)
         fr.scale, fr.scale_mad, fr.n_scale_stars = sc.scale, sc.mad, sc.n_used
         if sc.n_used == 0:
             fr.used = False
             fr.flags.append("no_comparison_star")
-        if shifted_dir is not None:
-            write_shifted(state, i, data, mask, header, shifted_dir / f"s{fr.name}")
     progress("scale", n, n)
     _flag_transparency(state)
 

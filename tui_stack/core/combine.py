@@ -50,7 +50,7 @@ class Source(Protocol):
     zero: float
     scale: float
 
-    def read_rows(self, y0: int, y1: int) -> tuple[np.ndarray, np.ndarray | None]: ...
+    def read_into(self, y0: int, y1: int, out: np.ndarray) -> None: ...  # NaN = no data
 
     def close(self) -> None: ...
 
@@ -65,6 +65,11 @@ class ArraySource:
 
     def read_rows(self, y0, y1):
         return self.data[y0:y1], None if self.mask is None else self.mask[y0:y1]
+
+    def read_into(self, y0, y1, out):
+        out[...] = self.data[y0:y1]
+        if self.mask is not None:
+            out[self.mask[y0:y1]] = np.nan
 
     def close(self):
         pass
@@ -85,22 +90,36 @@ class FileSource:
         self.zero, self.scale = zero, scale
         self._reader = None
 
-    def read_rows(self, y0, y1):
+    def _reader_(self):
+        if self._reader is None:
+            from tui_stack.core.io import RowReader
+
+            self._reader = RowReader(self.path, self.hdu_index)
+        return self._reader
+
+    def read_into(self, y0, y1, out):
+        """Rows [y0, y1) of the output grid into `out` (float32), NaN where the frame has no data."""
         h, w = self.in_shape
         ow = self.shape[1]
-        out = np.zeros((y1 - y0, ow), dtype=np.float32)
-        mask = np.ones((y1 - y0, ow), dtype=bool)
         iy0, iy1 = max(0, y0 - self.dy), min(h, y1 - self.dy)
         ix0, ix1 = max(0, -self.dx), min(w, ow - self.dx)
-        if iy1 > iy0 and ix1 > ix0:
-            if self._reader is None:
-                from tui_stack.core.io import RowReader
+        if iy1 <= iy0 or ix1 <= ix0:
+            out[...] = np.nan
+            return
+        oy0, ox0 = iy0 + self.dy - y0, ix0 + self.dx
+        oy1, ox1 = oy0 + (iy1 - iy0), ox0 + (ix1 - ix0)
+        # only the margins the shift leaves empty are set to NaN; the rest is read in place
+        out[:oy0] = np.nan
+        out[oy1:] = np.nan
+        out[oy0:oy1, :ox0] = np.nan
+        out[oy0:oy1, ox1:] = np.nan
+        self._reader_().rows_into(iy0, iy1, ix0, ix1, out[oy0:oy1, ox0:ox1])
 
-                self._reader = RowReader(self.path, self.hdu_index)
-            rows = self._reader.rows(iy0, iy1, ix0, ix1)
-            oy0, ox0 = iy0 + self.dy - y0, ix0 + self.dx
-            out[oy0 : oy0 + rows.shape[0], ox0 : ox0 + rows.shape[1]] = rows
-            mask[oy0 : oy0 + rows.shape[0], ox0 : ox0 + rows.shape[1]] = ~np.isfinite(rows)
+    def read_rows(self, y0, y1):
+        out = np.empty((y1 - y0, self.shape[1]), dtype=np.float32)
+        self.read_into(y0, y1, out)
+        mask = ~np.isfinite(out)
+        out[mask] = 0.0
         return out, mask
 
     def close(self):
@@ -109,60 +128,94 @@ class FileSource:
             self._reader = None
 
 
-def rows_per_block(n_frames: int, width: int, memory_limit: int) -> int:
-    # The stack (float32), a sorted copy and a few per-pixel temporaries: ~3 copies.
-    per_row = max(1, n_frames * width * 4 * 3)
+# Working copies of the block each method needs (the block itself, its sorted copy, float64
+# temporaries): sets how many rows fit in the memory limit.
+_COPIES = {"average": 3, "median": 4, "minmax": 5, "sigmaclip": 6}
+
+
+def rows_per_block(n_frames: int, width: int, memory_limit: int, method: str = "minmax", threads: int = 2) -> int:
+    per_row = max(1, n_frames * width * 4 * _COPIES.get(method, 5) * threads)
     return max(1, int(memory_limit // per_row))
 
 
-def reduce_stack(stack: np.ndarray, params: CombineParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Combine a (N, rows, cols) float32 stack with NaN = masked. Returns (result, n_used, n_rejected)."""
-    import bottleneck as bn
+def reduce_block(block: np.ndarray, params: CombineParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Combine a (rows, cols, N) float32 block, NaN = masked, along its last (contiguous) axis.
 
-    valid = ~np.isnan(stack)
-    n_valid = valid.sum(axis=0, dtype=np.int16)
+    Sorting the N values of each pixel (NaN last) gives median and min/max rejection at
+    once; numpy's sort on a short contiguous axis is faster than bottleneck's median and
+    releases the GIL, so two threads use both cores (measured in benchmarks/run.py).
+    Returns (result float32, n_used int16, n_rejected int16).
+    """
+    n = block.shape[-1]
+    nan = np.isnan(block)
+    any_nan = bool(nan.any())
+    n_valid = (n - nan.sum(axis=-1)).astype(np.int16) if any_nan else np.full(block.shape[:-1], n, np.int16)
     method = params.method
     with np.errstate(invalid="ignore", divide="ignore"):
         if method == "average":
-            return bn.nanmean(stack, axis=0).astype(np.float32), n_valid, np.zeros_like(n_valid)
+            if any_nan:
+                total = np.where(nan, 0, block).sum(axis=-1, dtype=np.float64)
+                res = total / n_valid
+            else:
+                res = block.mean(axis=-1, dtype=np.float64)
+            return res.astype(np.float32), n_valid, np.zeros_like(n_valid)
+        s = np.sort(block, axis=-1)
         if method == "median":
-            return bn.nanmedian(stack, axis=0).astype(np.float32), n_valid, np.zeros_like(n_valid)
+            return _median_sorted(s, n_valid, any_nan), n_valid, np.zeros_like(n_valid)
         if method == "minmax":
-            return _minmax(stack, n_valid, params.nlow, params.nhigh)
+            return _minmax_sorted(s, n_valid, any_nan, params.nlow, params.nhigh)
         if method == "sigmaclip":
-            return _sigmaclip(stack, n_valid, params.sigma, params.sigma, params.maxiters)
+            return _sigmaclip_sorted(s, n_valid, params.sigma, params.sigma, params.maxiters)
     raise ValueError(method)
 
 
-def _minmax(stack, n_valid, nlow: int, nhigh: int):
-    n_total = stack.shape[0]
-    s = np.sort(stack, axis=0)  # NaN sorts last
-    nl = np.floor(nlow * n_valid / n_total + 0.001).astype(np.int64)
-    nh = np.floor(nhigh * n_valid / n_total + 0.001).astype(np.int64)
-    cs = np.cumsum(np.nan_to_num(s, nan=0.0), axis=0, dtype=np.float64)
-    cs = np.concatenate([np.zeros((1,) + cs.shape[1:]), cs], axis=0)
+def _median_sorted(s, n_valid, any_nan):
+    n = s.shape[-1]
+    if not any_nan:
+        return ((s[..., (n - 1) // 2].astype(np.float64) + s[..., n // 2]) / 2).astype(np.float32)
+    k = n_valid.astype(np.int64)
+    lo = np.take_along_axis(s, np.maximum(k - 1, 0)[..., None] // 2, -1)[..., 0]
+    hi = np.take_along_axis(s, (k // 2)[..., None], -1)[..., 0]
+    res = (lo.astype(np.float64) + hi) / 2
+    return np.where(k > 0, res, np.nan).astype(np.float32)
+
+
+def _minmax_sorted(s, n_valid, any_nan, nlow, nhigh):
+    n = s.shape[-1]
+    if not any_nan:
+        kept = s[..., nlow : max(nlow, n - nhigh)]
+        n_used = np.full(n_valid.shape, kept.shape[-1], np.int16)
+        res = kept.mean(axis=-1, dtype=np.float64) if kept.shape[-1] else np.full(n_valid.shape, np.nan)
+        return res.astype(np.float32), n_used, (n_valid - n_used).astype(np.int16)
+    # With masked values the counts shrink in proportion (IRAF imcombine).
+    nl = np.floor(nlow * n_valid / n + 0.001).astype(np.int64)
+    nh = np.floor(nhigh * n_valid / n + 0.001).astype(np.int64)
     hi = np.maximum(n_valid - nh, nl)
-    total = np.take_along_axis(cs, hi[None], 0)[0] - np.take_along_axis(cs, nl[None], 0)[0]
+    idx = np.arange(n)
+    keep = (idx >= nl[..., None]) & (idx < hi[..., None])
     n_used = (hi - nl).astype(np.int16)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        result = np.where(n_used > 0, total / n_used, np.nan).astype(np.float32)
-    return result, n_used, (n_valid - n_used).astype(np.int16)
+    total = np.where(keep, s, 0).sum(axis=-1, dtype=np.float64)
+    res = np.where(n_used > 0, total / np.maximum(n_used, 1), np.nan)
+    return res.astype(np.float32), n_used, (n_valid - n_used).astype(np.int16)
 
 
-def _sigmaclip(stack, n_valid, lsigma: float, hsigma: float, maxiters: int):
+def _sigmaclip_sorted(s, n_valid, lsigma, hsigma, maxiters):
     import bottleneck as bn
 
-    work = stack.copy()
+    w = s  # sorted, NaN last
+    cur = n_valid
     for _ in range(max(1, maxiters)):
-        centre = bn.nanmedian(work, axis=0)
-        std = bn.nanstd(work, axis=0)
-        with np.errstate(invalid="ignore"):
-            reject = (work < centre - lsigma * std) | (work > centre + hsigma * std)
+        centre = _median_sorted(w, cur, True)
+        std = bn.nanstd(w, axis=-1)
+        reject = (w < (centre - lsigma * std)[..., None]) | (w > (centre + hsigma * std)[..., None])
         if not reject.any():
             break
-        work[reject] = np.nan
-    n_used = (~np.isnan(work)).sum(axis=0, dtype=np.int16)
-    return bn.nanmean(work, axis=0).astype(np.float32), n_used, (n_valid - n_used).astype(np.int16)
+        w = np.where(reject, np.float32(np.nan), w)
+        w.sort(axis=-1)  # NaN last again, for the next median
+        cur = (~np.isnan(w)).sum(axis=-1).astype(np.int16)
+    n_used = (~np.isnan(w)).sum(axis=-1).astype(np.int16)
+    res = bn.nanmean(w, axis=-1)
+    return np.where(n_used > 0, res, np.nan).astype(np.float32), n_used, (n_valid - n_used).astype(np.int16)
 
 
 class Cancelled(Exception):
@@ -175,32 +228,73 @@ def combine(
     memory_limit: int = DEFAULT_MEMORY_LIMIT,
     progress: Callable[[int, int], None] | None = None,
     block_rows: int | None = None,
+    threads: int = 2,
+    maps: bool = True,
 ) -> CombineResult:
-    """Combine `sources` (each: shape, zero, scale, read_rows) as (value - zero) * scale."""
+    """Combine `sources` (each: shape, zero, scale, read_into) as (value - zero) * scale.
+
+    Blocks of rows are read and reduced by `threads` threads at once (numpy's sort and
+    copies release the GIL); buffers stay within `memory_limit` whatever the frame count.
+    With `maps` False the per-pixel counts are not kept (n_used/n_rejected are None).
+    """
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
     if not sources:
         raise ValueError("nothing to combine")
     h, w = sources[0].shape
     n = len(sources)
-    rows = block_rows or rows_per_block(n, w, memory_limit)
+    rows = block_rows or rows_per_block(n, w, memory_limit, params.method, threads)
     out = np.empty((h, w), dtype=np.float32)
-    n_used = np.empty((h, w), dtype=np.int16)
-    n_rej = np.empty((h, w), dtype=np.int16)
-    stack = np.empty((n, min(rows, h), w), dtype=np.float32)
+    n_used = np.empty((h, w), dtype=np.int16) if maps else None
+    n_rej = np.empty((h, w), dtype=np.int16) if maps else None
+    starts = list(range(0, h, rows))
+
+    def do_block(y0: int) -> int:
+        y1 = min(h, y0 + rows)
+        # Frames are read into contiguous planes, then turned once so each pixel's values
+        # are contiguous: 4x faster than writing each frame into a strided slot (measured).
+        planes = np.empty((n, y1 - y0, w), dtype=np.float32)
+        for i, src in enumerate(sources):
+            plane = planes[i]
+            src.read_into(y0, y1, plane)
+            if src.zero:
+                plane -= np.float32(src.zero)
+            if src.scale != 1.0:
+                plane *= np.float32(src.scale)
+        np.copyto(planes, np.float32(np.nan), where=np.isinf(planes))
+        block = np.ascontiguousarray(planes.transpose(1, 2, 0))
+        del planes
+        res, used, rej = reduce_block(block, params)
+        out[y0:y1] = res
+        if maps:
+            n_used[y0:y1], n_rej[y0:y1] = used, rej
+        return y1
+
+    def report(y1: int) -> None:
+        if progress is not None:
+            progress(y1, h)
+
     try:
-        for y0 in range(0, h, rows):
-            y1 = min(h, y0 + rows)
-            block = stack[:, : y1 - y0]
-            for i, src in enumerate(sources):
-                data, mask = src.read_rows(y0, y1)
-                np.subtract(data, np.float32(src.zero), out=block[i], dtype=np.float32)
-                if src.scale != 1.0:
-                    block[i] *= np.float32(src.scale)
-                if mask is not None:
-                    block[i][mask] = np.nan
-            block[~np.isfinite(block)] = np.nan
-            out[y0:y1], n_used[y0:y1], n_rej[y0:y1] = reduce_stack(block, params)
-            if progress is not None:
-                progress(y1, h)
+        if threads > 1 and len(starts) > 1:
+            # At most `threads` blocks in flight: memory stays bounded and a cancel (raised by
+            # the progress callback) waits for those only.
+            with ThreadPoolExecutor(threads) as ex:
+                inflight: deque = deque()
+                try:
+                    for y0 in starts:
+                        inflight.append(ex.submit(do_block, y0))
+                        if len(inflight) >= threads:
+                            report(inflight.popleft().result())
+                    while inflight:
+                        report(inflight.popleft().result())
+                except BaseException:
+                    for f in inflight:
+                        f.cancel()
+                    raise
+        else:
+            for y0 in starts:
+                report(do_block(y0))
     finally:
         for src in sources:
             src.close()

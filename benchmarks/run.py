@@ -1,0 +1,306 @@
+"""Side-by-side benchmark: tui-stack against ccdproc.combine, the lab's recipe, IRAF and Siril.
+
+    python benchmarks/run.py                  # 20 frames of 4096^2 (1.3 GB, cached)
+    python benchmarks/run.py --small          # 10 frames of 1024^2, a quick look
+    python benchmarks/run.py --frames 100 --size 4096 --only ours
+
+Every case runs as its own process; wall time and that process's peak RSS (os.wait4) are
+recorded. The table is printed and written as JSON (benchmarks/results-<frames>x<size>.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+CACHE = HERE / "cache"
+METHODS = ("median", "average", "minmax", "sigmaclip")
+
+
+# ------------------------------------------------------------------ frames
+
+
+def make_frames(n: int, size: int) -> tuple[Path, list[Path], dict]:
+    """n float32 frames of size^2: one star field, integer shifts, transparencies, noise.
+
+    Cached: made once per (n, size). Fast to make: stars are rendered once and each frame
+    is a shifted, scaled copy with Gaussian noise.
+    """
+    from astropy.io import fits
+
+    from tui_stack.core import synthetic
+
+    d = CACHE / f"{n}x{size}"
+    truth_file = d / "truth.json"
+    if truth_file.exists():
+        truth = json.loads(truth_file.read_text())
+        return d, [d / f for f in truth["files"]], truth
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    spec = synthetic.FieldSpec(shape=(size, size), n_stars=int(400 * (size / 1024) ** 2), sky=0.0)
+    stars, ref_star, comps = synthetic.plan_field(spec)
+    base = np.zeros((size, size), np.float32)
+    for x, y, f in stars:
+        synthetic.add_star(base, x, y, f, spec.fwhm, spec.beta)
+    shifts = np.round(rng.uniform(-8, 8, (n, 2))).astype(int)
+    shifts[0] = 0
+    transp = np.clip(rng.normal(0.92, 0.05, n), 0.7, 1.0)
+    transp[0] = 1.0
+    files = []
+    for i in range(n):
+        # frame i shows the field at position - shift
+        img = np.roll(base, (-shifts[i, 1], -shifts[i, 0]), axis=(0, 1)) * np.float32(transp[i])
+        img += np.float32(1000.0)
+        img += rng.standard_normal((size, size), dtype=np.float32) * np.float32(12.0)
+        np.minimum(img, 65535, out=img)
+        path = d / f"frame_{i:03d}.fits"
+        hdr = fits.Header({"EXPTIME": 30.0, "PICTTYPE": 1, "DATAMAX": 65535.0, "DATAMIN": 0.0})
+        fits.PrimaryHDU(img, hdr).writeto(path, overwrite=True)
+        files.append(path)
+    truth = {
+        "files": [p.name for p in files], "shifts": shifts.tolist(), "transparencies": transp.tolist(),
+        "ref_star": list(ref_star), "comparison_stars": [list(c) for c in comps],
+    }
+    truth_file.write_text(json.dumps(truth))
+    return d, files, truth
+
+
+# ------------------------------------------------------------------ one measured process
+
+
+def measure(cmd: list[str], cwd: Path | None = None, env: dict | None = None) -> dict:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return {
+        "wall_s": round(wall, 2),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "ok": proc.returncode == 0,
+        "output": out.decode(errors="replace")[-600:] if proc.returncode else "",
+    }
+
+
+CCDPROC_SCRIPT = """
+import sys, warnings
+warnings.simplefilter("ignore")
+import numpy as np
+from astropy.nddata import CCDData
+from ccdproc import combine
+method, out, files = sys.argv[1], sys.argv[2], sys.argv[3:]
+ccds = [CCDData.read(f, unit="adu") for f in files]
+kw = {}
+if method == "minmax":
+    kw = dict(method="average", clip_extrema=True, nlow=3, nhigh=3)
+elif method == "sigmaclip":
+    kw = dict(method="average", sigma_clip=True, sigma_clip_low_thresh=3, sigma_clip_high_thresh=3,
+              sigma_clip_func=np.ma.median, sigma_clip_dev_func=np.ma.std)
+else:
+    kw = dict(method=method)
+combine(ccds, output_file=out, overwrite_output=True, **kw)
+"""
+
+LAB_SCRIPT = """
+# The lab's recipe, as the notebook does it: centroid_2dg in a 100 px box, order-0 shift with a
+# -1000 fill, write the shifted frames, read them back, photometry, scale, ccdproc median.
+import sys, warnings
+warnings.simplefilter("ignore")
+import numpy as np
+from astropy.io import fits
+from astropy.nddata import CCDData
+from ccdproc import combine
+from photutils.centroids import centroid_2dg
+from photutils.aperture import CircularAperture, aperture_photometry
+from scipy.ndimage import shift
+out_dir, x, y, stars = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), eval(sys.argv[4])
+files = sys.argv[5:]
+def box(d):
+    return d[int(y) - 50:int(y) + 50, int(x) - 50:int(x) + 50]
+ref = fits.getdata(files[0]).astype(float)
+rx, ry = centroid_2dg(box(ref - np.median(ref)))
+shifted = []
+for f in files:
+    d = fits.getdata(f).astype(float)
+    d = d - np.median(d)
+    cx, cy = centroid_2dg(box(d))
+    s = shift(d, (round(ry - cy), round(rx - cx)), order=0, cval=-1000)
+    name = f"{out_dir}/s{f.split('/')[-1]}"
+    fits.writeto(name, s, overwrite=True)
+    shifted.append(name)
+ap = CircularAperture(stars, r=20)
+ref_flux = aperture_photometry(fits.getdata(shifted[0]), ap)["aperture_sum"]
+ccds = []
+for name in shifted:
+    d = fits.getdata(name)
+    flux = aperture_photometry(d, ap)["aperture_sum"]
+    ccds.append(CCDData(d * np.median(ref_flux / flux), unit="adu"))
+combine(ccds, method="median", output_file=f"{out_dir}/combined.fits", overwrite_output=True)
+"""
+
+
+def tui_stack_cmd() -> list[str]:
+    exe = Path(sys.executable).parent / "tui-stack"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "tui_stack"]
+
+
+def run_config(frames_dir: Path, truth: dict, out: Path, method: str = "median") -> Path:
+    cfg = out / "bench.toml"
+    cfg.write_text(f"""
+[input]
+directory = "{frames_dir}"
+pattern = "frame_*.fits"
+[reference]
+frame = 0
+star = [{truth['ref_star'][0]}, {truth['ref_star'][1]}]
+[scale]
+stars = {truth['comparison_stars']}
+radius = 15
+saturation = 65000
+[combine]
+method = "{method}"
+[output]
+directory = "{out / 'run'}"
+write_shifted = false
+""")
+    return cfg
+
+
+# ------------------------------------------------------------------ IRAF and Siril (when installed)
+
+
+def iraf_available() -> bool:
+    return shutil.which("irafcl") is not None
+
+
+def iraf_combine(files: list[Path], method: str, out: Path, work: Path) -> dict:
+    """IRAF imcombine, headless. IRAF exits 0 even when a task fails: the output file decides."""
+    work.mkdir(parents=True, exist_ok=True)
+    lst = work / "in.lis"
+    lst.write_text("\n".join(str(f) for f in files) + "\n")
+    reject = {"median": "none", "average": "none", "minmax": "minmax", "sigmaclip": "sigclip"}[method]
+    combine = "median" if method == "median" else "average"
+    out.unlink(missing_ok=True)
+    script = work / "combine.cl"
+    script.write_text(
+        "images\nimmatch\n"
+        f"imcombine @{lst} {out} combine={combine} reject={reject} nlow=3 nhigh=3 "
+        "lsigma=3 hsigma=3 mclip=yes outtype=real\nlogout\n"
+    )
+    env = dict(os.environ, USER=os.environ.get("USER", "root"))
+    res = measure(["bash", "-c", f"cd {work} && irafcl -c < {script}"], env=env)
+    res["ok"] = res["ok"] and out.exists()
+    return res
+
+
+def siril_available() -> bool:
+    return shutil.which("siril-cli") is not None
+
+
+def siril_stack(files: list[Path], method: str, work: Path) -> dict:
+    """Siril: convert (counted) and stack. Siril mis-scales float32 frames without DATAMAX, so the
+    generated frames carry DATAMAX = 65535."""
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    for f in files:
+        os.symlink(f, work / f.name)
+    stack = {"median": "med", "average": "mean 0 0 0 -nonorm", "sigmaclip": "mean 3 3 -nonorm"}.get(method)
+    if method == "median":
+        stack = "med -nonorm"
+    if stack is None:
+        return {"wall_s": None, "peak_rss_mb": None, "ok": False, "output": "no such method in Siril"}
+    script = work / "stack.ssf"
+    script.write_text(f"requires 1.0.0\ncd {work}\nconvert f -out={work}\nstack f_ {stack} -out=result\n")
+    res = measure(["siril-cli", "-s", str(script)])
+    res["ok"] = res["ok"] and any(work.glob("result*"))
+    return res
+
+
+# ------------------------------------------------------------------ main
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--frames", type=int, default=20)
+    ap.add_argument("--size", type=int, default=4096)
+    ap.add_argument("--small", action="store_true", help="10 frames of 1024^2")
+    ap.add_argument("--only", choices=["ours", "all"], default="all")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--memory-limit", default="256MB")
+    args = ap.parse_args()
+    if args.small:
+        args.frames, args.size = 10, 1024
+    methods = [m for m in args.methods.split(",") if m]
+    frames_dir, files, truth = make_frames(args.frames, args.size)
+    work = CACHE / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+
+    def add(tool, case, res):
+        rows.append({"tool": tool, "case": case, **res})
+        print(f"{tool:10s} {case:10s} {res['wall_s']!s:>8} s {res['peak_rss_mb']!s:>8} MB {'ok' if res['ok'] else 'FAILED'}",
+              flush=True)
+
+    ts = tui_stack_cmd()
+    for m in methods:
+        add("tui-stack", m, measure(ts + ["combine", *map(str, files), "--method", m, "--out", str(work / f"ours_{m}.fits"),
+                                          "--overwrite", "--memory-limit", args.memory_limit]))
+        if args.only == "all":
+            add("ccdproc", m, measure([sys.executable, "-c", CCDPROC_SCRIPT, m, str(work / f"ccdproc_{m}.fits"),
+                                       *map(str, files)]))
+            if iraf_available():
+                add("iraf", m, iraf_combine(files, m, work / f"iraf_{m}.fits", work / "iraf"))
+            if siril_available():
+                add("siril", m, siril_stack(files, m, work / "siril"))
+    cfg = run_config(frames_dir, truth, work)
+    add("tui-stack", "run", measure(ts + ["run", str(cfg), "--quiet", "--memory-limit", args.memory_limit]))
+    if args.only == "all":
+        lab_out = work / "lab"
+        lab_out.mkdir(exist_ok=True)
+        add("lab", "run", measure([sys.executable, "-c", LAB_SCRIPT, str(lab_out), str(truth["ref_star"][0]),
+                                   str(truth["ref_star"][1]), repr(truth["comparison_stars"]), *map(str, files)]))
+        shutil.rmtree(lab_out, ignore_errors=True)
+
+    # ratios: each reference tool against tui-stack on the same case
+    ours = {r["case"]: r for r in rows if r["tool"] == "tui-stack"}
+    for r in rows:
+        o = ours.get(r["case"] if r["tool"] != "lab" else "run")
+        if r["tool"] != "tui-stack" and o and r["ok"] and o["ok"] and r["wall_s"]:
+            r["time_ratio"] = round(r["wall_s"] / o["wall_s"], 1)
+            r["memory_ratio"] = round(r["peak_rss_mb"] / o["peak_rss_mb"], 1)
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
+    result = {"frames": args.frames, "size": args.size, "machine": machine, "memory_limit": args.memory_limit, "rows": rows}
+    out = HERE / f"results-{args.frames}x{args.size}.json"
+    out.write_text(json.dumps(result, indent=2))
+    print_table(result)
+    print(f"written {out}")
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+def print_table(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{result['frames']} frames of {result['size']}² float32 ({result['machine']})")
+    for col in ("tool", "case", "wall s", "peak RSS MB", "x slower than tui-stack", "x more memory"):
+        t.add_column(col, justify="left" if col in ("tool", "case") else "right")
+    for r in result["rows"]:
+        t.add_row(r["tool"], r["case"], str(r["wall_s"]), str(r["peak_rss_mb"]),
+                  str(r.get("time_ratio", "")), str(r.get("memory_ratio", "")))
+    Console().print(t)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
