@@ -209,22 +209,21 @@ def siril_available() -> bool:
 
 
 def siril_stack(files: list[Path], method: str, work: Path) -> dict:
-    """Siril: convert (counted) and stack. Siril mis-scales float32 frames without DATAMAX, so the
-    generated frames carry DATAMAX = 65535."""
+    """Siril: convert (counted, as Siril needs its own copy) and stack. Siril mis-scales float32
+    frames without DATAMAX, so the generated frames carry DATAMAX = 65535. No minmax in Siril."""
+    stack = {"median": "med -nonorm", "average": "rej n -nonorm", "sigmaclip": "rej s 3 3 -nonorm"}.get(method)
+    if stack is None:
+        return None
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
     for f in files:
         os.symlink(f, work / f.name)
-    stack = {"median": "med", "average": "mean 0 0 0 -nonorm", "sigmaclip": "mean 3 3 -nonorm"}.get(method)
-    if method == "median":
-        stack = "med -nonorm"
-    if stack is None:
-        return {"wall_s": None, "peak_rss_mb": None, "ok": False, "output": "no such method in Siril"}
     script = work / "stack.ssf"
-    script.write_text(f"requires 1.0.0\ncd {work}\nconvert f -out={work}\nstack f_ {stack} -out=result\n")
-    res = measure(["siril-cli", "-s", str(script)])
+    script.write_text(f"requires 1.0.0\nconvert f -out={work}\nstack f_ {stack} -out=result\n")
+    res = measure(["siril-cli", "-d", str(work), "-s", str(script)])
     res["ok"] = res["ok"] and any(work.glob("result*"))
+    shutil.rmtree(work, ignore_errors=True)
     return res
 
 
@@ -263,7 +262,9 @@ def main() -> int:
             if iraf_available():
                 add("iraf", m, iraf_combine(files, m, work / f"iraf_{m}.fits", work / "iraf"))
             if siril_available():
-                add("siril", m, siril_stack(files, m, work / "siril"))
+                res = siril_stack(files, m, work / "siril")
+                if res is not None:
+                    add("siril", m, res)
     cfg = run_config(frames_dir, truth, work)
     add("tui-stack", "run", measure(ts + ["run", str(cfg), "--quiet", "--memory-limit", args.memory_limit]))
     if args.only == "all":

@@ -38,7 +38,7 @@ def test_xcorr_sign_convention():
     ref = synthetic.render_frame(stars, (0, 0), 1.0, spec, rng)
     img = synthetic.render_frame(stars, (7.0, -4.0), 1.0, spec, rng)
     x = registration.XcorrReference(ref, None, 1000.0, 20.0)
-    dx, dy, peak = x.offset(img, None, 1000.0, 20.0)
+    dx, dy, peak = x.offset(x.prepare(img, None, 1000.0, 20.0))
     assert abs(dx - 7.0) < 0.3 and abs(dy + 4.0) < 0.3
     assert peak > 0.5
 

@@ -47,6 +47,8 @@ class FrameResult:
     star_flux: list = field(default_factory=list)
     star_flags: list = field(default_factory=list)
     rotation: float = float("nan")  # degrees, from matching stars after the shift
+    digest: str = ""  # hash of the pixels: the same exposure twice is left out
+    duplicate_of: str = ""
     quality: object = None  # core.quality.FrameQuality
     used: bool = True
     flags: list = field(default_factory=list)
@@ -263,6 +265,7 @@ def register(state: RunState, progress: Progress = _noop) -> None:
                 f"({w}x{h}); frames must all have one shape"
             )
         fr.hdu_index = frame.hdu_index
+        fr.digest = frame.digest
         fr.sky, fr.noise = sky.level, sky.noise
         if "no_data" in q.flags:
             fr.used = False
@@ -273,17 +276,19 @@ def register(state: RunState, progress: Progress = _noop) -> None:
             fr.shift_x = fr.shift_y = fr.xcorr_shift_x = fr.xcorr_shift_y = 0.0
             fr.xcorr_peak = 1.0
         else:
-            dx, dy, peak = xref.offset(frame.data, frame.mask, sky.level, sky.noise)
+            prepared = xref.prepare(frame.data, frame.mask, sky.level, sky.noise)
+            dx, dy, peak = xref.offset(prepared)
             fr.xcorr_shift_x, fr.xcorr_shift_y, fr.xcorr_peak = dx, dy, peak
             # A meridian flip turns the frame by 180 degrees: it then matches the reference
             # better turned back than as it is.
-            flipped = xref.offset(frame.data, frame.mask, sky.level, sky.noise, flip=True)[2]
+            flipped = xref.offset(prepared, flip=True)[2]
             if flipped > peak and flipped >= MIN_XCORR_PEAK:
                 fr.used = False
                 fr.flags.append("rotated_180")
             elif peak < MIN_XCORR_PEAK:
+                # Clouded out (no stars), or another field (stars, but not the reference's).
                 fr.used = False
-                fr.flags.append("no_stars")
+                fr.flags.append("no_stars" if q.n_stars < max(5, ref_q.n_stars / 4) else "no_match")
             else:
                 res = registration.measure_frame_shift(sub, frame.mask, sky.noise, star, dx, dy, cfg.centroid, xref.binning)
                 fr.centroid_x, fr.centroid_y = res.centroid_x, res.centroid_y
@@ -309,6 +314,17 @@ def register(state: RunState, progress: Progress = _noop) -> None:
         return fr
 
     state.frames = list(_in_order(one, range(len(files)), progress, "register"))
+    ref_fr = state.frames[state.ref_index]
+    first_of = {ref_fr.digest: ref_fr.name}
+    for k, fr in enumerate(state.frames):
+        if k == state.ref_index or not fr.digest:
+            continue
+        if fr.digest in first_of:
+            fr.used = False
+            fr.flags.append("duplicate")
+            fr.duplicate_of = first_of[fr.digest]
+        else:
+            first_of[fr.digest] = fr.name
     qs = [fr.quality for fr in state.frames]
     quality.flag_qualities(qs)
     state.qualities = qs
@@ -318,9 +334,12 @@ def register(state: RunState, progress: Progress = _noop) -> None:
 # ---------------------------------------------------------------- shifting and scaling
 
 
+UNMEASURABLE = ("no_data", "no_stars", "no_match", "shift_exceeds_frame", "rotated_180", "duplicate")
+
+
 def _measurable(fr: FrameResult) -> bool:
     """The frame has a shift, so it can be shifted and measured (used or not)."""
-    return not any(f in fr.flags for f in ("no_data", "no_stars", "shift_exceeds_frame", "rotated_180"))
+    return not any(f in fr.flags for f in UNMEASURABLE)
 
 
 def prepared_frame(state: RunState, i: int) -> tuple[np.ndarray, np.ndarray, object]:
@@ -462,6 +481,7 @@ def combine_frames(
         params,
         memory_limit=cfg.memory_limit,
         progress=lambda d, t: progress(f"combine {method}", d, t),
+        maps=False,
     )
     st = stats.image_stats(result.data)
     comb_mask = ~np.isfinite(result.data)

@@ -62,7 +62,7 @@ def combine_files(args, console) -> Path:
     except ValueError as exc:
         raise InputError(f"--memory-limit: {exc}") from None
     params = combine.CombineParams(args.method, args.nlow, args.nhigh, args.sigma, args.maxiters)
-    result = combine.combine(sources, params, memory_limit=limit)
+    result = combine.combine(sources, params, memory_limit=limit, maps=False)
     hdr = fits.Header()
     hdr["TSVERS"] = (__version__, "tui-stack version")
     hdr["TSMETHOD"] = (args.method, "combine method")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 STAMP = 15  # px, moments stamp
+MAX_SHARPNESS = 0.6  # peak / 3x3 sum: a star (FWHM >= 1.5 px) is below 0.5, a cosmic ray near 1
 QUALITY_FLAGS = ("low_transparency", "trailed", "out_of_focus", "high_sky", "few_stars")
 
 
@@ -90,7 +91,10 @@ def find_stars(data: np.ndarray, mask: np.ndarray | None, noise: float, nsigma: 
         return Stars(e, e, e, e, e, e)
     off = np.arange(-half, half + 1)
     stamps = data[yp[:, None, None] + off[None, :, None], xp[:, None, None] + off[None, None, :]].astype(np.float64)
-    stamps = np.clip(stamps, 0, None)
+    # Cosmic rays and hot pixels are a pixel or two wide: most of their 3x3 flux is the peak.
+    core = stamps[:, half - 1 : half + 2, half - 1 : half + 2].sum(axis=(1, 2))
+    sharp = peak / np.where(core > 0, core, np.inf)
+    stamps = np.clip(stamps - 2.0 * noise, 0, None)  # the noise floor would widen every star
     tot = stamps.sum(axis=(1, 2))
     tot = np.where(tot > 0, tot, 1.0)
     gy, gx = np.meshgrid(off, off, indexing="ij")
@@ -105,8 +109,10 @@ def find_stars(data: np.ndarray, mask: np.ndarray | None, noise: float, nsigma: 
     # The stamp truncates the wings, so moments underestimate a Moffat's width; this is a
     # relative measure between frames (same stamp everywhere), not an absolute FWHM.
     fwhm = 2.3548 * np.sqrt((l1 + l2) / 2)
-    stars = Stars(xp + cx, yp + cy, peak.astype(float), tot, fwhm, np.sqrt(l1 / l2))
-    stars.n_found = n_found
+    real = sharp < MAX_SHARPNESS
+    stars = Stars(xp[real] + cx[real], yp[real] + cy[real], peak[real].astype(float), tot[real], fwhm[real],
+                  np.sqrt(l1 / l2)[real])
+    stars.n_found = n_found - int((~real).sum())
     return stars
 
 
@@ -129,7 +135,8 @@ def flag_qualities(qs: list[FrameQuality], scales: list[float] | None = None) ->
     """Flags relative to the set of frames: clouded, trailed, out of focus, high sky, few stars.
 
     - low_transparency: transparency (1/scale) below 0.8 of the median frame's;
-    - trailed: median elongation above 1.3 (round stars are ~1.05);
+    - trailed: median elongation above 1.3 and 1.2 x the median frame's (crowded fields and
+      real optics make every frame's stars a little elongated);
     - out_of_focus: FWHM above 1.5 x the median frame's;
     - high_sky: sky above 1.5 x the median frame's;
     - few_stars: fewer than a third of the median frame's stars (or under 5).
@@ -138,6 +145,7 @@ def flag_qualities(qs: list[FrameQuality], scales: list[float] | None = None) ->
     if not good:
         return
     med_fwhm = np.nanmedian([q.fwhm for q in good])
+    med_elong = np.nanmedian([q.elongation for q in good])
     med_sky = np.nanmedian([q.sky for q in qs])
     med_n = np.median([q.n_stars for q in qs])
     if scales is not None:
@@ -149,7 +157,7 @@ def flag_qualities(qs: list[FrameQuality], scales: list[float] | None = None) ->
         flags = [f for f in q.flags if f == "few_stars"]
         if np.isfinite(q.transparency) and q.transparency < 0.8:
             flags.append("low_transparency")
-        if np.isfinite(q.elongation) and q.elongation > 1.3:
+        if np.isfinite(q.elongation) and q.elongation > max(1.3, 1.2 * med_elong):
             flags.append("trailed")
         if np.isfinite(q.fwhm) and q.fwhm > 1.5 * med_fwhm:
             flags.append("out_of_focus")

@@ -57,7 +57,12 @@ def _prepare_for_xcorr(data: np.ndarray, mask: np.ndarray | None, sky: float, no
     b = binning
     if b > 1:
         h, w = (img.shape[0] // b) * b, (img.shape[1] // b) * b
-        img = img[:h, :w].reshape(h // b, b, w // b, b).sum(axis=(1, 3), dtype=np.float32)
+        # b² strided adds: twice as fast as a reshape-sum over two axes (measured)
+        acc = np.zeros((h // b, w // b), dtype=np.float32)
+        for i in range(b):
+            for j in range(b):
+                acc += img[i:h:b, j:w:b]
+        img = acc
     img = img - np.float32(sky * b * b + 3.0 * max(noise, 1e-6) * b)
     np.clip(img, 0.0, None, out=img)
     np.sqrt(img, out=img)
@@ -82,13 +87,16 @@ class XcorrReference:
         self._norm = float(np.sqrt((img.astype(np.float64) ** 2).sum()))
         self._img_shape = img.shape
 
-    def offset(self, data, mask, sky: float, noise: float, flip: bool = False) -> tuple[float, float, float]:
-        """Shift (dx, dy) = reference position - frame position, and the peak's correlation (0..1).
+    def prepare(self, data, mask, sky: float, noise: float):
+        """A frame made ready for `offset` (once, for both the straight and the flipped match)."""
+        return _prepare_for_xcorr(data, mask, sky, noise, self.binning)
 
-        With `flip` the frame is first turned by 180 degrees (a meridian flip)."""
+    def offset(self, img, flip: bool = False) -> tuple[float, float, float]:
+        """Shift (dx, dy) = reference position - frame position of a prepared frame, and the
+        peak's correlation (0..1). With `flip` the frame is first turned by 180 degrees
+        (a meridian flip)."""
         import scipy.fft
 
-        img = _prepare_for_xcorr(data, mask, sky, noise, self.binning)
         if flip:
             img = img[::-1, ::-1]
         norm = float(np.sqrt((img.astype(np.float64) ** 2).sum())) * self._norm

@@ -140,7 +140,9 @@ class ShiftsScreen(WizardScreen):
         if "excluded" in fr.flags:
             self.ws.included.add(info_index)
             fr.flags.remove("excluded")
-            fr.used = not any(f in fr.flags for f in ("no_data", "no_stars", "shift_exceeds_frame", "rotated_180"))
+            from tui_stack.pipeline import UNMEASURABLE
+
+            fr.used = not any(f in fr.flags for f in UNMEASURABLE + ("no_comparison_star",))
         else:
             self.ws.included.discard(info_index)
             fr.flags.append("excluded")
