@@ -155,3 +155,15 @@ def test_combine_command_matches_engine(field_integer, tmp_path, capsys):
     assert np.isclose(data[0, 322], f1[0, 319], rtol=1e-5)  # only frame 1 covers the top-right corner
     code, _, err = run_cli(["combine", *files, "--method", "median", "--out", files[0]], capsys)
     assert_one_line_error(code, err, "overwrite an input")
+
+
+def test_combine_maps_as_extensions(field_integer, tmp_path, capsys):
+    out = tmp_path / "m.fits"
+    code, _, err = run_cli(["combine", *field_integer.files, "--method", "minmax", "--nlow", "1", "--nhigh", "1",
+                            "--out", out, "--maps"], capsys)
+    assert code == 0, err
+    with fits.open(out) as h:
+        assert [x.name for x in h] == ["PRIMARY", "NUSED", "NREJECTED", "SIGMA"]
+        assert np.all(h["NUSED"].data + h["NREJECTED"].data == 6)
+        assert np.all(h["NUSED"].data == 4)
+        assert np.isfinite(h["SIGMA"].data).all()

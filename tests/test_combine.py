@@ -102,6 +102,9 @@ def test_masks_honoured_and_blocks_do_not_matter(method):
         np.testing.assert_allclose(got.data, want, rtol=2e-6, atol=1e-4, equal_nan=True)
         assert np.isnan(got.data[0, 0])
         assert np.all(got.n_used + got.n_rejected == (~masks).sum(axis=0))
+        if method == "average":  # the sigma map is the std of the values that went in
+            want_sigma = np.ma.masked_array(data, masks).std(axis=0).filled(np.nan)
+            np.testing.assert_allclose(got.sigma, want_sigma, rtol=1e-4, atol=1e-3, equal_nan=True)
 
 
 def test_nan_input_is_masked_not_propagated():

@@ -62,6 +62,7 @@ def _combine_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=Path, help="file of one multiplicative scale per frame")
     p.add_argument("--offsets", type=Path, help="file of integer 'dx dy' per frame (added to the frame's position)")
     p.add_argument("--memory-limit", default="256MB")
+    p.add_argument("--maps", action="store_true", help="add NUSED, NREJECTED and SIGMA extensions (as IRAF)")
     p.add_argument("--overwrite", action="store_true")
     return p
 

@@ -46,6 +46,7 @@ class Config:
     sigma: float = 3.0
     maxiters: int = 1
     memory_limit: int = 256 * 1024**2
+    maps: bool = False
     # [output]
     out_dir: Path = Path("out")
     write_shifted: bool = True
@@ -231,6 +232,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable]]] = {
         "sigma": ("sigma", _pos_num),
         "maxiters": ("maxiters", lambda w, v: _int(w, v, minimum=1)),
         "memory_limit": ("memory_limit", _memory),
+        "maps": ("maps", _bool),
     },
     "output": {
         "directory": ("out_dir", _str),

@@ -66,8 +66,7 @@ class CombinedResult:
     n_frames: int
     stats: stats.ImageStats
     photometry: stats.PhotometryComparison
-    n_used_map: np.ndarray | None = None
-    n_rejected_map: np.ndarray | None = None
+    maps: object = None  # core.combine.CombineResult, for the NUSED/NREJECTED/SIGMA extensions
 
 
 @dataclass
@@ -481,7 +480,7 @@ def combine_frames(
         params,
         memory_limit=cfg.memory_limit,
         progress=lambda d, t: progress(f"combine {method}", d, t),
-        maps=False,
+        maps=cfg.maps,
     )
     st = stats.image_stats(result.data)
     comb_mask = ~np.isfinite(result.data)
@@ -490,7 +489,7 @@ def combine_frames(
     )
     ref_flux = state.frames[state.ref_index].star_flux
     phot = stats.compare_photometry(ref_flux, comb_flux.flux, state.comparison_stars)
-    combined = CombinedResult(method, None, result.data, len(used), st, phot, result.n_used, result.n_rejected)
+    combined = CombinedResult(method, None, result.data, len(used), st, phot, result)
     state.combined = [c for c in state.combined if c.method != method] + [combined]
     return combined
 
@@ -521,7 +520,8 @@ def write_combined(state: RunState, combined: CombinedResult, out_dir: Path) -> 
             f"{fr.name} shift=({fr.applied_shift_x:g},{fr.applied_shift_y:g}) sky={fr.sky:.2f} scale={fr.scale:.5f}"
         )
     path = out_dir / f"combined_{combined.method}.fits"
-    io.write_fits_atomic(path, fits.HDUList([fits.PrimaryHDU(combined.data.astype(np.float32), hdr)]))
+    hdus = [fits.PrimaryHDU(combined.data.astype(np.float32), hdr)] + (io.map_hdus(combined.maps) if combined.maps else [])
+    io.write_fits_atomic(path, fits.HDUList(hdus))
     combined.path = path
     return path
 

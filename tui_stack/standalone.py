@@ -62,7 +62,7 @@ def combine_files(args, console) -> Path:
     except ValueError as exc:
         raise InputError(f"--memory-limit: {exc}") from None
     params = combine.CombineParams(args.method, args.nlow, args.nhigh, args.sigma, args.maxiters)
-    result = combine.combine(sources, params, memory_limit=limit, maps=False)
+    result = combine.combine(sources, params, memory_limit=limit, maps=args.maps)
     hdr = fits.Header()
     hdr["TSVERS"] = (__version__, "tui-stack version")
     hdr["TSMETHOD"] = (args.method, "combine method")
@@ -70,6 +70,6 @@ def combine_files(args, console) -> Path:
     for k, (p, dx, dy, sc) in enumerate(zip(paths, ox, oy, scales), 1):
         hdr[f"IMCMB{k:03d}"] = p.name
         hdr.add_history(f"{p.name} offset=({dx},{dy}) scale={sc:g}")
-    io.write_fits_atomic(out, fits.HDUList([fits.PrimaryHDU(result.data, hdr)]))
+    io.write_fits_atomic(out, fits.HDUList([fits.PrimaryHDU(result.data, hdr)] + io.map_hdus(result)))
     console.print(f"{args.method} of {n} frames -> {out}")
     return out

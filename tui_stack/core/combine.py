@@ -17,6 +17,7 @@ Methods (x = the unmasked values of one pixel, n of them, N frames in all):
 from __future__ import annotations
 
 from dataclasses import dataclass
+import warnings
 from typing import Callable, Protocol
 
 import numpy as np
@@ -41,8 +42,9 @@ class CombineParams:
 @dataclass
 class CombineResult:
     data: np.ndarray  # float32, NaN where no frame has data
-    n_used: np.ndarray  # int16: values that went into each pixel
-    n_rejected: np.ndarray  # int16: values rejected by the method
+    n_used: np.ndarray | None  # int16: values that went into each pixel
+    n_rejected: np.ndarray | None  # int16: values rejected by the method
+    sigma: np.ndarray | None = None  # float32: std of the values that went in (IRAF's sigma image)
 
 
 class Source(Protocol):
@@ -138,34 +140,40 @@ def rows_per_block(n_frames: int, width: int, memory_limit: int, method: str = "
     return max(1, int(memory_limit // per_row))
 
 
-def reduce_block(block: np.ndarray, params: CombineParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def reduce_block(block: np.ndarray, params: CombineParams, with_sigma: bool = False):
     """Combine a (rows, cols, N) float32 block, NaN = masked, along its last (contiguous) axis.
 
     Sorting the N values of each pixel (NaN last) gives median and min/max rejection at
     once; numpy's sort on a short contiguous axis is faster than bottleneck's median and
     releases the GIL, so two threads use both cores (measured in benchmarks/run.py).
-    Returns (result float32, n_used int16, n_rejected int16).
+    Returns (result float32, n_used int16, n_rejected int16, sigma float32 or None): sigma is
+    the standard deviation of the values that went in, as IRAF's sigma image.
     """
+    import bottleneck as bn
+
     n = block.shape[-1]
     nan = np.isnan(block)
     any_nan = bool(nan.any())
     n_valid = (n - nan.sum(axis=-1)).astype(np.int16) if any_nan else np.full(block.shape[:-1], n, np.int16)
     method = params.method
-    with np.errstate(invalid="ignore", divide="ignore"):
+    zeros = np.zeros_like(n_valid)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         if method == "average":
             if any_nan:
-                total = np.where(nan, 0, block).sum(axis=-1, dtype=np.float64)
-                res = total / n_valid
+                res = np.where(nan, 0, block).sum(axis=-1, dtype=np.float64) / n_valid
             else:
                 res = block.mean(axis=-1, dtype=np.float64)
-            return res.astype(np.float32), n_valid, np.zeros_like(n_valid)
+            sig = bn.nanstd(block, axis=-1) if with_sigma else None
+            return res.astype(np.float32), n_valid, zeros, sig
         s = np.sort(block, axis=-1)
         if method == "median":
-            return _median_sorted(s, n_valid, any_nan), n_valid, np.zeros_like(n_valid)
+            sig = bn.nanstd(block, axis=-1) if with_sigma else None
+            return _median_sorted(s, n_valid, any_nan), n_valid, zeros, sig
         if method == "minmax":
-            return _minmax_sorted(s, n_valid, any_nan, params.nlow, params.nhigh)
+            return _minmax_sorted(s, n_valid, any_nan, params.nlow, params.nhigh, with_sigma)
         if method == "sigmaclip":
-            return _sigmaclip_sorted(s, n_valid, params.sigma, params.sigma, params.maxiters)
+            return _sigmaclip_sorted(s, n_valid, params.sigma, params.sigma, params.maxiters, with_sigma)
     raise ValueError(method)
 
 
@@ -180,13 +188,16 @@ def _median_sorted(s, n_valid, any_nan):
     return np.where(k > 0, res, np.nan).astype(np.float32)
 
 
-def _minmax_sorted(s, n_valid, any_nan, nlow, nhigh):
+def _minmax_sorted(s, n_valid, any_nan, nlow, nhigh, with_sigma=False):
+    import bottleneck as bn
+
     n = s.shape[-1]
     if not any_nan:
         kept = s[..., nlow : max(nlow, n - nhigh)]
         n_used = np.full(n_valid.shape, kept.shape[-1], np.int16)
         res = kept.mean(axis=-1, dtype=np.float64) if kept.shape[-1] else np.full(n_valid.shape, np.nan)
-        return res.astype(np.float32), n_used, (n_valid - n_used).astype(np.int16)
+        sig = kept.std(axis=-1, dtype=np.float64).astype(np.float32) if with_sigma and kept.shape[-1] else None
+        return res.astype(np.float32), n_used, (n_valid - n_used).astype(np.int16), sig
     # With masked values the counts shrink in proportion (IRAF imcombine).
     nl = np.floor(nlow * n_valid / n + 0.001).astype(np.int64)
     nh = np.floor(nhigh * n_valid / n + 0.001).astype(np.int64)
@@ -196,10 +207,11 @@ def _minmax_sorted(s, n_valid, any_nan, nlow, nhigh):
     n_used = (hi - nl).astype(np.int16)
     total = np.where(keep, s, 0).sum(axis=-1, dtype=np.float64)
     res = np.where(n_used > 0, total / np.maximum(n_used, 1), np.nan)
-    return res.astype(np.float32), n_used, (n_valid - n_used).astype(np.int16)
+    sig = bn.nanstd(np.where(keep, s, np.float32(np.nan)), axis=-1) if with_sigma else None
+    return res.astype(np.float32), n_used, (n_valid - n_used).astype(np.int16), sig
 
 
-def _sigmaclip_sorted(s, n_valid, lsigma, hsigma, maxiters):
+def _sigmaclip_sorted(s, n_valid, lsigma, hsigma, maxiters, with_sigma=False):
     import bottleneck as bn
 
     w = s  # sorted, NaN last
@@ -215,7 +227,8 @@ def _sigmaclip_sorted(s, n_valid, lsigma, hsigma, maxiters):
         cur = (~np.isnan(w)).sum(axis=-1).astype(np.int16)
     n_used = (~np.isnan(w)).sum(axis=-1).astype(np.int16)
     res = bn.nanmean(w, axis=-1)
-    return np.where(n_used > 0, res, np.nan).astype(np.float32), n_used, (n_valid - n_used).astype(np.int16)
+    sig = bn.nanstd(w, axis=-1) if with_sigma else None
+    return np.where(n_used > 0, res, np.nan).astype(np.float32), n_used, (n_valid - n_used).astype(np.int16), sig
 
 
 class Cancelled(Exception):
@@ -248,6 +261,7 @@ def combine(
     out = np.empty((h, w), dtype=np.float32)
     n_used = np.empty((h, w), dtype=np.int16) if maps else None
     n_rej = np.empty((h, w), dtype=np.int16) if maps else None
+    sigma = np.empty((h, w), dtype=np.float32) if maps else None
     starts = list(range(0, h, rows))
 
     def do_block(y0: int) -> int:
@@ -265,10 +279,10 @@ def combine(
         np.copyto(planes, np.float32(np.nan), where=np.isinf(planes))
         block = np.ascontiguousarray(planes.transpose(1, 2, 0))
         del planes
-        res, used, rej = reduce_block(block, params)
+        res, used, rej, sig = reduce_block(block, params, with_sigma=maps)
         out[y0:y1] = res
         if maps:
-            n_used[y0:y1], n_rej[y0:y1] = used, rej
+            n_used[y0:y1], n_rej[y0:y1], sigma[y0:y1] = used, rej, sig
         return y1
 
     def report(y1: int) -> None:
@@ -298,4 +312,4 @@ def combine(
     finally:
         for src in sources:
             src.close()
-    return CombineResult(out, n_used, n_rej)
+    return CombineResult(out, n_used, n_rej, sigma)

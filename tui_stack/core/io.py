@@ -329,3 +329,17 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def map_hdus(result) -> list:
+    """IRAF-style output maps as named extensions (ds9 opens each): values used per pixel,
+    values rejected, and the standard deviation of the values used."""
+    from astropy.io import fits
+
+    if result.n_used is None:
+        return []
+    return [
+        fits.ImageHDU(result.n_used, name="NUSED"),
+        fits.ImageHDU(result.n_rejected, name="NREJECTED"),
+        fits.ImageHDU(result.sigma, name="SIGMA"),
+    ]
