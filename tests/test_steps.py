@@ -131,7 +131,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
             open(path, "wb").write(b"half")
             raise OSError(28, "No space left on device")
 
-    with pytest.raises(OSError):
+    with pytest.raises(io.OutputError, match="no space left"):
         io.write_fits_atomic(tmp_path / "x.fits", Boom())
     assert list(tmp_path.iterdir()) == []
 

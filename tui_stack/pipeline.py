@@ -179,7 +179,7 @@ def _frame_measure(path: Path, cfg: Config):
         stars = quality.find_stars(sub, frame.mask, sky.noise)
         q = quality.frame_quality(stars, sky.level, sky.noise, cfg.saturation)
     else:
-        stars, q = None, quality.FrameQuality(sky.level, sky.noise, 0, float("nan"), float("nan"), 0.0, ["no_data"])
+        stars, q = None, quality.FrameQuality(sky.level, sky.noise, 0, float("nan"), float("nan"), 0.0, flags=["no_data"])
     return frame, sky, sub, stars, q
 
 
@@ -281,7 +281,7 @@ def register(state: RunState, progress: Progress = _noop) -> None:
             # A meridian flip turns the frame by 180 degrees: it then matches the reference
             # better turned back than as it is.
             flipped = xref.offset(prepared, flip=True)[2]
-            if flipped > peak and flipped >= MIN_XCORR_PEAK:
+            if flipped > 2 * max(peak, 0.0) and flipped >= MIN_XCORR_PEAK:
                 fr.used = False
                 fr.flags.append("rotated_180")
             elif peak < MIN_XCORR_PEAK:
@@ -669,15 +669,25 @@ def write_outputs(state: RunState, out: Path, progress: Progress = _noop, shifte
     io.write_text_atomic(out / "report.json", json.dumps(report_dict(state), indent=2) + "\n")
 
 
+def _output_names(out: Path) -> set:
+    return {p.name for p in out.iterdir() if p.name.startswith(("s", "combined_", "report.json"))}
+
+
 def run(cfg: Config, progress: Progress = _noop) -> RunState:
-    """The whole pipeline, writing the outputs of SPEC.md."""
+    """The whole pipeline, writing the outputs of SPEC.md.
+
+    If it stops half-way (Ctrl-C, disk full, bad frame), the outputs it had written are
+    removed again: what is left in the output directory is a whole run or nothing new.
+    """
     state = RunState(config=cfg)
     state.files = select(cfg)
     out = prepare_output_dir(state)
-    choose_reference(state, progress)
-    register(state, progress)
+    before = _output_names(out)
+    inputs = {p.name for p in state.files if p.parent == out}
     tmp = None
     try:
+        choose_reference(state, progress)
+        register(state, progress)
         if cfg.write_shifted:
             shifted_dir = out
         elif cfg.shift_mode == "subpixel":
@@ -689,6 +699,10 @@ def run(cfg: Config, progress: Progress = _noop) -> RunState:
         measure_scales(state, progress, shifted_dir)
         combine_frames(state, cfg.method, shifted_dir, progress)
         write_outputs(state, out, progress, shifted_written=True)
+    except BaseException:
+        for name in _output_names(out) - before - inputs:
+            (out / name).unlink(missing_ok=True)
+        raise
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -305,30 +305,44 @@ def _atomic_target(path: Path):
     return Path(tmp)
 
 
-def write_fits_atomic(path: Path, hdul) -> None:
-    """Write to a temporary file beside the target, then rename: no half-written FITS."""
-    tmp = _atomic_target(path)
+class OutputError(InputError):
+    """An output could not be written (disk full, permissions): the user has to act."""
+
+
+def _output_error(path: Path, exc: OSError) -> OutputError:
+    import errno
+
+    if exc.errno == errno.ENOSPC:
+        return OutputError(f"{path}: no space left on the device; free some or choose another output directory")
+    return OutputError(f"{path}: cannot write ({exc.strerror or exc})")
+
+
+def _atomically(path: Path, write) -> None:
+    """write(tmp) to a temporary file beside `path`, fsync, rename: never a half-written output."""
+    path = Path(path)
     try:
-        hdul.writeto(tmp, overwrite=True, output_verify="silentfix")
+        tmp = _atomic_target(path)
+    except OSError as exc:
+        raise _output_error(path, exc) from None
+    try:
+        write(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _output_error(path, exc) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_fits_atomic(path: Path, hdul) -> None:
+    _atomically(path, lambda tmp: hdul.writeto(tmp, overwrite=True, output_verify="silentfix"))
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    tmp = _atomic_target(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    _atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def map_hdus(result) -> list:

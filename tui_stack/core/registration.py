@@ -66,6 +66,8 @@ def _prepare_for_xcorr(data: np.ndarray, mask: np.ndarray | None, sky: float, no
     img = img - np.float32(sky * b * b + 3.0 * max(noise, 1e-6) * b)
     np.clip(img, 0.0, None, out=img)
     np.sqrt(img, out=img)
+    # zero mean: unrelated star fields then correlate near 0, not at the ~0.35 of two positive images
+    img -= img.mean(dtype=np.float64)
     return img
 
 

@@ -1,0 +1,255 @@
+"""Messy data, faults and interruptions: exit code, one clear message, inputs untouched."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from tui_stack import cli, pipeline
+from tui_stack.core import synthetic
+
+from conftest import checksums, make_config, small_spec
+from test_cli import assert_one_line_error, run_cli, write_config
+
+
+@pytest.fixture()
+def field(tmp_path):
+    truth = synthetic.write_field(tmp_path / "frames", small_spec(n_frames=5, seed=17, subpixel=False))
+    return truth, tmp_path / "frames"
+
+
+def run_case(truth, frames, tmp_path, capsys, **over):
+    cfg = make_config(truth, tmp_path / "out", **over)
+    cfg.directory = frames
+    before = checksums(p for p in frames.iterdir() if p.is_file())
+    code, out, err = run_cli(["run", write_config(cfg, tmp_path / "c.toml"), "--quiet"], capsys)
+    assert checksums(p for p in frames.iterdir() if p.is_file()) == before  # inputs never touched
+    return code, out, err
+
+
+def report(tmp_path):
+    import json
+
+    return json.loads((tmp_path / "out" / "report.json").read_text())
+
+
+# ---------------------------------------------------------------- files
+
+
+def test_empty_file(field, tmp_path, capsys):
+    truth, frames = field
+    (frames / "demo_000.fits").write_bytes(b"")
+    code, _, err = run_case(truth, frames, tmp_path, capsys)
+    assert_one_line_error(code, err, "demo_000.fits", "empty")
+
+
+def test_cube_is_refused_by_name(field, tmp_path, capsys):
+    truth, frames = field
+    fits.PrimaryHDU(np.zeros((3, 320, 320), np.float32)).writeto(frames / "demo_009.fits")
+    code, _, err = run_case(truth, frames, tmp_path, capsys)
+    assert_one_line_error(code, err, "demo_009.fits", "3 axes")
+
+
+def test_unreadable_file_named_in_exclude_is_skipped(field, tmp_path, capsys):
+    truth, frames = field
+    (frames / "demo_000.fits").write_text("junk" * 100)
+    code, _, err = run_case(truth, frames, tmp_path, capsys, exclude=["demo_000.fits"])
+    assert code == 0, err
+    assert [f["file"] for f in report(tmp_path)["frames"]][0] == "demo_001.fits"
+
+
+def test_image_in_extension_and_compressed_frames_are_used(field, tmp_path, capsys):
+    truth, frames = field
+    for i, path in enumerate(sorted(frames.glob("demo_*.fits"))):
+        with fits.open(path) as h:
+            data, hdr = h[0].data.copy(), h[0].header.copy()
+        path.unlink()
+        if i % 2:  # image in an extension, empty primary
+            fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(data, hdr, name="SCI")]).writeto(path)
+        else:  # tile-compressed (.fits.fz style), lossless
+            fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(data, hdr, compression_type="GZIP_2",
+                                                               quantize_level=0)]).writeto(path)
+    code, _, err = run_case(truth, frames, tmp_path, capsys)
+    assert code == 0, err
+    shifts = [(f["applied_shift_x"], f["applied_shift_y"]) for f in report(tmp_path)["frames"]]
+    assert shifts == [tuple(int(v) for v in s) for s in truth.shifts]
+
+
+def test_nan_and_inf_pixels_are_masked(field, tmp_path, capsys):
+    truth, frames = field
+    with fits.open(frames / "demo_002.fits", mode="update") as h:
+        h[0].data[100:110, 100:110] = np.nan
+        h[0].data[200, 50:60] = np.inf
+    code, _, err = run_case(truth, frames, tmp_path, capsys, method="average")
+    assert code == 0, err
+    comb = fits.getdata(tmp_path / "out" / "combined_average.fits")
+    assert np.isfinite(comb).all()  # the other frames cover those pixels; nothing propagates
+
+
+def test_all_zero_frame_is_flagged_and_left_out(field, tmp_path, capsys):
+    truth, frames = field
+    with fits.open(frames / "demo_004.fits", mode="update") as h:
+        h[0].data[:] = 0
+    code, _, err = run_case(truth, frames, tmp_path, capsys)
+    assert code == 0, err
+    f = report(tmp_path)["frames"][3]
+    assert not f["used"] and "no_data" in f["flags"]
+    assert report(tmp_path)["combined"]["n_frames"] == 4
+
+
+def test_duplicate_frame_is_flagged_and_left_out(field, tmp_path, capsys):
+    truth, frames = field
+    shutil.copy(frames / "demo_002.fits", frames / "demo_002_copy.fits")
+    code, _, err = run_case(truth, frames, tmp_path, capsys)
+    assert code == 0, err
+    rep = report(tmp_path)
+    dup = [f for f in rep["frames"] if f["file"] == "demo_002_copy.fits"][0]
+    assert not dup["used"] and "duplicate" in dup["flags"]
+    assert rep["combined"]["n_frames"] == 5
+
+
+def deny(monkeypatch, path: Path, mode: int) -> None:
+    """Take away permissions on `path`: chmod, and for root (who ignores file modes, as in
+    CI) the same answer from the OS calls the program makes."""
+    import errno
+    import tempfile
+
+    path.chmod(mode)
+    if os.geteuid() != 0:
+        return
+    real_access = os.access
+
+    def access(p, m, *a, **kw):
+        if Path(p) == path:
+            return False
+        return real_access(p, m, *a, **kw)
+
+    monkeypatch.setattr(os, "access", access)
+    real_ntf = tempfile.NamedTemporaryFile
+
+    def ntf(*a, dir=None, **kw):
+        if dir is not None and Path(dir) == path:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_ntf(*a, dir=dir, **kw)
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", ntf)
+
+
+def test_unreadable_permissions(field, tmp_path, capsys, monkeypatch):
+    truth, frames = field
+    deny(monkeypatch, frames / "demo_003.fits", 0o000)
+    try:
+        code, _, err = run_case(truth, frames, tmp_path, capsys)
+    finally:
+        (frames / "demo_003.fits").chmod(0o644)
+    assert_one_line_error(code, err, "demo_003.fits", "permission denied")
+
+
+# ---------------------------------------------------------------- science
+
+
+def test_reference_star_at_the_edge(field, tmp_path, capsys):
+    truth, frames = field
+    code, _, err = run_case(truth, frames, tmp_path, capsys, star=(1.0, 160.0), box=5)
+    assert_one_line_error(code, err, "no star found")
+
+
+def test_reference_star_off_the_frame(field, tmp_path, capsys):
+    truth, frames = field
+    code, _, err = run_case(truth, frames, tmp_path, capsys, star=(5000.0, 160.0))
+    assert_one_line_error(code, err, "outside the 320x320 reference frame")
+
+
+def test_saturated_reference_star(field, tmp_path, capsys):
+    truth, frames = field
+    code, _, err = run_case(truth, frames, tmp_path, capsys, saturation=5000.0)
+    assert_one_line_error(code, err, "saturated", "fainter star")
+
+
+def test_frame_of_another_field_is_flagged(field, tmp_path, capsys):
+    truth, frames = field
+    # another field: as many stars, none where the reference has them
+    rng = np.random.default_rng(99)
+    img = np.full((320, 320), 1000.0, np.float32)
+    for _ in range(70):
+        synthetic.add_star(img, rng.uniform(5, 315), rng.uniform(5, 315), rng.uniform(5e3, 3e5), 3.5, 3.0)
+    img += rng.normal(0, 15, img.shape).astype(np.float32)
+    fits.PrimaryHDU(img, fits.Header({"PICTTYPE": 1})).writeto(frames / "demo_006.fits")
+    code, _, err = run_case(truth, frames, tmp_path, capsys)
+    assert code == 0, err
+    f = report(tmp_path)["frames"][5]
+    assert not f["used"] and "no_match" in f["flags"]
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def test_output_directory_not_writable(field, tmp_path, capsys, monkeypatch):
+    truth, frames = field
+    locked = tmp_path / "out"
+    locked.mkdir()
+    deny(monkeypatch, locked, 0o555)
+    try:
+        code, _, err = run_case(truth, frames, tmp_path, capsys)
+    finally:
+        locked.chmod(0o755)
+    assert_one_line_error(code, err, "output directory is not writable")
+
+
+def test_disk_full_mid_write_leaves_nothing(field, tmp_path, capsys, monkeypatch):
+    import errno
+
+    truth, frames = field
+    real = fits.HDUList.writeto
+
+    def full_disk(self, name, *a, **kw):
+        if "combined_" in str(name):
+            Path(name).write_bytes(b"SIMPLE  =" + b" " * 100)  # half a file on disk
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, name, *a, **kw)
+
+    monkeypatch.setattr(fits.HDUList, "writeto", full_disk)
+    code, _, err = run_case(truth, frames, tmp_path, capsys)
+    assert_one_line_error(code, err, "combined_median.fits", "no space left")
+    assert list((tmp_path / "out").iterdir()) == []  # no half FITS, no s-frames of a failed run
+
+
+def test_ctrl_c_during_combine_exit_130_nothing_left(field, tmp_path, capsys, monkeypatch):
+    from tui_stack.core import combine
+
+    truth, frames = field
+    real = combine.reduce_block
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(combine, "reduce_block", interrupted)
+    code, _, err = run_case(truth, frames, tmp_path, capsys)
+    assert code == 130 and "interrupted" in err
+    assert list((tmp_path / "out").iterdir()) == []
+    monkeypatch.setattr(combine, "reduce_block", real)
+
+
+def test_real_sigint_exit_130_nothing_partial(tmp_path):
+    truth = synthetic.write_field(tmp_path / "frames", small_spec(n_frames=12, shape=(1024, 1024), n_stars=300))
+    cfg = make_config(truth, tmp_path / "out")
+    path = write_config(cfg, tmp_path / "c.toml")
+    proc = subprocess.Popen([sys.executable, "-m", "tui_stack", "run", str(path), "--quiet"],
+                            stderr=subprocess.PIPE, text=True)
+    out = tmp_path / "out"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out.exists() and any(out.glob("sdemo_*.fits"))):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert not any(out.glob("*.part")) and not any(out.glob("combined_*")) and not any(out.glob("sdemo_*"))
