@@ -25,9 +25,14 @@ def demo_dir(tmp_path_factory):
 async def settle(pilot):
     """Wait until no worker has run for a few event-loop rounds: workers start from messages
     (a highlighted row loads its cut-out), so one wait is not enough."""
+    from textual.worker import WorkerCancelled
+
     quiet = 0
     while quiet < 4:
-        await pilot.app.workers.wait_for_complete()
+        try:
+            await pilot.app.workers.wait_for_complete()
+        except WorkerCancelled:  # an exclusive task replaced another: normal
+            pass
         await pilot.pause(0.02)
         quiet = 0 if any(w.is_running for w in pilot.app.workers) else quiet + 1
 
@@ -151,3 +156,89 @@ def test_quit_asks_when_work_would_be_lost(demo_dir):
             assert app.screen.STEP == 1 and app.is_running
 
     asyncio.run(go())
+
+
+def test_dropped_session_resumes_at_the_same_step(demo_dir, tmp_path, monkeypatch):
+    """The SSH link drops at the scales step; `tui-stack --resume` is back there, same tables."""
+    import asyncio
+
+    from tui_stack.tui import session
+
+    monkeypatch.setenv("TUI_STACK_STATE_DIR", str(tmp_path / "state"))
+    cfg = load_config(demo_dir / "demo.toml")
+    cfg.out_dir = tmp_path / "o"
+    app = StackApp(cfg.directory, cfg)
+    seen = {}
+
+    async def first():
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            await pilot.press("down", "space")  # skip the second frame
+            for _ in range(3):
+                await pilot.press("n")
+                await settle(pilot)
+            assert app.screen.STEP == 3
+            run = app.ws.run
+            seen["shifts"] = [(f.shift_x, f.shift_y, f.used, f.flags) for f in run.frames]
+            seen["scales"] = [f.scale for f in run.frames]
+            seen["stars"] = list(run.comparison_stars)
+        # the app is gone, as with a dropped connection
+
+    asyncio.run(first())
+    saved = session.load()
+    assert saved is not None and saved["step"] == 3
+    import tomllib
+
+    from tui_stack.config import config_from_dict
+
+    app2 = StackApp(cfg.directory, config_from_dict(tomllib.loads(saved["config"])), resume=saved)
+
+    async def second():
+        async with app2.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            await settle(pilot)
+            assert app2.screen.STEP == 3
+            run = app2.ws.run
+            assert [(f.shift_x, f.shift_y, f.used, f.flags) for f in run.frames] == seen["shifts"]
+            assert [f.scale for f in run.frames] == seen["scales"]
+            assert [tuple(s) for s in run.comparison_stars] == [tuple(s) for s in seen["stars"]]
+            assert "excluded" in run.frames[1].flags
+            table = app2.screen.query_one("#frames")
+            assert table.row_count == len(run.frames)
+            await pilot.press("n")  # and the wizard goes on from there
+            await settle(pilot)
+            await pilot.press("c")
+            await settle(pilot)
+            assert run.combined and run.combined[-1].n_frames == 4
+
+    asyncio.run(second())
+
+
+def test_a_crash_writes_a_log_and_says_where(demo_dir, monkeypatch, tmp_path, capfd):
+    import asyncio
+
+    from tui_stack.tui import app as app_module
+    from tui_stack.tui.files import FilesScreen
+
+    monkeypatch.setattr(app_module.tempfile, "gettempdir", lambda: str(tmp_path))
+
+    def boom(self):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(FilesScreen, "action_toggle_all", boom)
+    cfg = load_config(demo_dir / "demo.toml")
+    app = StackApp(cfg.directory, cfg)
+
+    async def go():
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            await pilot.press("a")
+            await pilot.pause()
+
+    with pytest.raises(RuntimeError, match="a bug"):  # the test pilot re-raises what the app caught
+        asyncio.run(go())
+    logs = list(tmp_path.glob("tui-stack-crash-*.log"))
+    assert len(logs) == 1 and "RuntimeError: a bug" in logs[0].read_text()
+    assert app.return_code == 1
+    out, err = capfd.readouterr()
+    assert f"details in {logs[0]}" in (out + err).replace("\n", "")

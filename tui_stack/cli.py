@@ -24,6 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"tui-stack {__version__}")
     p.add_argument("directory", nargs="?", default=".", help="directory of FITS frames (default: current)")
     p.add_argument("--config", type=Path, help="start the wizard from this config")
+    p.add_argument("--resume", action="store_true", help="back to the last wizard session, at the same step")
     return p
 
 
@@ -200,10 +201,10 @@ def cmd_combine(args) -> int:
 
 
 def cmd_wizard(args) -> int:
-    return _open_wizard(Path(args.directory), args.config)
+    return _open_wizard(Path(args.directory), args.config, args.resume)
 
 
-def _open_wizard(directory: Path, config: Path | None) -> int:
+def _open_wizard(directory: Path, config: Path | None, resume: bool = False) -> int:
     from tui_stack.tui.app import run_app
 
-    return run_app(directory, config)
+    return run_app(directory, config, resume)

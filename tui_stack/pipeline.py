@@ -362,6 +362,8 @@ def measure_scales(state: RunState, progress: Progress = _noop, shifted_dir: Pat
         # No margin for the shifts: a star off one frame is flagged there and left out of that
         # frame's scale only.
         ref_fr = state.frames[state.ref_index]
+        if state.ref_stars is None:  # a resumed session keeps tables, not star lists
+            _, _, _, state.ref_stars, _ = _frame_measure(ref_fr.path, cfg)
         state.comparison_stars = quality.pick_comparison_stars(
             state.ref_stars, state.shape, ref_fr.sky, cfg.saturation, cfg.radius
         )

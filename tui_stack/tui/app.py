@@ -133,6 +133,7 @@ class WizardScreen(Screen):
 
     def _finish(self, payload, message: str, error: bool) -> None:
         self._worker = None
+        self.app.save_session(self.STEP)
         self.query_one("#progress", ProgressBar).add_class("idle")
         self.status(message, error)
         if error:
@@ -177,11 +178,11 @@ class StackApp(App):
         Binding("ctrl+c,ctrl+q", "request_quit", "Quit", show=False, priority=True),
     ]
 
-    def __init__(self, directory: Path, config: Config | None = None):
+    def __init__(self, directory: Path, config: Config | None = None, resume: dict | None = None):
         super().__init__()
         if config is None:
             config = Config(directory=Path(directory).resolve(), out_dir=Path(directory).resolve() / "tui-stack-out")
-        self.ws = WizardState(config=config)
+        self.ws = WizardState(config=config, resume=resume)
 
     def on_mount(self) -> None:
         from tui_stack.tui.combine import CombineScreen
@@ -205,6 +206,13 @@ class StackApp(App):
 
     def goto(self, step: int) -> None:
         self.switch_screen(STEPS[step])
+        self.save_session(step)
+
+    def save_session(self, step: int) -> None:
+        from tui_stack.tui import session
+
+        if self.ws.resume is None:  # not while a saved session is being restored
+            session.save(self.ws, step)
 
     def action_request_quit(self) -> None:
         if not self.ws.dirty:
@@ -218,8 +226,20 @@ class StackApp(App):
         self.push_screen(ConfirmScreen("Measured results are not written yet.\nQuit and lose them?"), answer)
 
 
-def run_app(directory: Path, config_path: Path | None = None) -> int:
-    config = load_config(config_path) if config_path else None  # it names its own directory
-    app = StackApp(Path(directory), config)
+def run_app(directory: Path, config_path: Path | None = None, resume: bool = False) -> int:
+    saved = None
+    if resume:
+        import tomllib
+
+        from tui_stack.config import config_from_dict
+        from tui_stack.tui import session
+
+        saved = session.load()
+        if saved is None:
+            raise InputError(f"no saved session to resume ({session.session_path()} not found)")
+        config = config_from_dict(tomllib.loads(saved["config"]))
+    else:
+        config = load_config(config_path) if config_path else None  # it names its own directory
+    app = StackApp(Path(directory), config, resume=saved)
     app.run()
     return app.return_code or 0

@@ -136,6 +136,11 @@ class CombineScreen(PreviewScreen):
         for c in run.combined:
             table.add_row(c.method, str(c.n_frames), _f(c.stats.median), _f(c.stats.std),
                           _f(c.photometry.ratio_median, ".4f"), key=c.method)
+        done = {c.method for c in run.combined}
+        for c in self.ws.restored_combined:  # from before a resume: numbers only, c recomputes
+            if c["method"] not in done:
+                table.add_row(f"{c['method']}*", str(c["n_frames"]), _f(c["median"]), _f(c["std"]),
+                              _f(c["ratio_median"], ".4f"), key=f"saved-{c['method']}")
         chosen = [c for c in run.combined if c.method == method] or run.combined[-1:]
         if chosen:
             self._fill_phot(chosen[0])

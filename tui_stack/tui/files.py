@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
@@ -114,6 +115,38 @@ class FilesScreen(WizardScreen):
         if bad:
             msg += f"; {bad} unreadable (see note)"
         self.status(msg + ". space: use/skip, n: next")
+        if ws.resume is not None:
+            self.call_after_refresh(self._resume)  # once the scan's worker has fully ended
+
+    def _resume(self) -> None:
+        """Back to where the saved session was: same frames, tables, step."""
+        from tui_stack.tui import session
+
+        ws = self.ws
+        data, ws.resume = ws.resume, None
+        names = set(data.get("included", []))
+        for i, info in enumerate(ws.infos):
+            self._set_use(i, info.path.name in names and not info.error)
+        session.restore_run(ws, data)
+        step = int(data.get("step", 0))
+        if ws.run is None or step == 0:
+            return
+
+        def load(progress):
+            from tui_stack.core import background, io
+
+            frame = io.read_frame(ws.run.files[ws.run.ref_index])
+            sky = background.estimate_sky(frame.data, frame.mask, ws.config.sky)
+            img = frame.data - np.float32(sky.level)
+            img[frame.mask] = np.nan
+            return img, sky.noise
+
+        def loaded(result):
+            ws.ref_image, ws.ref_noise = result
+            ws.dirty = True
+            self.app.goto(step)
+
+        self.run_task("resuming the saved session", load, loaded)
 
     def _set_use(self, i: int, use: bool) -> None:
         ws = self.ws

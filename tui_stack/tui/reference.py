@@ -115,6 +115,8 @@ class ReferenceScreen(PreviewScreen):
             self.run_task("assessing frames", lambda p: self._assess(p), self._assessed)
         elif self.ws.ref_image is None:
             self.load_reference(run.ref_index)
+        elif self.preview().image is None:  # resumed past this step: show what was chosen
+            self._loaded((self.ws.ref_image, self.ws.ref_noise))
 
     def _assess(self, progress):
         from tui_stack import pipeline
@@ -137,9 +139,11 @@ class ReferenceScreen(PreviewScreen):
 
     def load_reference(self, index: int) -> None:
         ws = self.ws
+        if index != ws.run.ref_index:
+            ws.run.frames = []  # shifts were against another frame
+            ws.star_xy = None
         ws.run.ref_index = index
         ws.config.frame = ws.run.files[index].name
-        ws.run.frames = []  # shifts were against another frame
         ws.dirty = True
 
         def load(progress):
@@ -232,9 +236,10 @@ class ReferenceScreen(PreviewScreen):
         sky = ws.run.qualities[ws.run.ref_index].sky if ws.run.qualities else 0.0
         sat = ws.config.saturation
         saturated = sat is not None and star.peak + sky >= sat
+        if ws.star_xy is None or np.hypot(ws.star_xy[0] - star.x, ws.star_xy[1] - star.y) > 0.01:
+            ws.run.frames = []  # another star: the shifts must be measured again
         ws.star_xy = (star.x, star.y)
         ws.config.star = (round(star.x, 2), round(star.y, 2))
-        ws.run.frames = []
         ws.dirty = True
         view = self.preview()
         view.set_markers({(int(round(star.x)), int(round(star.y))): ("x", "green")})

@@ -26,6 +26,8 @@ class WizardState:
     suggested_ref: int | None = None
     written_to: Path | None = None
     dirty: bool = False  # measured work that is not written yet
+    resume: dict | None = None  # a saved session still to be restored (after the file scan)
+    restored_combined: list = field(default_factory=list)  # summaries of combines before a resume
 
     def usable_infos(self) -> list:
         return [info for i, info in enumerate(self.infos) if i in self.included and not info.error]

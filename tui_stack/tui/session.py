@@ -1,0 +1,122 @@
+"""The wizard's session on disk: choices and measured tables, never pixels.
+
+Saved after every measurement and every step change, so a user whose SSH link dropped runs
+`tui-stack --resume` and is back at the same step with the same tables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+
+from tui_stack import __version__
+
+
+def session_path() -> Path:
+    base = os.environ.get("TUI_STACK_STATE_DIR") or os.environ.get("XDG_STATE_HOME")
+    root = Path(base) if base else Path.home() / ".local" / "state"
+    return (root if os.environ.get("TUI_STACK_STATE_DIR") else root / "tui-stack") / "session.json"
+
+
+def _clean(v):
+    """JSON-safe: NaN -> None, paths -> str, numpy scalars -> Python."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if hasattr(v, "item"):
+        return _clean(v.item())
+    return v
+
+
+def _nan(v):
+    return float("nan") if v is None else v
+
+
+def save(ws, step: int) -> Path | None:
+    """Write the session; a failure to save never stops the wizard."""
+    from tui_stack.core.io import write_text_atomic
+
+    run = ws.run
+    data = {
+        "version": __version__,
+        "step": step,
+        "config": ws.config_toml(),
+        "included": sorted(ws.infos[i].path.name for i in ws.included if i < len(ws.infos)),
+        "suggested_ref": ws.suggested_ref,
+        "star_xy": list(ws.star_xy) if ws.star_xy else None,
+    }
+    if run is not None:
+        data["run"] = {
+            "files": [str(p) for p in run.files],
+            "shape": list(run.shape),
+            "ref_index": run.ref_index,
+            "ref_star": dataclasses.asdict(run.ref_star) if run.ref_star else None,
+            "comparison_stars": [list(s) for s in run.comparison_stars],
+            "frames": [dataclasses.asdict(fr) for fr in run.frames],
+            "qualities": [dataclasses.asdict(q) for q in run.qualities],
+            "combined": [
+                {"method": c.method, "n_frames": c.n_frames, "median": c.stats.median, "std": c.stats.std,
+                 "ratio_median": c.photometry.ratio_median}
+                for c in run.combined
+            ],
+        }
+    path = session_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json.dumps(_clean(data)))
+    except Exception:
+        return None
+    return path
+
+
+def load() -> dict | None:
+    path = session_path()
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def restore_run(ws, data: dict) -> None:
+    """Rebuild the pipeline state from the saved tables (frames are re-read only when needed)."""
+    from tui_stack import pipeline
+    from tui_stack.core import quality, registration
+
+    saved = data.get("run")
+    if not saved:
+        return
+    run = pipeline.RunState(config=ws.config, files=[Path(p) for p in saved["files"]])
+    run.ref_index = saved["ref_index"]
+    run.shape = tuple(saved.get("shape", (0, 0)))
+    if saved.get("ref_star"):
+        run.ref_star = registration.StarPosition(**{k: _nan(v) for k, v in saved["ref_star"].items()})
+    run.comparison_stars = [tuple(s) for s in saved.get("comparison_stars", [])]
+    run.qualities = [quality.FrameQuality(**{k: _nan(v) if k != "flags" else v for k, v in q.items()})
+                     for q in saved.get("qualities", [])]
+    frames = []
+    for fd in saved.get("frames", []):
+        fd = dict(fd)
+        fd["path"] = Path(fd["path"])
+        q = fd.pop("quality", None)
+        for k, v in fd.items():
+            if v is None and k not in ("quality",):
+                fd[k] = float("nan")
+        fr = pipeline.FrameResult(**fd)
+        fr.quality = quality.FrameQuality(**{k: _nan(v) if k != "flags" else v for k, v in q.items()}) if q else None
+        frames.append(fr)
+    run.frames = frames
+    ws.run = run
+    ws.restored_combined = saved.get("combined", [])
+    if data.get("star_xy"):
+        ws.star_xy = tuple(data["star_xy"])
+    ws.suggested_ref = data.get("suggested_ref")
