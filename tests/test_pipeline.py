@@ -32,7 +32,8 @@ def test_scales_within_1_percent_of_injected_transparency(run_subpixel, field_su
 def test_unrotated_frames_are_not_flagged(run_subpixel):
     state, _, _ = run_subpixel
     for fr in state.frames[1:]:
-        assert abs(fr.rotation) < 0.01 and "rotated" not in fr.flags
+        # centroid noise ~0.02 px over +-150 px of field: ~0.008 deg; 4 sigma
+        assert abs(fr.rotation) < 0.03 and "rotated" not in fr.flags
 
 
 def test_report_matches_spec(run_subpixel, field_subpixel):

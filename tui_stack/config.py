@@ -12,6 +12,7 @@ from tui_stack.errors import ConfigError
 
 CENTROIDS = ("com", "1dg", "2dg", "quadratic")
 SHIFT_MODES = ("integer", "subpixel")
+SHIFT_METHODS = ("stars", "star")
 COMBINE_METHODS = ("average", "median", "minmax", "sigmaclip")
 SKY_METHODS = ("median", "sigmaclip")
 PHOT_SKY = ("global", "annulus")
@@ -33,6 +34,7 @@ class Config:
     sky: str = "median"
     # [shift]
     shift_mode: str = "integer"
+    shift_method: str = "stars"  # "stars": many matched stars; "star": the reference star alone (the lab)
     # [scale]
     stars: list | str = "auto"
     radius: float = 20.0
@@ -217,7 +219,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable]]] = {
         "centroid": ("centroid", _choice(CENTROIDS)),
         "sky": ("sky", _choice(SKY_METHODS)),
     },
-    "shift": {"mode": ("shift_mode", _choice(SHIFT_MODES))},
+    "shift": {"mode": ("shift_mode", _choice(SHIFT_MODES)), "method": ("shift_method", _choice(SHIFT_METHODS))},
     "scale": {
         "stars": ("stars", _stars),
         "radius": ("radius", _pos_num),

@@ -47,6 +47,8 @@ class FrameResult:
     star_flux: list = field(default_factory=list)
     star_flags: list = field(default_factory=list)
     rotation: float = float("nan")  # degrees, from matching stars after the shift
+    n_matched: int = 0  # stars matched to the reference and used in the shift fit
+    fit_rms: float = float("nan")  # their residual RMS after the fit, px
     digest: str = ""  # hash of the pixels: the same exposure twice is left out
     duplicate_of: str = ""
     quality: object = None  # core.quality.FrameQuality
@@ -167,6 +169,8 @@ def excluded_indices(cfg: Config, files: list[Path]) -> set[int]:
 # ---------------------------------------------------------------- registration
 
 
+MIN_MATCHED = 5  # stars for a many-star shift; fewer: the reference star alone, flagged
+MAX_FIT_RMS = 0.5  # px: the matched stars disagree, something is wrong with the frame
 ROTATION_LIMIT_DEG = 0.05  # above this a shift alone leaves stars 0.2 px off at 250 px from the centre
 
 
@@ -246,10 +250,20 @@ def register(state: RunState, progress: Progress = _noop) -> None:
         )
     state.ref_star = star
     xref = registration.XcorrReference(ref_frame.data, ref_frame.mask, ref_sky.level, ref_sky.noise)
-    # Stars for the rotation check, centroided in the reference as they will be in each frame.
-    rot_stars = np.array(quality.pick_comparison_stars(ref_stars, state.shape, ref_sky.level, cfg.saturation, 6, 16))
-    if len(rot_stars):
-        rot_stars = registration.match_stars(ref_sub, ref_frame.mask, ref_sky.noise, rot_stars, 0.0, 0.0)[1]
+    # Stars matched in every frame: the shift fit ("stars") and the rotation check. Centroided
+    # in the reference exactly as they will be in each frame.
+    many = cfg.shift_method == "stars"
+    box = registration.star_box(star.fwhm)
+    method = cfg.centroid if many else "com"
+    reg_stars = np.array(
+        quality.pick_comparison_stars(ref_stars, state.shape, ref_sky.level, cfg.saturation, 6, 80 if many else 16)
+    )
+    reg_weights = np.array([])
+    if len(reg_stars):
+        reg_stars = registration.match_stars(ref_sub, ref_frame.mask, ref_sky.noise, reg_stars, 0.0, 0.0,
+                                             search=7, box=box, method=method)[1]
+        iy, ix = np.round(reg_stars[:, 1]).astype(int), np.round(reg_stars[:, 0]).astype(int)
+        reg_weights = np.clip(ref_sub[iy, ix], 1.0, None)  # peak height: brighter centroids better
     excluded = excluded_indices(cfg, files)
     ref_measured = (ref_frame, ref_sky, None, None, ref_q)  # measured once, not twice
     del ref_sub
@@ -293,10 +307,26 @@ def register(state: RunState, progress: Progress = _noop) -> None:
                 fr.centroid_x, fr.centroid_y = res.centroid_x, res.centroid_y
                 fr.shift_x, fr.shift_y = res.shift_x, res.shift_y
                 fr.flags.extend(res.flags)
-                ref_pts, pts = registration.match_stars(sub, frame.mask, sky.noise, rot_stars, fr.shift_x, fr.shift_y)
-                if ("star_off_frame" in res.flags or "star_not_found" in res.flags) and len(pts) >= 3:
-                    # The reference star is not there: the median offset of the other stars stands in.
-                    fr.shift_x, fr.shift_y = np.median(ref_pts - pts, axis=0).tolist()
+                # search around the cross-correlation's estimate: a wrong one-star centroid
+                # (a brighter neighbour) cannot mislead the many-star match
+                search = 2 * (2 + xref.binning) + 1
+                weights = dict(zip(map(tuple, reg_stars), reg_weights))
+                ref_pts, pts = registration.match_stars(sub, frame.mask, sky.noise, reg_stars, dx, dy,
+                                                        search=search, box=box, method=method)
+                fit = registration.fit_translation(ref_pts, pts, [weights[tuple(p)] for p in ref_pts])
+                fr.n_matched, fr.fit_rms = fit.n_used, fit.rms
+                if many and fit.n_used >= MIN_MATCHED:
+                    fr.shift_x, fr.shift_y = fit.dx, fit.dy
+                    fr.flags = [f for f in fr.flags if f not in ("star_off_frame", "star_not_found", "methods_disagree")]
+                    if np.isfinite(res.shift_x) and np.hypot(res.shift_x - fit.dx, res.shift_y - fit.dy) > 1.0:
+                        fr.flags.append("methods_disagree")  # the reference star alone says otherwise
+                    if fit.rms > MAX_FIT_RMS:
+                        fr.flags.append("poor_fit")
+                elif many:
+                    fr.flags.append("few_matches")
+                if ("star_off_frame" in fr.flags or "star_not_found" in fr.flags) and fit.n_used >= 3:
+                    # The reference star is not there: the other stars stand in.
+                    fr.shift_x, fr.shift_y = fit.dx, fit.dy
                 fr.rotation, rot_err = registration.fit_rotation(ref_pts, pts)
                 if np.isfinite(fr.rotation) and abs(fr.rotation) > max(ROTATION_LIMIT_DEG, 4 * rot_err):
                     fr.flags.append("rotated")
@@ -574,6 +604,8 @@ def report_dict(state: RunState) -> dict:
                 "scale_mad": _nan_to_none(round(fr.scale_mad, 6)),
                 "n_scale_stars": fr.n_scale_stars,
                 "rotation_deg": _nan_to_none(round(fr.rotation, 4)),
+                "n_matched": fr.n_matched,
+                "fit_rms": _nan_to_none(round(fr.fit_rms, 4)),
                 **_quality_entry(fr.quality),
             }
         )

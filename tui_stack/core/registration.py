@@ -305,3 +305,47 @@ def fit_rotation(ref_pts: np.ndarray, pts: np.ndarray) -> tuple[float, float]:
             break
         keep = new_keep
     return angle, err
+
+
+@dataclass
+class TranslationFit:
+    dx: float
+    dy: float
+    n_matched: int
+    n_used: int  # after rejecting outliers
+    rms: float  # residual RMS of the stars used, px
+
+
+def fit_translation(ref_pts: np.ndarray, pts: np.ndarray, weights: np.ndarray | None = None) -> TranslationFit:
+    """Shift = weighted mean over matched stars of (reference - frame) position, after
+    rejecting stars more than 3 robust sigma from the median offset (a neighbour, a cosmic
+    ray, a variable star). Weights: brighter stars centroid better."""
+    n = len(pts)
+    if n == 0:
+        return TranslationFit(float("nan"), float("nan"), 0, 0, float("nan"))
+    d = ref_pts - pts
+    w = np.ones(n) if weights is None else np.asarray(weights, float)
+    keep = np.ones(n, bool)
+    centre = np.median(d, axis=0)
+    for _ in range(5):
+        r = np.hypot(*(d - centre).T)
+        sigma = 1.4826 * np.median(r[keep]) + 1e-4
+        new_keep = r < max(3 * sigma, 0.01)
+        if not new_keep.any():
+            break
+        centre = np.average(d[new_keep], axis=0, weights=w[new_keep])
+        if np.array_equal(new_keep, keep):
+            break
+        keep = new_keep
+    resid = np.hypot(*(d[keep] - centre).T)
+    rms = float(np.sqrt(np.mean(resid**2))) if keep.any() else float("nan")
+    return TranslationFit(float(centre[0]), float(centre[1]), n, int(keep.sum()), rms)
+
+
+def star_box(fwhm: float) -> int:
+    """Centroid box for many-star matching: about 2 FWHM, odd (7 px for FWHM 3.5: the best of
+    5-11 on the synthetic fields, measured)."""
+    if not np.isfinite(fwhm):
+        return 7
+    size = int(np.clip(round(2.0 * fwhm), 5, 21))
+    return size if size % 2 else size + 1

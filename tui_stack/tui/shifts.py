@@ -13,7 +13,7 @@ from tui_stack.tui.app import WizardScreen
 from tui_stack.tui.preview import ImageView
 from tui_stack.tui.reference import cutout, stamp_limits
 
-COLUMNS = ("#", "file", "use", "x", "y", "shift x", "shift y", "applied", "rot°", "flags")
+COLUMNS = ("#", "file", "use", "shift x", "shift y", "stars", "rms", "rot°", "applied", "x", "y", "flags")
 
 
 def _f(v, spec=".2f"):
@@ -69,9 +69,10 @@ class ShiftsScreen(WizardScreen):
         table.clear()
         for i, fr in enumerate(run.frames):
             table.add_row(
-                str(i), fr.name, "✓" if fr.used else "·", _f(fr.centroid_x, ".1f"), _f(fr.centroid_y, ".1f"), _f(fr.shift_x),
-                _f(fr.shift_y), f"{_f(fr.applied_shift_x, 'g')},{_f(fr.applied_shift_y, 'g')}",
-                _f(fr.rotation, ".3f"), " ".join(fr.flags), key=str(i),
+                str(i), fr.name, "✓" if fr.used else "·", _f(fr.shift_x, ".3f"), _f(fr.shift_y, ".3f"),
+                str(fr.n_matched or "-"), _f(fr.fit_rms, ".3f"), _f(fr.rotation, ".3f"),
+                f"{_f(fr.applied_shift_x, 'g')},{_f(fr.applied_shift_y, 'g')}",
+                _f(fr.centroid_x, ".1f"), _f(fr.centroid_y, ".1f"), " ".join(fr.flags), key=str(i),
             )
         if run.frames:
             table.move_cursor(row=min(row, len(run.frames) - 1))

@@ -1,0 +1,69 @@
+"""Many-star registration against known truth: the precision the lab's one star cannot reach."""
+
+import numpy as np
+import pytest
+
+from tui_stack import pipeline
+from tui_stack.core import synthetic
+
+from conftest import make_config, requires_pydia
+
+
+@pytest.fixture(scope="module")
+def crowded(tmp_path_factory):
+    """8 frames of 1024², hundreds of stars, subpixel offsets, a frame at half transparency,
+    and a star 3x brighter 40 px from the reference star."""
+    spec = synthetic.FieldSpec(n_frames=8, shape=(1024, 1024), n_stars=600, max_shift=10, seed=5,
+                               bright_neighbour=40.0, transparencies=(1, 0.95, 0.9, 0.5, 1, 0.97, 0.92, 1.0))
+    return synthetic.write_field(tmp_path_factory.mktemp("crowded"), spec)
+
+
+def register(truth, tmp_path, **over):
+    state = pipeline.RunState(config=make_config(truth, tmp_path, shift_mode="subpixel", **over),
+                              files=list(truth.files))
+    pipeline.register(state)
+    return state, np.array([[f.shift_x, f.shift_y] for f in state.frames])
+
+
+def test_many_stars_reach_three_thousandths_of_a_pixel(crowded, tmp_path):
+    state, shifts = register(crowded, tmp_path)
+    err = shifts - crowded.shifts
+    rms = np.sqrt(np.mean(np.sum(err[1:] ** 2, axis=1)))
+    assert rms < 0.003, rms
+    assert np.abs(err).max() < 0.05
+    for fr in state.frames[1:]:
+        assert fr.n_matched >= 30 and fr.fit_rms < 0.1 and not fr.flags
+
+
+def test_one_star_method_is_kept_and_is_less_precise(crowded, tmp_path):
+    _, many = register(crowded, tmp_path)
+    _, one = register(crowded, tmp_path, shift_method="star")
+    err_one = np.sqrt(np.mean(np.sum((one - crowded.shifts)[1:] ** 2, axis=1)))
+    err_many = np.sqrt(np.mean(np.sum((many - crowded.shifts)[1:] ** 2, axis=1)))
+    assert err_one < 0.1  # still right (the cross-correlation guides it past the neighbour)
+    assert err_many < err_one / 3
+
+
+@requires_pydia
+def test_real_frames_many_stars():
+    import csv
+    import tempfile
+    from pathlib import Path
+
+    from tui_stack.config import load_config
+
+    from conftest import PYDIA, REPO
+
+    cfg = load_config(REPO / "sample_configs" / "pydia.toml")
+    with tempfile.TemporaryDirectory() as d:
+        cfg.out_dir = Path(d)
+        state = pipeline.RunState(config=cfg, files=pipeline.select(cfg))
+        pipeline.choose_reference(state)
+        pipeline.register(state)
+    est = {r["file"]: r for r in csv.DictReader(open(PYDIA / "frames.csv"))}
+    for i, fr in enumerate(state.frames):
+        if i == state.ref_index:
+            continue
+        assert fr.n_matched >= 30, fr.name
+        assert abs(fr.shift_x - float(est[fr.name]["shift_x"])) < 0.3
+        assert abs(fr.shift_y - float(est[fr.name]["shift_y"])) < 0.3
