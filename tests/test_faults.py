@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from tui_stack import cli, pipeline
 from tui_stack.core import synthetic
 
 from conftest import checksums, make_config, small_spec

@@ -1,8 +1,6 @@
 """The wizard driven by Textual's pilot, at 80x24: whole runs, errors, and the saved config."""
 
 import json
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest

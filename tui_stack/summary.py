@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 
-def _fmt(v, spec=".2f"):
-    try:
-        return format(v, spec) if v == v else "-"
-    except (TypeError, ValueError):
-        return str(v)
+from tui_stack.fmt import fmt as _fmt
 
 
 def print_summary(state, console) -> None:

@@ -7,6 +7,8 @@ import tempfile
 from pathlib import Path
 
 from textual.app import ComposeResult
+
+from tui_stack.fmt import fmt
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Input, Label, Static
@@ -15,9 +17,6 @@ from tui_stack.core.combine import METHODS
 from tui_stack.tui.preview import ImageView
 from tui_stack.tui.reference import PreviewScreen
 
-
-def _f(v, spec=".3f"):
-    return "-" if v is None or v != v else format(v, spec)
 
 
 class CombineScreen(PreviewScreen):
@@ -134,13 +133,13 @@ class CombineScreen(PreviewScreen):
         table = self.query_one("#results", DataTable)
         table.clear()
         for c in run.combined:
-            table.add_row(c.method, str(c.n_frames), _f(c.stats.median), _f(c.stats.std),
-                          _f(c.photometry.ratio_median, ".4f"), key=c.method)
+            table.add_row(c.method, str(c.n_frames), fmt(c.stats.median, ".3f"), fmt(c.stats.std, ".3f"),
+                          fmt(c.photometry.ratio_median, ".4f"), key=c.method)
         done = {c.method for c in run.combined}
         for c in self.ws.restored_combined:  # from before a resume: numbers only, c recomputes
             if c["method"] not in done:
-                table.add_row(f"{c['method']}*", str(c["n_frames"]), _f(c["median"]), _f(c["std"]),
-                              _f(c["ratio_median"], ".4f"), key=f"saved-{c['method']}")
+                table.add_row(f"{c['method']}*", str(c["n_frames"]), fmt(c["median"], ".3f"), fmt(c["std"], ".3f"),
+                              fmt(c["ratio_median"], ".4f"), key=f"saved-{c['method']}")
         chosen = [c for c in run.combined if c.method == method] or run.combined[-1:]
         if chosen:
             self._fill_phot(chosen[0])
@@ -150,7 +149,7 @@ class CombineScreen(PreviewScreen):
         phot.clear()
         for k, (rf, cf) in enumerate(zip(c.photometry.reference_flux, c.photometry.combined_flux)):
             ratio = cf / rf if rf and rf == rf and rf > 0 else float("nan")
-            phot.add_row(str(k), _f(rf, ".0f"), _f(cf, ".0f"), _f(ratio, ".4f"))
+            phot.add_row(str(k), fmt(rf, ".0f"), fmt(cf, ".0f"), fmt(ratio, ".4f"))
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         run = self.ws.run

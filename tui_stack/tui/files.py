@@ -10,13 +10,10 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Input
 
+from tui_stack.fmt import fmt
 from tui_stack.tui.app import WizardScreen
 
 COLUMNS = ("use", "file", "DATE-OBS", "EXPTIME", "FILTER", "type", "shape", "median", "std", "max", "note")
-
-
-def _num(v, spec=".1f"):
-    return "" if v is None else format(v, spec)
 
 
 class FilesScreen(WizardScreen):
@@ -94,8 +91,8 @@ class FilesScreen(WizardScreen):
             ws.included.add(i)
         shape = f"{info.shape[1]}x{info.shape[0]}" if info.shape else ""
         self.query_one(DataTable).add_row(
-            "✓" if i in ws.included else "·", info.path.name, info.date_obs[:19], _num(info.exptime, "g"),
-            info.filter, info.imagetyp, shape, _num(info.median), _num(info.std), _num(info.max, ".0f"),
+            "✓" if i in ws.included else "·", info.path.name, info.date_obs[:19], fmt(info.exptime, "g", missing=""),
+            info.filter, info.imagetyp, shape, fmt(info.median, ".1f", ""), fmt(info.std, ".1f", ""), fmt(info.max, ".0f", missing=""),
             info.error, key=str(i),
         )
 

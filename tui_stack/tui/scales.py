@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 from textual.app import ComposeResult
+
+from tui_stack.fmt import fmt
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import DataTable, Static
+from textual.widgets import DataTable
 
 from tui_stack.tui import plot
 from tui_stack.tui.preview import ImageView
 from tui_stack.tui.reference import PreviewScreen
 
-
-def _f(v, spec=".4f"):
-    return "-" if v is None or v != v else format(v, spec)
 
 
 class ScalesScreen(PreviewScreen):
@@ -84,7 +83,7 @@ class ScalesScreen(PreviewScreen):
         frames = self.query_one("#frames", DataTable)
         frames.clear()
         for i, fr in enumerate(run.frames):
-            frames.add_row(fr.name, _f(fr.scale), _f(fr.scale_mad), str(fr.n_scale_stars),
+            frames.add_row(fr.name, fmt(fr.scale, ".4f"), fmt(fr.scale_mad, ".4f"), str(fr.n_scale_stars),
                            " ".join(fr.flags), key=str(i))
         self._fill_stars()
         markers = {}
@@ -111,7 +110,7 @@ class ScalesScreen(PreviewScreen):
             flags = sorted(set((ref.star_flags[k] if k < len(ref.star_flags) else [])
                                + (fr.star_flags[k] if k < len(fr.star_flags) else [])))
             ratio = rf / ff if ff and np.isfinite(ff) and ff > 0 else float("nan")
-            stars.add_row(f"{x:.1f}", f"{y:.1f}", _f(rf, ".0f"), _f(ratio), " ".join(flags), key=str(k))
+            stars.add_row(f"{x:.1f}", f"{y:.1f}", fmt(rf, ".0f"), fmt(ratio, ".4f"), " ".join(flags), key=str(k))
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.data_table.id == "frames" and event.row_key is not None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 from textual.app import ComposeResult
+
+from tui_stack.fmt import fmt
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Static
@@ -15,9 +17,6 @@ from tui_stack.tui.reference import cutout, stamp_limits
 
 COLUMNS = ("#", "file", "use", "shift x", "shift y", "stars", "rms", "rot°", "applied", "x", "y", "flags")
 
-
-def _f(v, spec=".2f"):
-    return "-" if v is None or v != v else format(v, spec)
 
 
 class ShiftsScreen(WizardScreen):
@@ -69,10 +68,10 @@ class ShiftsScreen(WizardScreen):
         table.clear()
         for i, fr in enumerate(run.frames):
             table.add_row(
-                str(i), fr.name, "✓" if fr.used else "·", _f(fr.shift_x, ".3f"), _f(fr.shift_y, ".3f"),
-                str(fr.n_matched or "-"), _f(fr.fit_rms, ".3f"), _f(fr.rotation, ".3f"),
-                f"{_f(fr.applied_shift_x, 'g')},{_f(fr.applied_shift_y, 'g')}",
-                _f(fr.centroid_x, ".1f"), _f(fr.centroid_y, ".1f"), " ".join(fr.flags), key=str(i),
+                str(i), fr.name, "✓" if fr.used else "·", fmt(fr.shift_x, ".3f"), fmt(fr.shift_y, ".3f"),
+                str(fr.n_matched or "-"), fmt(fr.fit_rms, ".3f"), fmt(fr.rotation, ".3f"),
+                f"{fmt(fr.applied_shift_x, 'g')},{fmt(fr.applied_shift_y, 'g')}",
+                fmt(fr.centroid_x, ".1f"), fmt(fr.centroid_y, ".1f"), " ".join(fr.flags), key=str(i),
             )
         if run.frames:
             table.move_cursor(row=min(row, len(run.frames) - 1))
@@ -93,8 +92,8 @@ class ShiftsScreen(WizardScreen):
             return
         i = int(event.row_key.value)
         fr = run.frames[i]
-        self.query_one("#cutinfo", Static).update(f"[b]{fr.name}[/]\nafter shift ({_f(fr.applied_shift_x, 'g')}, "
-                                                  f"{_f(fr.applied_shift_y, 'g')})")
+        self.query_one("#cutinfo", Static).update(f"[b]{fr.name}[/]\nafter shift ({fmt(fr.applied_shift_x, 'g')}, "
+                                                  f"{fmt(fr.applied_shift_y, 'g')})")
         if not np.isfinite(fr.shift_x):
             return
 
