@@ -150,3 +150,86 @@ def test_sigmaclip_iterations_equal_astropy_sigma_clip(maxiters):
     res = ours(data, 5, method="sigmaclip", sigma=2.5, maxiters=maxiters)
     np.testing.assert_allclose(res.data, want, rtol=2e-6, atol=1e-4)
     assert np.array_equal(res.n_rejected, clipped.mask.sum(axis=0))
+
+
+# ---- IRAF's and Siril's rejections, each against a plain per-pixel loop of its formula
+
+
+def planted(n=12, seed=21):
+    data = stack(n=n, shape=(9, 11), seed=seed).astype(np.float64).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    data[rng.random(data.shape) < 0.06] -= 900  # cold outliers too
+    data[3, 2, 2] = np.nan
+    return data
+
+
+def loop_reference(data, per_pixel):
+    out = np.full(data.shape[1:], np.nan)
+    for y in range(data.shape[1]):
+        for x in range(data.shape[2]):
+            v = data[:, y, x].astype(np.float64)
+            kept = per_pixel(np.sort(v[np.isfinite(v)]))
+            out[y, x] = np.mean(kept) if len(kept) else np.nan
+    return out
+
+
+def clip_loop(spread, low, high, maxiters):
+    def per_pixel(v):
+        for _ in range(maxiters):
+            m = np.median(v)
+            sd = spread(v, m)
+            keep = (v >= m - low * sd) & (v <= m + high * sd)
+            if keep.all():
+                break
+            v = v[keep]
+        return v
+
+    return per_pixel
+
+
+def test_ccdclip_equals_its_noise_model():
+    data = planted()
+    gain, rdn, sky = 2.0, 8.0, 0.0
+    model = lambda v, m: np.sqrt(rdn**2 + gain * abs(m) + 0.0) / gain  # noqa: E731
+    want = loop_reference(data, clip_loop(model, 3.0, 3.0, 5))
+    res = ours(data, 4, method="ccdclip", sigma=3.0, maxiters=5, gain=gain, rdnoise=rdn, sky=sky)
+    np.testing.assert_allclose(res.data, want, rtol=2e-6, atol=1e-3, equal_nan=True)
+    assert res.n_rejected.sum() > 0
+
+
+def test_winsorized_sigma_equals_sirils_rule():
+    def wins(v, m):
+        sd = np.std(v)
+        for _ in range(10):
+            new = 1.134 * np.std(np.clip(v, m - 1.5 * sd, m + 1.5 * sd))
+            if np.isclose(new, sd, rtol=5e-4):
+                return new
+            sd = new
+        return sd
+
+    data = planted(seed=22)
+    want = loop_reference(data, clip_loop(wins, 3.0, 3.0, 10))
+    res = ours(data, 3, method="winsorized", sigma=3.0)
+    np.testing.assert_allclose(res.data, want, rtol=1e-5, atol=1e-2, equal_nan=True)
+
+
+def test_pclip_equals_irafs_rule():
+    def per_pixel(v):
+        k = len(v)
+        m = np.median(v)
+        rank = (k - 1) // 2 - int(np.rint(0.5 * k / 2))
+        sd = abs(m - v[max(rank, 0)])
+        return v[(v >= m - 3 * sd) & (v <= m + 3 * sd)]
+
+    data = planted(seed=23)
+    want = loop_reference(data, per_pixel)
+    res = ours(data, 5, method="pclip", sigma=3.0, pclip=-0.5)
+    np.testing.assert_allclose(res.data, want, rtol=2e-6, atol=1e-3, equal_nan=True)
+
+
+def test_asymmetric_limits():
+    data = planted(seed=24)
+    sd = lambda v, m: np.std(v)  # noqa: E731
+    want = loop_reference(data, clip_loop(sd, 4.0, 2.0, 1))
+    res = ours(data, 4, method="sigmaclip", lsigma=4.0, hsigma=2.0)
+    np.testing.assert_allclose(res.data, want, rtol=2e-6, atol=1e-3, equal_nan=True)

@@ -122,3 +122,13 @@ def test_clouded_out_frame_flagged_and_run_goes_on(tmp_path):
     assert not state.frames[2].used and "no_stars" in state.frames[2].flags
     assert all(f.used for i, f in enumerate(state.frames) if i != 2)
     assert state.combined[-1].n_frames == 5
+
+
+@pytest.mark.parametrize("method", ["ccdclip", "winsorized", "pclip"])
+def test_every_rejection_runs_in_the_pipeline(field_integer, tmp_path, method):
+    """ccdclip reads GAIN and RDNOISE from the reference header (the demo frames carry them)."""
+    state = pipeline.run(make_config(field_integer, tmp_path, method=method, write_shifted=False))
+    c = state.combined[-1]
+    assert c.method == method and c.n_frames == 6
+    assert 0.97 < c.photometry.ratio_median < 1.03
+    assert fits.getheader(tmp_path / f"combined_{method}.fits")["TSMETHOD"] == method

@@ -13,7 +13,7 @@ from tui_stack.errors import ConfigError
 CENTROIDS = ("com", "1dg", "2dg", "quadratic")
 SHIFT_MODES = ("integer", "subpixel")
 SHIFT_METHODS = ("stars", "star")
-COMBINE_METHODS = ("average", "median", "minmax", "sigmaclip")
+COMBINE_METHODS = ("average", "median", "minmax", "sigmaclip", "pclip", "winsorized", "ccdclip")
 SKY_METHODS = ("median", "sigmaclip")
 PHOT_SKY = ("global", "annulus")
 
@@ -47,6 +47,12 @@ class Config:
     nhigh: int = 3
     sigma: float = 3.0
     maxiters: int = 1
+    lsigma: float | None = None
+    hsigma: float | None = None
+    pclip: float = -0.5
+    gain: float | str = "GAIN"  # ccdclip: e-/ADU, or the header keyword holding it
+    rdnoise: float | str = "RDNOISE"  # ccdclip: e-, or the header keyword
+    snoise: float = 0.0
     memory_limit: int = 256 * 1024**2
     maps: bool = False
     # [output]
@@ -173,6 +179,21 @@ def parse_select(text: str) -> dict:
     return out
 
 
+def _pclip(where, v):
+    v = _num(where, v)
+    if not -1 <= v <= 1 or v == 0:
+        raise _fail(where, "must be between -1 and 1, not 0", v)
+    return v
+
+
+def _num_or_keyword(where, v):
+    if isinstance(v, str):
+        if not v.strip():
+            raise _fail(where, "must be a number or a header keyword", v)
+        return v.strip().upper()
+    return _num(where, v, minimum=0)
+
+
 def parse_size(text: str | int) -> int:
     """'256MB', '2 GB', '512M' or a number of bytes."""
     if isinstance(text, int) and not isinstance(text, bool):
@@ -235,6 +256,12 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable]]] = {
         "maxiters": ("maxiters", lambda w, v: _int(w, v, minimum=1)),
         "memory_limit": ("memory_limit", _memory),
         "maps": ("maps", _bool),
+        "lsigma": ("lsigma", _pos_num),
+        "hsigma": ("hsigma", _pos_num),
+        "pclip": ("pclip", _pclip),
+        "gain": ("gain", _num_or_keyword),
+        "rdnoise": ("rdnoise", _num_or_keyword),
+        "snoise": ("snoise", lambda w, v: _num(w, v, minimum=0)),
     },
     "output": {
         "directory": ("out_dir", _str),

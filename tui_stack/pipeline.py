@@ -498,6 +498,30 @@ def combine_sources(state: RunState, shifted_dir: Path | None) -> list:
     return sources
 
 
+def header_number(value, path: Path, hdu_index: int = 0) -> float:
+    """A number from the config, or the value of the header keyword it names."""
+    if not isinstance(value, str):
+        return float(value)
+    from astropy.io import fits
+
+    hdr = fits.getheader(path, hdu_index)
+    if value not in hdr or not isinstance(hdr[value], (int, float)):
+        raise InputError(f"{path.name}: header keyword {value} (for ccdclip) is missing or not a number; "
+                         "give the value in [combine]")
+    return float(hdr[value])
+
+
+def combine_params(cfg: Config, method: str, ref_path: Path, sky: float = 0.0) -> combine.CombineParams:
+    gain = rdnoise = 1.0
+    if method == "ccdclip":
+        gain, rdnoise = header_number(cfg.gain, ref_path), header_number(cfg.rdnoise, ref_path)
+    return combine.CombineParams(
+        method=method, nlow=cfg.nlow, nhigh=cfg.nhigh, sigma=cfg.sigma, maxiters=cfg.maxiters,
+        lsigma=cfg.lsigma, hsigma=cfg.hsigma, pclip=cfg.pclip, gain=gain, rdnoise=rdnoise,
+        snoise=cfg.snoise, sky=float(sky),
+    )
+
+
 def combine_frames(
     state: RunState, method: str | None = None, shifted_dir: Path | None = None, progress: Progress = _noop
 ) -> CombinedResult:
@@ -506,7 +530,7 @@ def combine_frames(
     used = [fr for fr in state.frames if fr.used]
     if not used:
         raise InputError("no usable frames left to combine (see the flags of each frame)")
-    params = combine.CombineParams(method=method, nlow=cfg.nlow, nhigh=cfg.nhigh, sigma=cfg.sigma, maxiters=cfg.maxiters)
+    params = combine_params(cfg, method, state.files[state.ref_index], np.median([fr.sky for fr in used]))
     result = combine.combine(
         combine_sources(state, shifted_dir),
         params,

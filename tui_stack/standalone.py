@@ -24,6 +24,13 @@ def _read_column_file(path: Path, n: int, ncols: int, what: str) -> np.ndarray:
         raise InputError(f"{path}: {what} file: {exc}") from None
 
 
+def _number_or_keyword(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text.upper()
+
+
 def combine_files(args, console) -> Path:
     from astropy.io import fits
 
@@ -61,7 +68,14 @@ def combine_files(args, console) -> Path:
         limit = parse_size(args.memory_limit)
     except ValueError as exc:
         raise InputError(f"--memory-limit: {exc}") from None
-    params = combine.CombineParams(args.method, args.nlow, args.nhigh, args.sigma, args.maxiters)
+    gain = rdnoise = 1.0
+    if args.method == "ccdclip":
+        from tui_stack.pipeline import header_number
+
+        gain = header_number(_number_or_keyword(args.gain), paths[0], infos[0][1])
+        rdnoise = header_number(_number_or_keyword(args.rdnoise), paths[0], infos[0][1])
+    params = combine.CombineParams(args.method, args.nlow, args.nhigh, args.sigma, args.maxiters, args.lsigma,
+                                   args.hsigma, args.pclip, gain, rdnoise, args.snoise)
     result = combine.combine(sources, params, memory_limit=limit, maps=args.maps)
     hdr = fits.Header()
     hdr["TSVERS"] = (__version__, "tui-stack version")

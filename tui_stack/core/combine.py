@@ -22,7 +22,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-METHODS = ("average", "median", "minmax", "sigmaclip")
+METHODS = ("average", "median", "minmax", "sigmaclip", "pclip", "winsorized", "ccdclip")
 DEFAULT_MEMORY_LIMIT = 256 * 1024**2
 
 
@@ -33,6 +33,21 @@ class CombineParams:
     nhigh: int = 3
     sigma: float = 3.0
     maxiters: int = 1
+    lsigma: float | None = None  # low / high clipping limits; default: sigma
+    hsigma: float | None = None
+    pclip: float = -0.5  # pclip: rank offset of the sigma estimate, as a fraction of n/2
+    gain: float = 1.0  # ccdclip: e-/ADU
+    rdnoise: float = 0.0  # ccdclip: e-
+    snoise: float = 0.0  # ccdclip: fractional "sensitivity" noise
+    sky: float = 0.0  # ccdclip: sky taken out of the values (ADU), still in their noise
+
+    @property
+    def low(self) -> float:
+        return self.sigma if self.lsigma is None else self.lsigma
+
+    @property
+    def high(self) -> float:
+        return self.sigma if self.hsigma is None else self.hsigma
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -173,7 +188,18 @@ def reduce_block(block: np.ndarray, params: CombineParams, with_sigma: bool = Fa
         if method == "minmax":
             return _minmax_sorted(s, n_valid, any_nan, params.nlow, params.nhigh, with_sigma)
         if method == "sigmaclip":
-            return _sigmaclip_sorted(s, n_valid, params.sigma, params.sigma, params.maxiters, with_sigma)
+            return _sigmaclip_sorted(s, n_valid, params.low, params.high, params.maxiters, with_sigma)
+        if method == "pclip":
+            return _pclip_sorted(s, n_valid, params.low, params.high, params.pclip, with_sigma)
+        if method == "winsorized":
+            return _clip_iterate(s, n_valid, _winsorized_spread, params.low, params.high, 10, with_sigma)
+        if method == "ccdclip":
+            def model(w, centre):  # CCD noise: read noise, Poisson, flat-field error, in ADU
+                g = params.gain
+                level = np.abs(centre + params.sky)
+                return np.sqrt(params.rdnoise**2 + g * level + (params.snoise * g * level) ** 2) / g
+
+            return _clip_iterate(s, n_valid, model, params.low, params.high, max(1, params.maxiters), with_sigma)
     raise ValueError(method)
 
 
@@ -229,6 +255,61 @@ def _sigmaclip_sorted(s, n_valid, lsigma, hsigma, maxiters, with_sigma=False):
     res = bn.nanmean(w, axis=-1)
     sig = bn.nanstd(w, axis=-1) if with_sigma else None
     return np.where(n_used > 0, res, np.nan).astype(np.float32), n_used, (n_valid - n_used).astype(np.int16), sig
+
+
+def _finish(w, n_valid, with_sigma):
+    import bottleneck as bn
+
+    n_used = (~np.isnan(w)).sum(axis=-1).astype(np.int16)
+    res = np.where(n_used > 0, bn.nanmean(w, axis=-1), np.nan).astype(np.float32)
+    sig = bn.nanstd(w, axis=-1) if with_sigma else None
+    return res, n_used, (n_valid - n_used).astype(np.int16), sig
+
+
+def _clip_iterate(s, n_valid, spread, low, high, maxiters, with_sigma):
+    """Reject x < m - low*spread or x > m + high*spread about the median m, repeating until
+    nothing more is rejected (at most maxiters times), then average what is left."""
+    w = s
+    cur = n_valid
+    for _ in range(max(1, maxiters)):
+        centre = _median_sorted(w, cur, True)
+        sd = spread(w, centre)
+        reject = (w < (centre - low * sd)[..., None]) | (w > (centre + high * sd)[..., None])
+        if not reject.any():
+            break
+        w = np.where(reject, np.float32(np.nan), w)
+        w.sort(axis=-1)
+        cur = (~np.isnan(w)).sum(axis=-1).astype(np.int16)
+    return _finish(w, n_valid, with_sigma)
+
+
+def _winsorized_spread(w, centre):
+    """Siril's winsorized sigma: values beyond median +- 1.5 sigma are pulled in to those bounds,
+    and 1.134 x the std of the result is the spread (robust to the outliers it must reject)."""
+    import bottleneck as bn
+
+    sd = bn.nanstd(w, axis=-1)
+    for _ in range(10):
+        lo, hi = (centre - 1.5 * sd)[..., None], (centre + 1.5 * sd)[..., None]
+        new = 1.134 * bn.nanstd(np.clip(w, lo, hi), axis=-1)
+        if np.allclose(new, sd, rtol=5e-4, equal_nan=True):
+            return new
+        sd = new
+    return sd
+
+
+def _pclip_sorted(s, n_valid, low, high, pclip, with_sigma):
+    """IRAF's percentile clip: the spread is the distance from the median to the value
+    nint(pclip * n / 2) ranks away from it (below for pclip < 0); one pass, then average."""
+    k = n_valid.astype(np.int64)
+    centre = _median_sorted(s, n_valid, True)
+    offset = np.rint(abs(pclip) * k / 2).astype(np.int64)
+    mid = (k - 1) // 2 if pclip < 0 else k // 2
+    rank = np.clip(mid - offset if pclip < 0 else mid + offset, 0, np.maximum(k - 1, 0))
+    other = np.take_along_axis(s, rank[..., None], -1)[..., 0]
+    sd = np.abs(centre - other)
+    reject = (s < (centre - low * sd)[..., None]) | (s > (centre + high * sd)[..., None])
+    return _finish(np.where(reject, np.float32(np.nan), s), n_valid, with_sigma)
 
 
 class Cancelled(Exception):
