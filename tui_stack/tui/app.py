@@ -181,19 +181,29 @@ class StackApp(App):
     def __init__(self, directory: Path, config: Config | None = None, resume: dict | None = None):
         super().__init__()
         if config is None:
-            config = Config(directory=Path(directory).resolve(), out_dir=Path(directory).resolve() / "tui-stack-out")
+            # a fresh start: the suggested reference frame, stars picked on the screens
+            # outputs go where the user is, not into the data directory (often an archive)
+            config = Config(directory=Path(directory).resolve(), out_dir=Path.cwd() / "tui-stack-out", frame="auto")
         self.ws = WizardState(config=config, resume=resume)
 
     def on_mount(self) -> None:
-        from tui_stack.tui.combine import CombineScreen
         from tui_stack.tui.files import FilesScreen
-        from tui_stack.tui.reference import ReferenceScreen
-        from tui_stack.tui.scales import ScalesScreen
-        from tui_stack.tui.shifts import ShiftsScreen
 
-        for i, cls in enumerate((FilesScreen, ReferenceScreen, ShiftsScreen, ScalesScreen, CombineScreen)):
-            self.install_screen(cls(), name=STEPS[i])
+        self.install_screen(FilesScreen(), name=STEPS[0])
         self.push_screen(STEPS[0])
+
+    def _screen_for(self, step: int) -> str:
+        """Screens are built when first visited: the first one paints without numpy's import."""
+        name = STEPS[step]
+        if not self.is_screen_installed(name):
+            from tui_stack.tui.combine import CombineScreen
+            from tui_stack.tui.reference import ReferenceScreen
+            from tui_stack.tui.scales import ScalesScreen
+            from tui_stack.tui.shifts import ShiftsScreen
+
+            cls = {1: ReferenceScreen, 2: ShiftsScreen, 3: ScalesScreen, 4: CombineScreen}[step]
+            self.install_screen(cls(), name=name)
+        return name
 
     def _handle_exception(self, error: Exception) -> None:
         """A bug: keep the traceback in a log file and say where, instead of printing it."""
@@ -205,7 +215,7 @@ class StackApp(App):
         self.exit(return_code=1, message=f"tui-stack: internal error ({type(error).__name__}: {error}); details in {log}")
 
     def goto(self, step: int) -> None:
-        self.switch_screen(STEPS[step])
+        self.switch_screen(self._screen_for(step))
         self.save_session(step)
 
     def save_session(self, step: int) -> None:

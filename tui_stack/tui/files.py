@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
@@ -41,7 +40,8 @@ class FilesScreen(WizardScreen):
         for inp in self.query(Input):
             inp.cursor_blink = False  # a blinking cursor costs ~1.8 KB/s over SSH
         self.query_one(DataTable).focus()
-        self.action_rescan()
+        # after the first paint: the scan imports astropy, which would hold the GIL before it
+        self.call_after_refresh(self.action_rescan)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.action_rescan()
@@ -130,6 +130,8 @@ class FilesScreen(WizardScreen):
             return
 
         def load(progress):
+            import numpy as np
+
             from tui_stack.core import background, io
 
             frame = io.read_frame(ws.run.files[ws.run.ref_index])

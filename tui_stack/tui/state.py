@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from tui_stack.config import Config, config_to_toml
 
 
@@ -20,7 +18,7 @@ class WizardState:
     infos: list = field(default_factory=list)  # core.io.FrameInfo of every matched file
     included: set = field(default_factory=set)  # indices into infos
     run: object = None  # pipeline.RunState, built when frames are chosen
-    ref_image: np.ndarray | None = None  # sky-subtracted reference frame for previews
+    ref_image: object = None  # numpy array  # sky-subtracted reference frame for previews
     ref_noise: float = float("nan")
     star_xy: tuple[float, float] | None = None  # chosen reference star (centroid)
     suggested_ref: int | None = None
