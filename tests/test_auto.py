@@ -83,7 +83,11 @@ def test_rotated_frames_are_flagged_not_shifted_wrongly(tmp_path):
     truth = synthetic.write_field(tmp_path / "f", spec)
     state = auto_run(truth, tmp_path / "o", frame=0)
     assert "rotated" in state.frames[2].flags and abs(state.frames[2].rotation - 1.0) < 0.1
-    assert "rotated_180" in state.frames[3].flags and not state.frames[3].used
+    flip = state.frames[3]
+    assert "meridian_flip" in flip.flags and flip.flipped and flip.used
+    # turned back exactly, the stars are at truth + shift: the measured shift is -truth
+    assert abs(flip.shift_x + truth.shifts[3, 0]) < 0.05 and abs(flip.shift_y + truth.shifts[3, 1]) < 0.05
+    assert flip.n_scale_stars >= 5 and abs(flip.scale / truth.scales[3] - 1) < 0.02  # aligned for photometry
     assert not any(f.startswith("rotated") for f in state.frames[1].flags)
     assert abs(state.frames[1].rotation) < 0.02
 

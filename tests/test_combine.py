@@ -134,6 +134,19 @@ def test_file_source_offsets_equal_shift_frame(tmp_path):
         assert np.array_equal(got[~got_mask], want[~want_mask])
 
 
+def test_file_source_flip_equals_turned_then_shifted(tmp_path):
+    from astropy.io import fits
+
+    data = stack(n=1, shape=(40, 30), seed=5)[0]
+    path = tmp_path / "f.fits"
+    fits.PrimaryHDU(data).writeto(path)
+    for dx, dy in [(3, -5), (-7, 2), (0, 0)]:
+        src = combine.FileSource(path, 0, data.shape, dx, dy, flip=True)
+        got = np.vstack([src.read_rows(y0, min(40, y0 + 7))[0] for y0 in range(0, 40, 7)])
+        want, mask = shift_frame(data[::-1, ::-1].copy(), None, dx, dy, "integer")
+        assert np.array_equal(got[~mask], want[~mask])
+
+
 def test_memory_limit_bounds_block_rows():
     assert combine.rows_per_block(20, 4096, 256 * 1024**2) < 300
     assert combine.rows_per_block(1000, 4096, 16 * 1024**2) == 1

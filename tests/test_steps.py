@@ -150,3 +150,25 @@ def test_local_peaks_equals_photutils_find_peaks():
     assert len(xs) == len(tbl) > 30
     assert set(zip(xs.tolist(), ys.tolist())) == set(zip(tbl["x_peak"].tolist(), tbl["y_peak"].tolist()))
     assert np.all(np.diff(vals) <= 0)
+
+
+@pytest.mark.parametrize("kind", ["cd", "cdelt"])
+def test_turned_frame_keeps_its_sky(kind):
+    from astropy.wcs import WCS
+
+    from tui_stack.pipeline import _turn_wcs
+
+    hdr = fits.Header({"NAXIS": 2, "NAXIS1": 200, "NAXIS2": 150, "CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN",
+                       "CRVAL1": 100.0, "CRVAL2": -20.0, "CRPIX1": 80.5, "CRPIX2": 60.0})
+    if kind == "cd":
+        hdr.update({"CD1_1": -1e-4, "CD1_2": 2e-5, "CD2_1": 3e-5, "CD2_2": 1e-4})
+    else:
+        hdr.update({"CDELT1": -1e-4, "CDELT2": 1e-4})
+    before = WCS(hdr)
+    turned = hdr.copy()
+    _turn_wcs(turned, (150, 200))
+    after = WCS(turned)
+    for x, y in [(0, 0), (10.5, 140.2), (199, 149)]:
+        a = before.pixel_to_world_values(x, y)
+        b = after.pixel_to_world_values(199 - x, 149 - y)  # the same pixel, turned
+        assert np.allclose(a, b, atol=1e-9)

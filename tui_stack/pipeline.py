@@ -47,6 +47,7 @@ class FrameResult:
     star_flux: list = field(default_factory=list)
     star_flags: list = field(default_factory=list)
     rotation: float = float("nan")  # degrees, from matching stars after the shift
+    flipped: bool = False  # turned by 180 degrees (meridian flip): read reversed, then shifted
     n_matched: int = 0  # stars matched to the reference and used in the shift fit
     fit_rms: float = float("nan")  # their residual RMS after the fit, px
     digest: str = ""  # hash of the pixels: the same exposure twice is left out
@@ -293,12 +294,16 @@ def register(state: RunState, progress: Progress = _noop) -> None:
             dx, dy, peak = xref.offset(prepared)
             fr.xcorr_shift_x, fr.xcorr_shift_y, fr.xcorr_peak = dx, dy, peak
             # A meridian flip turns the frame by 180 degrees: it then matches the reference
-            # better turned back than as it is.
-            flipped = xref.offset(prepared, flip=True)[2]
-            if flipped > 2 * max(peak, 0.0) and flipped >= MIN_XCORR_PEAK:
-                fr.used = False
-                fr.flags.append("rotated_180")
-            elif peak < MIN_XCORR_PEAK:
+            # better turned back than as it is. Turning it back is exact (no resampling): the
+            # frame is read reversed on both axes from here on.
+            fx, fy, fpeak = xref.offset(prepared, flip=True)
+            if fpeak > 2 * max(peak, 0.0) and fpeak >= MIN_XCORR_PEAK:
+                fr.flipped = True
+                fr.flags.append("meridian_flip")
+                frame.data, frame.mask, sub = frame.data[::-1, ::-1], frame.mask[::-1, ::-1], sub[::-1, ::-1]
+                dx, dy, peak = fx, fy, fpeak
+                fr.xcorr_shift_x, fr.xcorr_shift_y, fr.xcorr_peak = dx, dy, peak
+            if peak < MIN_XCORR_PEAK:
                 # Clouded out (no stars), or another field (stars, but not the reference's).
                 fr.used = False
                 fr.flags.append("no_stars" if q.n_stars < max(5, ref_q.n_stars / 4) else "no_match")
@@ -363,7 +368,7 @@ def register(state: RunState, progress: Progress = _noop) -> None:
 # ---------------------------------------------------------------- shifting and scaling
 
 
-UNMEASURABLE = ("no_data", "no_stars", "no_match", "shift_exceeds_frame", "rotated_180", "duplicate")
+UNMEASURABLE = ("no_data", "no_stars", "no_match", "shift_exceeds_frame", "duplicate")
 
 
 def _measurable(fr: FrameResult) -> bool:
@@ -376,6 +381,8 @@ def prepared_frame(state: RunState, i: int) -> tuple[np.ndarray, np.ndarray, obj
     fr = state.frames[i]
     frame = io.read_frame(fr.path)
     data = frame.data - np.float32(fr.sky)
+    if fr.flipped:
+        data, frame.mask = data[::-1, ::-1], frame.mask[::-1, ::-1]
     data, mask = shifting.shift_frame(
         data, frame.mask, fr.applied_shift_x, fr.applied_shift_y, state.config.shift_mode
     )
@@ -458,6 +465,8 @@ def _shifted_header(header, fr: FrameResult, state: RunState):
     for key in ("BZERO", "BSCALE", "BLANK"):
         hdr.remove(key, ignore_missing=True)
     if "CRPIX1" in hdr and "CRPIX2" in hdr:
+        if fr.flipped:
+            _turn_wcs(hdr, state.shape)
         hdr["CRPIX1"] = hdr["CRPIX1"] + fr.applied_shift_x
         hdr["CRPIX2"] = hdr["CRPIX2"] + fr.applied_shift_y
     hdr["TSVERS"] = (__version__, "tui-stack version")
@@ -468,6 +477,26 @@ def _shifted_header(header, fr: FrameResult, state: RunState):
     hdr["TSMODE"] = (state.config.shift_mode, "shift mode")
     hdr.add_history(f"tui-stack {__version__}: sky-subtracted and shifted from {fr.name}; NaN = no data")
     return hdr
+
+
+def _turn_wcs(hdr, shape) -> None:
+    """The WCS of a frame turned by 180 degrees: pixel p (1-based) is now N+1-p on both axes,
+    so CRPIX -> N+1-CRPIX and the linear part (CD, or CDELT with PC) changes sign."""
+    h, w = shape
+    hdr["CRPIX1"], hdr["CRPIX2"] = w + 1 - hdr["CRPIX1"], h + 1 - hdr["CRPIX2"]
+    cd = [k for k in ("CD1_1", "CD1_2", "CD2_1", "CD2_2") if k in hdr]
+    if cd:
+        keys = cd
+    elif "CDELT1" in hdr or "CDELT2" in hdr:
+        for k in ("CDELT1", "CDELT2"):
+            hdr.setdefault(k, 1.0)
+        keys = ["CDELT1", "CDELT2"]
+    else:
+        keys = ["PC1_1", "PC1_2", "PC2_1", "PC2_2"]
+        for k in keys:
+            hdr.setdefault(k, 1.0 if k in ("PC1_1", "PC2_2") else 0.0)
+    for k in keys:
+        hdr[k] = -hdr[k]
 
 
 def write_shifted(state: RunState, i: int, data, mask, header, path: Path) -> None:
@@ -490,7 +519,8 @@ def combine_sources(state: RunState, shifted_dir: Path | None) -> list:
         if state.config.shift_mode == "integer":
             sources.append(
                 combine.FileSource(
-                    fr.path, fr.hdu_index, state.shape, fr.applied_shift_x, fr.applied_shift_y, fr.sky, fr.scale
+                    fr.path, fr.hdu_index, state.shape, fr.applied_shift_x, fr.applied_shift_y, fr.sky, fr.scale,
+                    flip=fr.flipped,
                 )
             )
         else:
@@ -628,6 +658,7 @@ def report_dict(state: RunState) -> dict:
                 "scale_mad": _nan_to_none(round(fr.scale_mad, 6)),
                 "n_scale_stars": fr.n_scale_stars,
                 "rotation_deg": _nan_to_none(round(fr.rotation, 4)),
+                "flipped": fr.flipped,
                 "n_matched": fr.n_matched,
                 "fit_rms": _nan_to_none(round(fr.fit_rms, 4)),
                 **_quality_entry(fr.quality),

@@ -100,8 +100,9 @@ class FileSource:
     """
 
     def __init__(self, path, hdu_index: int, shape, dx: int = 0, dy: int = 0, zero: float = 0.0,
-                 scale: float = 1.0, out_shape=None):
+                 scale: float = 1.0, out_shape=None, flip: bool = False):
         self.path, self.hdu_index, self.in_shape = path, hdu_index, tuple(shape)
+        self.flip = flip  # turned by 180 degrees before the shift (a meridian flip), exactly
         self.shape = tuple(out_shape) if out_shape is not None else self.in_shape
         self.dx, self.dy = int(dx), int(dy)
         self.zero, self.scale = zero, scale
@@ -130,7 +131,11 @@ class FileSource:
         out[oy1:] = np.nan
         out[oy0:oy1, :ox0] = np.nan
         out[oy0:oy1, ox1:] = np.nan
-        self._reader_().rows_into(iy0, iy1, ix0, ix1, out[oy0:oy1, ox0:ox1])
+        if self.flip:  # rows/columns [a, b) of the turned frame are [n-b, n-a) reversed
+            dest = out[oy0:oy1, ox0:ox1]
+            self._reader_().rows_into(h - iy1, h - iy0, w - ix1, w - ix0, dest[::-1, ::-1])
+        else:
+            self._reader_().rows_into(iy0, iy1, ix0, ix1, out[oy0:oy1, ox0:ox1])
 
     def read_rows(self, y0, y1):
         out = np.empty((y1 - y0, self.shape[1]), dtype=np.float32)
