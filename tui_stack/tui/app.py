@@ -27,6 +27,17 @@ def crash_log(exc: BaseException) -> Path:
     return log
 
 
+def fixed_table(id: str, columns):
+    """A row-cursor table with fixed column widths: no reflow (and no extra bytes over SSH)
+    when rows arrive."""
+    from textual.widgets import DataTable
+
+    table = DataTable(id=id, cursor_type="row", classes="small-table")
+    for label, width in columns:
+        table.add_column(label, width=width)
+    return table
+
+
 class StepBar(Static):
     """Where the user is: ' 1 Files > 2 Reference > ...' with the current step highlighted."""
 

@@ -14,6 +14,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Input, Label, Static
 
 from tui_stack.core.combine import METHODS
+from tui_stack.tui.app import fixed_table
 from tui_stack.tui.preview import ImageView
 from tui_stack.tui.reference import PreviewScreen
 
@@ -41,15 +42,8 @@ class CombineScreen(PreviewScreen):
         with Horizontal(classes="main"):
             yield ImageView(id="preview", classes="preview")
             with Vertical(classes="side-wide"):
-                results = DataTable(id="results", cursor_type="row", classes="small-table")
-                # fixed widths: no reflow (and no extra bytes) when rows arrive
-                for label, width in (("method", 9), ("n", 3), ("median", 8), ("std", 8), ("flux/ref", 8)):
-                    results.add_column(label, width=width)
-                yield results
-                phot = DataTable(id="phot", cursor_type="row", classes="small-table")
-                for label, width in (("star", 4), ("ref flux", 10), ("combined", 10), ("ratio", 7)):
-                    phot.add_column(label, width=width)
-                yield phot
+                yield fixed_table("results", (("method", 9), ("n", 3), ("median", 8), ("std", 8), ("flux/ref", 8)))
+                yield fixed_table("phot", (("star", 4), ("ref flux", 10), ("combined", 10), ("ratio", 7)))
                 yield Input(str(cfg.out_dir), id="outdir", placeholder="output directory")
         self._cache: Path | None = None
         self._cache_key = None

@@ -11,6 +11,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable
 
 from tui_stack.tui import plot
+from tui_stack.tui.app import fixed_table
 from tui_stack.tui.preview import ImageView
 from tui_stack.tui.reference import PreviewScreen
 
@@ -32,14 +33,8 @@ class ScalesScreen(PreviewScreen):
                 yield ImageView(id="preview", classes="preview")
                 yield plot.PlotView("scale per frame (1/transparency)", "frame", lines=True, id="plot", classes="plot")
             with Vertical(classes="side-wide"):
-                frames = DataTable(id="frames", cursor_type="row", classes="small-table")
-                for label, width in (("file", 13), ("scale", 6), ("MAD", 6), ("n", 2), ("flags", 8)):
-                    frames.add_column(label, width=width)
-                yield frames
-                stars = DataTable(id="stars", cursor_type="row", classes="small-table")
-                for label, width in (("x", 6), ("y", 6), ("ref flux", 8), ("ratio", 6), ("flags", 8)):
-                    stars.add_column(label, width=width)
-                yield stars
+                yield fixed_table("frames", (("file", 13), ("scale", 6), ("MAD", 6), ("n", 2), ("flags", 8)))
+                yield fixed_table("stars", (("x", 6), ("y", 6), ("ref flux", 8), ("ratio", 6), ("flags", 8)))
         self._frame = 0
 
     def on_screen_resume(self) -> None:
