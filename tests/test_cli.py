@@ -167,3 +167,24 @@ def test_combine_maps_as_extensions(field_integer, tmp_path, capsys):
         assert np.all(h["NUSED"].data + h["NREJECTED"].data == 6)
         assert np.all(h["NUSED"].data == 4)
         assert np.isfinite(h["SIGMA"].data).all()
+
+
+def test_combine_scale_by_keyword_and_zero(tmp_path, capsys):
+    files = []
+    for i, (t, level) in enumerate([(30.0, 100.0), (60.0, 210.0), (15.0, 45.0)]):
+        p = tmp_path / f"e{i}.fits"
+        fits.PrimaryHDU(np.full((8, 8), level, np.float32), fits.Header({"EXPTIME": t})).writeto(p)
+        files.append(p)
+    zero = tmp_path / "zero.txt"
+    zero.write_text("0\n10\n-5\n")
+    out = tmp_path / "o.fits"
+    code, _, err = run_cli(["combine", *files, "--method", "average", "--out", out,
+                            "--scale-keyword", "exptime", "--zero", zero], capsys)
+    assert code == 0, err
+    # (210 - 10) * 30/60 = 100, (45 + 5) * 30/15 = 100
+    assert np.allclose(fits.getdata(out), 100.0)
+    bad = tmp_path / "nokey.fits"
+    fits.PrimaryHDU(np.zeros((8, 8), np.float32)).writeto(bad)
+    code, _, err = run_cli(["combine", files[0], bad, "--method", "average", "--out", tmp_path / "x.fits",
+                            "--scale-keyword", "EXPTIME"], capsys)
+    assert_one_line_error(code, err, "nokey.fits", "EXPTIME")

@@ -68,6 +68,9 @@ def _combine_parser() -> argparse.ArgumentParser:
     p.add_argument("--rdnoise", default="RDNOISE", help="ccdclip: e- or a header keyword (default RDNOISE)")
     p.add_argument("--snoise", type=float, default=0.0, help="ccdclip: fractional sensitivity noise")
     p.add_argument("--scale", type=Path, help="file of one multiplicative scale per frame")
+    p.add_argument("--scale-keyword", metavar="KEY",
+                   help="scale by a header keyword, e.g. EXPTIME: scale = first frame's value / this frame's")
+    p.add_argument("--zero", type=Path, help="file of one additive zero per frame, subtracted before scaling")
     p.add_argument("--offsets", type=Path, help="file of integer 'dx dy' per frame (added to the frame's position)")
     p.add_argument("--memory-limit", default="256MB")
     p.add_argument("--maps", action="store_true", help="add NUSED, NREJECTED and SIGMA extensions (as IRAF)")

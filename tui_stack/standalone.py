@@ -24,6 +24,20 @@ def _read_column_file(path: Path, n: int, ncols: int, what: str) -> np.ndarray:
         raise InputError(f"{path}: {what} file: {exc}") from None
 
 
+def _keyword_scales(infos, key: str) -> np.ndarray:
+    """scale_i = value(first frame) / value(frame i) of a header keyword such as EXPTIME."""
+    from astropy.io import fits
+
+    values = []
+    for path, idx, _ in infos:
+        hdr = fits.getheader(path, idx)
+        v = hdr.get(key, fits.getheader(path, 0).get(key) if idx else None)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
+            raise InputError(f"{path.name}: header keyword {key} is missing or not a positive number")
+        values.append(float(v))
+    return values[0] / np.array(values)
+
+
 def _number_or_keyword(text: str):
     try:
         return float(text)
@@ -56,14 +70,19 @@ def combine_files(args, console) -> Path:
         infos.append((p, idx, shape))
     io.check_shapes([(p, s) for p, _, s in infos])
     n = len(paths)
+    if args.scale and args.scale_keyword:
+        raise InputError("give --scale or --scale-keyword, not both")
     scales = _read_column_file(args.scale, n, 1, "scale")[:, 0] if args.scale else np.ones(n)
+    if args.scale_keyword:
+        scales = _keyword_scales(infos, args.scale_keyword.upper())
+    zeros = _read_column_file(args.zero, n, 1, "zero")[:, 0] if args.zero else np.zeros(n)
     offsets = _read_column_file(args.offsets, n, 2, "offsets").astype(int) if args.offsets else np.zeros((n, 2), int)
     # IRAF style: the output grows to hold every frame at its offset.
     ox, oy = offsets[:, 0] - offsets[:, 0].min(), offsets[:, 1] - offsets[:, 1].min()
     h, w = infos[0][2]
     shape = (h + int(oy.max()), w + int(ox.max()))
-    sources = [combine.FileSource(p, idx, s, int(dx), int(dy), scale=float(sc), out_shape=shape)
-               for (p, idx, s), dx, dy, sc in zip(infos, ox, oy, scales)]
+    sources = [combine.FileSource(p, idx, s, int(dx), int(dy), zero=float(z), scale=float(sc), out_shape=shape)
+               for (p, idx, s), dx, dy, sc, z in zip(infos, ox, oy, scales, zeros)]
     try:
         limit = parse_size(args.memory_limit)
     except ValueError as exc:
@@ -81,9 +100,9 @@ def combine_files(args, console) -> Path:
     hdr["TSVERS"] = (__version__, "tui-stack version")
     hdr["TSMETHOD"] = (args.method, "combine method")
     hdr["NCOMBINE"] = (n, "frames combined")
-    for k, (p, dx, dy, sc) in enumerate(zip(paths, ox, oy, scales), 1):
+    for k, (p, dx, dy, sc, z) in enumerate(zip(paths, ox, oy, scales, zeros), 1):
         hdr[f"IMCMB{k:03d}"] = p.name
-        hdr.add_history(f"{p.name} offset=({dx},{dy}) scale={sc:g}")
+        hdr.add_history(f"{p.name} offset=({dx},{dy}) zero={z:g} scale={sc:g}")
     io.write_fits_atomic(out, fits.HDUList([fits.PrimaryHDU(result.data, hdr)] + io.map_hdus(result)))
     console.print(f"{args.method} of {n} frames -> {out}")
     return out
