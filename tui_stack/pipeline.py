@@ -188,6 +188,15 @@ def _frame_measure(path: Path, cfg: Config):
     return frame, sky, sub, stars, q
 
 
+def sky_subtracted(path: Path, cfg: Config) -> tuple[np.ndarray, float]:
+    """A frame less its sky, NaN where it has no data, and its noise: what previews show."""
+    frame = io.read_frame(path)
+    sky = background.estimate_sky(frame.data, frame.mask, cfg.sky)
+    img = frame.data - np.float32(sky.level)
+    img[frame.mask] = np.nan
+    return img, sky.noise
+
+
 def assess(state: RunState, progress: Progress = _noop) -> list:
     """Quality of every frame (one pass); used to choose the reference frame automatically."""
     qs = []

@@ -130,15 +130,9 @@ class FilesScreen(WizardScreen):
             return
 
         def load(progress):
-            import numpy as np
+            from tui_stack.pipeline import sky_subtracted
 
-            from tui_stack.core import background, io
-
-            frame = io.read_frame(ws.run.files[ws.run.ref_index])
-            sky = background.estimate_sky(frame.data, frame.mask, ws.config.sky)
-            img = frame.data - np.float32(sky.level)
-            img[frame.mask] = np.nan
-            return img, sky.noise
+            return sky_subtracted(ws.run.files[ws.run.ref_index], ws.config)
 
         def loaded(result):
             ws.ref_image, ws.ref_noise = result

@@ -146,16 +146,10 @@ class ReferenceScreen(PreviewScreen):
         ws.config.frame = ws.run.files[index].name
         ws.dirty = True
 
-        def load(progress):
-            from tui_stack.core import background, io
+        from tui_stack.pipeline import sky_subtracted
 
-            frame = io.read_frame(ws.run.files[index])
-            sky = background.estimate_sky(frame.data, frame.mask, ws.config.sky)
-            img = frame.data - np.float32(sky.level)
-            img[frame.mask] = np.nan
-            return img, sky.noise
-
-        self.run_task(f"loading {ws.run.files[index].name}", load, self._loaded)
+        self.run_task(f"loading {ws.run.files[index].name}", lambda p: sky_subtracted(ws.run.files[index], ws.config),
+                      self._loaded)
 
     def _loaded(self, result) -> None:
         img, noise = result
