@@ -80,9 +80,6 @@ class ArraySource:
         self.shape = data.shape
         self.zero, self.scale = zero, scale
 
-    def read_rows(self, y0, y1):
-        return self.data[y0:y1], None if self.mask is None else self.mask[y0:y1]
-
     def read_into(self, y0, y1, out):
         out[...] = self.data[y0:y1]
         if self.mask is not None:

@@ -188,39 +188,28 @@ class RowReader:
             self._fd = None
 
 
-def frame_info(path: Path, with_stats: bool = True) -> FrameInfo:
+def frame_info(path: Path) -> FrameInfo:
     """Header summary and quick stats; an unreadable file gets `error` set instead of raising."""
     info = FrameInfo(path=Path(path))
     try:
-        frame = read_frame(path) if with_stats else None
-        if frame is None:
-            hdul = open_fits(path)
-            try:
-                idx = _image_hdu_index(hdul, Path(path))
-                hdr = hdul[idx].header
-                shape = (int(hdr.get("ZNAXIS2", hdr.get("NAXIS2"))), int(hdr.get("ZNAXIS1", hdr.get("NAXIS1"))))
-                hdr = hdr.copy()
-            finally:
-                hdul.close()
-        else:
-            idx, hdr, shape = frame.hdu_index, frame.header, frame.shape
+        frame = read_frame(path)
     except InputError as exc:
         info.error = str(exc).split(": ", 1)[-1]
         return info
-    info.hdu_index = idx
-    info.shape = shape
+    hdr = frame.header
+    info.hdu_index = frame.hdu_index
+    info.shape = frame.shape
     info.header = {k: hdr[k] for k in hdr if k and k not in ("COMMENT", "HISTORY", "")}
     info.date_obs = str(hdr.get("DATE-OBS", ""))
     exptime = hdr.get("EXPTIME", hdr.get("EXPOSURE"))
     info.exptime = float(exptime) if isinstance(exptime, (int, float)) else None
     info.filter = str(hdr.get("FILTER", hdr.get("FILTERS", "")))
     info.imagetyp = str(hdr.get("IMAGETYP", hdr.get("PICTTYPE", "")))
-    if frame is not None:
-        good = frame.data[~frame.mask]
-        if good.size:
-            info.median = float(np.median(good))
-            info.std = float(np.std(good))
-            info.max = float(np.max(good))
+    good = frame.data[~frame.mask]
+    if good.size:
+        info.median = float(np.median(good))
+        info.std = float(np.std(good))
+        info.max = float(np.max(good))
     return info
 
 

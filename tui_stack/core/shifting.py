@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-SHIFT_MODES = ("integer", "subpixel")
-
-
 def integer_slices(shape, dx: int, dy: int):
     """Slices (out_y, out_x, in_y, in_x) such that out[y, x] = in[y - dy, x - dx]."""
     h, w = shape
