@@ -24,7 +24,13 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / "cache"
-METHODS = ("median", "average", "minmax", "sigmaclip")
+METHODS = ("median", "average", "minmax", "sigmaclip", "sigclip", "avsigclip", "winsorized", "gesd")
+CCDPROC_METHODS = ("median", "average", "minmax", "sigmaclip")
+# The peers' nearest method: IRAF's sigclip (mclip) is the sigma clip of imcombine users.
+IRAF_REJECT = {"median": "none", "average": "none", "minmax": "minmax", "sigmaclip": "sigclip", "sigclip": "sigclip",
+               "avsigclip": "avsigclip"}
+SIRIL_STACK = {"median": "med -nonorm", "average": "rej n -nonorm", "sigmaclip": "rej s 3 3 -nonorm",
+               "winsorized": "rej w 3 3 -nonorm", "gesd": "rej g 0.3 0.05 -nonorm"}
 
 
 # ------------------------------------------------------------------ frames
@@ -150,6 +156,20 @@ combine(ccds, method="median", output_file=f"{out_dir}/combined.fits", overwrite
 """
 
 
+FLOOR_SCRIPT = """
+# The floor: read every frame once and write one frame (a sum, so the reads are not skipped).
+import sys
+import numpy as np
+from astropy.io import fits
+out, files = sys.argv[1], sys.argv[2:]
+acc = None
+for f in files:
+    d = fits.getdata(f, memmap=False)
+    acc = d.astype(np.float32) if acc is None else acc + d
+fits.writeto(out, acc, overwrite=True)
+"""
+
+
 def tui_stack_cmd() -> list[str]:
     exe = Path(sys.executable).parent / "tui-stack"
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "tui_stack"]
@@ -189,7 +209,9 @@ def iraf_combine(files: list[Path], method: str, out: Path, work: Path) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     lst = work / "in.lis"
     lst.write_text("\n".join(str(f) for f in files) + "\n")
-    reject = {"median": "none", "average": "none", "minmax": "minmax", "sigmaclip": "sigclip"}[method]
+    reject = IRAF_REJECT.get(method)
+    if reject is None:
+        return None
     combine = "median" if method == "median" else "average"
     out.unlink(missing_ok=True)
     script = work / "combine.cl"
@@ -211,7 +233,7 @@ def siril_available() -> bool:
 def siril_stack(files: list[Path], method: str, work: Path) -> dict:
     """Siril: convert (counted, as Siril needs its own copy) and stack. Siril mis-scales float32
     frames without DATAMAX, so the generated frames carry DATAMAX = 65535. No minmax in Siril."""
-    stack = {"median": "med -nonorm", "average": "rej n -nonorm", "sigmaclip": "rej s 3 3 -nonorm"}.get(method)
+    stack = SIRIL_STACK.get(method)
     if stack is None:
         return None
     if work.exists():
@@ -238,6 +260,7 @@ def main() -> int:
     ap.add_argument("--only", choices=["ours", "all"], default="all")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--memory-limit", default="256MB")
+    ap.add_argument("--dask", action="store_true", help="add the median combine on a local Dask cluster")
     args = ap.parse_args()
     if args.small:
         args.frames, args.size = 10, 1024
@@ -253,18 +276,29 @@ def main() -> int:
               flush=True)
 
     ts = tui_stack_cmd()
+    add("floor", "read+write", measure([sys.executable, "-c", FLOOR_SCRIPT, str(work / "floor.fits"), *map(str, files)]))
     for m in methods:
         add("tui-stack", m, measure(ts + ["combine", *map(str, files), "--method", m, "--out", str(work / f"ours_{m}.fits"),
                                           "--overwrite", "--memory-limit", args.memory_limit]))
-        if args.only == "all":
+        if args.only == "all" and m in CCDPROC_METHODS:
             add("ccdproc", m, measure([sys.executable, "-c", CCDPROC_SCRIPT, m, str(work / f"ccdproc_{m}.fits"),
                                        *map(str, files)]))
-            if iraf_available():
+        if args.only == "all":
+            if iraf_available() and m in IRAF_REJECT:
                 add("iraf", m, iraf_combine(files, m, work / f"iraf_{m}.fits", work / "iraf"))
             if siril_available():
                 res = siril_stack(files, m, work / "siril")
                 if res is not None:
                     add("siril", m, res)
+    if args.dask:
+        try:
+            import distributed  # noqa: F401
+
+            add("tui-stack", "median dask", measure(ts + ["combine", *map(str, files), "--method", "median", "--out",
+                                                          str(work / "ours_dask.fits"), "--overwrite", "--scheduler",
+                                                          "dask", "--workers", str(os.cpu_count() or 1)]))
+        except ImportError:
+            print("dask column skipped: pip install 'tui-stack[dask]'")
     cfg = run_config(frames_dir, truth, work)
     add("tui-stack", "run", measure(ts + ["run", str(cfg), "--quiet", "--memory-limit", args.memory_limit]))
     if args.only == "all":
@@ -276,9 +310,12 @@ def main() -> int:
 
     # ratios: each reference tool against tui-stack on the same case
     ours = {r["case"]: r for r in rows if r["tool"] == "tui-stack"}
+    floor = rows[0]
     for r in rows:
+        if r["tool"] == "tui-stack" and r["case"] != "run" and floor["ok"]:
+            r["x_floor"] = round(r["wall_s"] / floor["wall_s"], 2)
         o = ours.get(r["case"] if r["tool"] != "lab" else "run")
-        if r["tool"] != "tui-stack" and o and r["ok"] and o["ok"] and r["wall_s"]:
+        if r["tool"] not in ("tui-stack", "floor") and o and r["ok"] and o["ok"] and r["wall_s"]:
             r["time_ratio"] = round(r["wall_s"] / o["wall_s"], 1)
             r["memory_ratio"] = round(r["peak_rss_mb"] / o["peak_rss_mb"], 1)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
@@ -295,10 +332,10 @@ def print_table(result: dict) -> None:
     from rich.table import Table
 
     t = Table(title=f"{result['frames']} frames of {result['size']}² float32 ({result['machine']})")
-    for col in ("tool", "case", "wall s", "peak RSS MB", "x slower than tui-stack", "x more memory"):
+    for col in ("tool", "case", "wall s", "peak RSS MB", "x floor", "x slower than tui-stack", "x more memory"):
         t.add_column(col, justify="left" if col in ("tool", "case") else "right")
     for r in result["rows"]:
-        t.add_row(r["tool"], r["case"], str(r["wall_s"]), str(r["peak_rss_mb"]),
+        t.add_row(r["tool"], r["case"], str(r["wall_s"]), str(r["peak_rss_mb"]), str(r.get("x_floor", "")),
                   str(r.get("time_ratio", "")), str(r.get("memory_ratio", "")))
     Console().print(t)
 

@@ -188,3 +188,49 @@ def test_combine_scale_by_keyword_and_zero(tmp_path, capsys):
     code, _, err = run_cli(["combine", files[0], bad, "--method", "average", "--out", tmp_path / "x.fits",
                             "--scale-keyword", "EXPTIME"], capsys)
     assert_one_line_error(code, err, "nokey.fits", "EXPTIME")
+
+
+def test_combine_weights_exposure_noise_and_file(tmp_path, capsys):
+    rng = np.random.default_rng(8)
+    files = []
+    for i, (t, sd) in enumerate([(30.0, 5.0), (60.0, 10.0), (15.0, 20.0)]):
+        p = tmp_path / f"w{i}.fits"
+        fits.PrimaryHDU((100.0 * (i + 1) + rng.normal(0, sd, (64, 64))).astype(np.float32),
+                        fits.Header({"EXPTIME": t})).writeto(p)
+        files.append(p)
+    stack = np.array([fits.getdata(f).astype(np.float64) for f in files])
+
+    def combined(*extra):
+        out = tmp_path / "o.fits"
+        code, _, err = run_cli(["combine", *files, "--method", "average", "--out", out, "--overwrite", *extra], capsys)
+        assert code == 0, err
+        return fits.getdata(out), fits.getheader(out)
+
+    data, hdr = combined("--weights", "exposure")
+    np.testing.assert_allclose(data, np.average(stack, axis=0, weights=[30, 60, 15]), rtol=1e-5)
+    assert hdr["TSWEIGHT"] == "exposure" and "weight=0.28571" in str(hdr["HISTORY"])
+    from astropy.stats import mad_std
+
+    data, _ = combined("--weights", "noise")  # inverse variance of the sky noise: ~1/25, 1/100, 1/400
+    noise = np.array([mad_std(f) for f in stack])
+    assert np.allclose(noise, [5, 10, 20], rtol=0.05)
+    np.testing.assert_allclose(data, np.average(stack, axis=0, weights=1 / noise**2), rtol=1e-5)
+    wfile = tmp_path / "w.txt"
+    wfile.write_text("1\n0\n1\n")
+    code, _, err = run_cli(["combine", *files, "--method", "average", "--out", tmp_path / "x.fits",
+                            "--weights", wfile], capsys)
+    assert_one_line_error(code, err, "weights must be positive")
+    code, _, err = run_cli(["combine", *files, "--method", "median", "--out", tmp_path / "x.fits",
+                            "--weights", "exposure"], capsys)
+    assert_one_line_error(code, err, "not to median")
+
+
+def test_combine_gesd_and_sigclip_record_their_parameters(field_integer, tmp_path, capsys):
+    for method, extra, cards in [("gesd", ["--gesd-alpha", "0.01"], {"TSGESDA": 0.01, "TSGESDF": 0.3}),
+                                 ("sigclip", ["--nkeep", "-2", "--no-mclip"], {"TSNKEEP": -2, "TSMCLIP": False})]:
+        out = tmp_path / f"{method}.fits"
+        code, _, err = run_cli(["combine", *field_integer.files, "--method", method, "--out", out, *extra], capsys)
+        assert code == 0, err
+        hdr = fits.getheader(out)
+        assert hdr["TSMETHOD"] == method
+        assert {k: hdr[k] for k in cards} == cards

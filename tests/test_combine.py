@@ -246,3 +246,150 @@ def test_asymmetric_limits():
     want = loop_reference(data, clip_loop(sd, 4.0, 2.0, 1))
     res = ours(data, 4, method="sigmaclip", lsigma=4.0, hsigma=2.0)
     np.testing.assert_allclose(res.data, want, rtol=2e-6, atol=1e-3, equal_nan=True)
+
+
+def max_keep(n, nkeep):
+    return min(n, nkeep) if nkeep >= 0 else max(0, n + nkeep)
+
+
+def add_back(v, kept_mask, centre, nkeep):
+    """IRAF: the rejected values with the smallest |x - centre| go back until nkeep are kept."""
+    want = max_keep(len(v), nkeep)
+    order = np.argsort(np.abs(v - centre), kind="stable")
+    for j in order:
+        if kept_mask.sum() >= want:
+            break
+        kept_mask[j] = True
+    return v[kept_mask]
+
+
+def iraf_clip_loop(spread, low, high, nkeep=1, mclip=True):
+    """imcombine's sigclip/ccdclip/avsigclip as its help page describes them, one pixel."""
+    def per_pixel(v):
+        keep = np.ones(len(v), bool)
+        floor = max(3, max_keep(len(v), nkeep) + 1)
+        first = True
+        while keep.sum() >= floor:
+            k = v[keep]
+            c = np.median(k) if mclip else (np.mean(k[1:-1]) if first and len(k) > 2 else np.mean(k))
+            s = spread(k, c)
+            new = keep & (v >= c - low * s) & (v <= c + high * s)
+            first = False
+            if new.sum() == keep.sum():
+                break
+            keep = new
+        k = v[keep]
+        c = np.median(k) if mclip else np.mean(k)
+        return add_back(v, keep, c if len(k) else np.median(v), nkeep)
+
+    return per_pixel
+
+
+@pytest.mark.parametrize("nkeep", [1, -2, 9])
+@pytest.mark.parametrize("mclip", [True, False])
+def test_sigclip_equals_irafs_rule(nkeep, mclip):
+    data = planted(seed=25)
+    data[:, :3] = np.random.default_rng(5).normal(100, 10, size=(12, 3, 11))  # borderline values
+    spread = lambda v, c: np.sqrt(np.sum((v - c) ** 2) / (len(v) - 1))  # noqa: E731
+    want = loop_reference(data, iraf_clip_loop(spread, 1.3, 1.6, nkeep, mclip))
+    res = ours(data, 4, method="sigclip", lsigma=1.3, hsigma=1.6, nkeep=nkeep, mclip=mclip)
+    np.testing.assert_allclose(res.data, want, rtol=2e-6, atol=1e-3, equal_nan=True)
+    assert res.n_rejected.sum() > 0
+    if nkeep == -2:
+        assert res.n_rejected.max() <= 2
+    if nkeep == 9:
+        assert res.n_used[np.isfinite(data).all(axis=0)].min() >= 9
+
+
+def test_avsigclip_equals_irafs_rule():
+    data = planted(seed=26) + 1000.0  # a Poisson-like level, as the model assumes
+    data[:, :4] = np.random.default_rng(6).normal(1000, 30, size=(12, 4, 11))  # borderline values
+    lsig, hsig = 1.5, 2.0
+    want = np.full(data.shape[1:], np.nan)
+    for y in range(data.shape[1]):
+        # the row's sigma^2 per unit signal, from every pixel with >= 3 values, before rejecting
+        ssq = count = 0.0
+        for x in range(data.shape[2]):
+            v = data[:, y, x][np.isfinite(data[:, y, x])].astype(np.float64)
+            c = np.median(v)
+            ssq += np.sum((v - c) ** 2) / max(1.0, c)
+            count += len(v)
+        row_sigma = np.sqrt(ssq / (count - 1))
+        spread = lambda v, c: row_sigma * np.sqrt(max(1.0, c))  # noqa: E731
+        for x in range(data.shape[2]):
+            v = np.sort(data[:, y, x][np.isfinite(data[:, y, x])].astype(np.float64))
+            want[y, x] = np.mean(iraf_clip_loop(spread, lsig, hsig)(v))
+    res = ours(data, 3, method="avsigclip", lsigma=lsig, hsigma=hsig)
+    np.testing.assert_allclose(res.data, want, rtol=2e-6, atol=1e-3)
+    assert res.n_rejected.sum() > 0
+
+
+def test_gesd_equals_rosners_test():
+    from scipy.stats import t as student
+
+    def per_pixel(v, frac=0.3, alpha=0.05):
+        n = len(v)
+        x = list(v)
+        removed, passed = [], 0
+        for i in range(1, int(np.floor(frac * n)) + 1):
+            if len(x) < 3:
+                break
+            m, sd = np.mean(x), np.std(x, ddof=1)
+            j = len(x) - 1 if x[-1] - m >= m - x[0] else 0  # x stays sorted: extremes at the ends
+            r = abs(x[j] - m) / sd
+            p = 1 - alpha / (2 * (n - i + 1))
+            tv = student.ppf(p, n - i - 1)
+            lam = (n - i) * tv / np.sqrt((n - i - 1 + tv**2) * (n - i + 1))
+            removed.append(x.pop(j))
+            if r > lam:
+                passed = i
+        out = list(v)
+        for val in removed[:passed]:
+            out.remove(val)
+        return np.array(out)
+
+    data = planted(n=15, seed=27)
+    want = loop_reference(data, per_pixel)
+    res = ours(data, 4, method="gesd")
+    np.testing.assert_allclose(res.data, want, rtol=2e-6, atol=1e-3, equal_nan=True)
+    assert res.n_rejected.sum() > 0
+
+
+def test_weights_make_a_weighted_average_of_what_is_kept():
+    data = planted(n=8, seed=28)
+    weights = np.array([1.0, 2.0, 0.5, 1.0, 3.0, 1.0, 0.25, 1.5])
+    srcs = [combine.ArraySource(d) for d in data]
+    got = combine.combine(srcs, combine.CombineParams("average"), weights=weights, block_rows=3)
+    masked = np.ma.masked_invalid(data)
+    want = np.ma.average(masked, axis=0, weights=weights)
+    np.testing.assert_allclose(got.data, want.filled(np.nan), rtol=2e-6, atol=1e-4)
+    mean = want[None]
+    var = np.ma.average((masked - mean) ** 2, axis=0, weights=weights)
+    np.testing.assert_allclose(got.sigma, np.sqrt(var).filled(np.nan), rtol=1e-4, atol=1e-3)
+    # minmax: the rejection is by value; each kept value keeps its own frame's weight
+    srcs = [combine.ArraySource(d) for d in data]
+    got = combine.combine(srcs, combine.CombineParams("minmax", nlow=1, nhigh=2), weights=weights, block_rows=5)
+    want = np.full(data.shape[1:], np.nan)
+    for y, x in np.ndindex(*data.shape[1:]):
+        v = data[:, y, x].astype(np.float64)
+        ok = np.flatnonzero(np.isfinite(v))
+        order = ok[np.argsort(v[ok], kind="stable")]
+        nl, nh = int(1 * len(ok) / 8 + 0.001), int(2 * len(ok) / 8 + 0.001)
+        keep = order[nl:len(order) - nh]
+        want[y, x] = np.average(v[keep], weights=weights[keep])
+    np.testing.assert_allclose(got.data, want, rtol=2e-6)
+    with pytest.raises(ValueError, match="not to median"):
+        combine.combine([combine.ArraySource(d) for d in data], combine.CombineParams("median"), weights=weights)
+    with pytest.raises(ValueError, match="positive"):
+        combine.combine([combine.ArraySource(d) for d in data], combine.CombineParams("average"), weights=weights[:3])
+
+
+@pytest.mark.parametrize("method", combine.METHODS)
+def test_maps_add_up_for_every_method(method):
+    data = planted(n=10, seed=29)
+    masks = np.random.default_rng(3).random(data.shape) < 0.15
+    srcs = [combine.ArraySource(d, m) for d, m in zip(data, masks)]
+    res = combine.combine(srcs, combine.CombineParams(method, nlow=2, nhigh=2), block_rows=4)
+    covering = (~masks & np.isfinite(data)).sum(axis=0)
+    assert np.all(res.n_used + res.n_rejected == covering)
+    assert np.all(np.isnan(res.data) == (res.n_used == 0))

@@ -132,3 +132,22 @@ def test_every_rejection_runs_in_the_pipeline(field_integer, tmp_path, method):
     assert c.method == method and c.n_frames == 6
     assert 0.97 < c.photometry.ratio_median < 1.03
     assert fits.getheader(tmp_path / f"combined_{method}.fits")["TSMETHOD"] == method
+
+
+def test_noise_weights_favour_the_clear_frames(field_subpixel, tmp_path):
+    """weights = "noise": 1/(sky noise x scale)^2; the half-transparent frame, scaled up by ~2,
+    counts about a quarter; the weights and the method's parameters reach report and header."""
+    cfg = make_config(field_subpixel, tmp_path, method="sigclip", weights="noise", nkeep=2)
+    state = pipeline.run(cfg)
+    c = state.combined[0]
+    used = [fr for fr in state.frames if fr.used]
+    want = np.array([1 / (fr.noise * fr.scale) ** 2 for fr in used])
+    np.testing.assert_allclose(c.weights, want / want.sum(), rtol=1e-9)
+    half = [fr.name for fr in used].index("demo_005.fits")  # transparency 0.5
+    assert c.weights[half] < 0.4 * np.median(c.weights)
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["combined"]["weights"] == [round(w, 6) for w in c.weights]
+    assert rep["combined"]["parameters"] == {"lsigma": 3.0, "hsigma": 3.0, "nkeep": 2, "mclip": True}
+    hdr = fits.getheader(tmp_path / "combined_sigclip.fits")
+    assert hdr["TSWEIGHT"] == "noise" and hdr["TSNKEEP"] == 2 and hdr["TSMCLIP"] is True
+    assert 0.98 < rep["photometry"]["ratio_median"] < 1.02

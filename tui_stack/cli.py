@@ -34,7 +34,14 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output directory (overrides [output].directory)")
     p.add_argument("--memory-limit", help="bound on the combine's buffers, e.g. 256MB")
     p.add_argument("--quiet", action="store_true", help="no progress, summary only")
+    _compute_args(p)
     return p
+
+
+def _compute_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scheduler", choices=["local", "dask"], help="where the work runs (overrides [compute])")
+    p.add_argument("--address", help="Dask scheduler, e.g. tcp://host:8786 (default: a local cluster)")
+    p.add_argument("--workers", type=int, help="size of the local Dask cluster (default: one per core)")
 
 
 def _demo_parser() -> argparse.ArgumentParser:
@@ -54,8 +61,9 @@ def _combine_parser() -> argparse.ArgumentParser:
         description="Combine frames that are already aligned (as IRAF imcombine / ccdproc.combine).",
     )
     p.add_argument("files", nargs="+", type=Path)
-    p.add_argument("--method", required=True,
-                   choices=["average", "median", "minmax", "sigmaclip", "pclip", "winsorized", "ccdclip"])
+    from tui_stack.config import COMBINE_METHODS
+
+    p.add_argument("--method", required=True, choices=COMBINE_METHODS)
     p.add_argument("--out", type=Path, required=True, help="output FITS file")
     p.add_argument("--nlow", type=int, default=3)
     p.add_argument("--nhigh", type=int, default=3)
@@ -67,6 +75,16 @@ def _combine_parser() -> argparse.ArgumentParser:
     p.add_argument("--gain", default="GAIN", help="ccdclip: e-/ADU or a header keyword (default GAIN)")
     p.add_argument("--rdnoise", default="RDNOISE", help="ccdclip: e- or a header keyword (default RDNOISE)")
     p.add_argument("--snoise", type=float, default=0.0, help="ccdclip: fractional sensitivity noise")
+    p.add_argument("--nkeep", type=int, default=1,
+                   help="IRAF clipping: keep at least N values; negative: reject at most -N (default 1)")
+    p.add_argument("--no-mclip", dest="mclip", action="store_false",
+                   help="sigclip/avsigclip/ccdclip: clip about the mean without min and max, not the median")
+    p.add_argument("--gesd-outliers", type=float, default=0.3, help="gesd: largest fraction of outliers (0.3)")
+    p.add_argument("--gesd-alpha", type=float, default=0.05, help="gesd: significance (0.05)")
+    p.add_argument("--weights", default="none", metavar="none|exposure|noise|FILE",
+                   help="weights of the average: exposure time, 1/(sky noise x scale)^2, or a file of one per frame")
+    p.add_argument("--exposure-keyword", default="EXPTIME", metavar="KEY",
+                   help="header keyword of the exposure time (default EXPTIME)")
     p.add_argument("--scale", type=Path, help="file of one multiplicative scale per frame")
     p.add_argument("--scale-keyword", metavar="KEY",
                    help="scale by a header keyword, e.g. EXPTIME: scale = first frame's value / this frame's")
@@ -75,6 +93,7 @@ def _combine_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-limit", default="256MB")
     p.add_argument("--maps", action="store_true", help="add NUSED, NREJECTED and SIGMA extensions (as IRAF)")
     p.add_argument("--overwrite", action="store_true")
+    _compute_args(p)
     return p
 
 
@@ -175,6 +194,11 @@ def cmd_run(args) -> int:
             cfg.memory_limit = parse_size(args.memory_limit)
         except ValueError as exc:
             raise ConfigError(f"--memory-limit: {exc}") from None
+    if args.address and not args.scheduler:
+        args.scheduler = "dask"
+    cfg.scheduler = args.scheduler or cfg.scheduler
+    cfg.address = args.address or cfg.address
+    cfg.workers = args.workers or cfg.workers
     with _progress_runner(args.quiet) as cb:
         state = pipeline.run(cfg, cb)
     summary.print_summary(state, _console())

@@ -13,7 +13,10 @@ from tui_stack.errors import ConfigError
 CENTROIDS = ("com", "1dg", "2dg", "quadratic")
 SHIFT_MODES = ("integer", "subpixel")
 SHIFT_METHODS = ("stars", "star")
-COMBINE_METHODS = ("average", "median", "minmax", "sigmaclip", "pclip", "winsorized", "ccdclip")
+COMBINE_METHODS = ("average", "median", "minmax", "sigmaclip", "sigclip", "avsigclip", "ccdclip", "pclip", "winsorized",
+                   "gesd")
+WEIGHTS = ("none", "exposure", "noise")
+SCHEDULERS = ("local", "dask")
 SKY_METHODS = ("median", "sigmaclip")
 PHOT_SKY = ("global", "annulus")
 
@@ -53,11 +56,21 @@ class Config:
     gain: float | str = "GAIN"  # ccdclip: e-/ADU, or the header keyword holding it
     rdnoise: float | str = "RDNOISE"  # ccdclip: e-, or the header keyword
     snoise: float = 0.0
+    nkeep: int = 1
+    mclip: bool = True
+    gesd_outliers: float = 0.3
+    gesd_alpha: float = 0.05
+    weights: str = "none"  # "exposure": the header's exposure_key; "noise": 1 / (sky noise x scale)^2
+    exposure_key: str = "EXPTIME"
     memory_limit: int = 256 * 1024**2
     maps: bool = False
     # [output]
     out_dir: Path = Path("out")
     write_shifted: bool = True
+    # [compute]
+    scheduler: str = "local"  # "dask": per-frame work and the combine as Dask tasks
+    address: str | None = None  # a Dask scheduler, "tcp://host:8786"; none: a LocalCluster
+    workers: int | None = None  # LocalCluster size (default: one per core)
 
     def annulus_radii(self) -> tuple[float, float] | None:
         if self.phot_sky != "annulus":
@@ -186,6 +199,19 @@ def _pclip(where, v):
     return v
 
 
+def _fraction(where, v):
+    v = _num(where, v)
+    if not 0 < v < 1:
+        raise _fail(where, "must be between 0 and 1", v)
+    return v
+
+
+def _keyword(where, v):
+    if not isinstance(v, str) or not v.strip() or len(v.strip()) > 8:
+        raise _fail(where, "must be a FITS header keyword (1-8 characters)", v)
+    return v.strip().upper()
+
+
 def _num_or_keyword(where, v):
     if isinstance(v, str):
         if not v.strip():
@@ -262,10 +288,21 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable]]] = {
         "gain": ("gain", _num_or_keyword),
         "rdnoise": ("rdnoise", _num_or_keyword),
         "snoise": ("snoise", lambda w, v: _num(w, v, minimum=0)),
+        "nkeep": ("nkeep", lambda w, v: _int(w, v, minimum=-10_000)),
+        "mclip": ("mclip", _bool),
+        "gesd_outliers": ("gesd_outliers", _fraction),
+        "gesd_alpha": ("gesd_alpha", _fraction),
+        "weights": ("weights", _choice(WEIGHTS)),
+        "exposure_key": ("exposure_key", _keyword),
     },
     "output": {
         "directory": ("out_dir", _str),
         "write_shifted": ("write_shifted", _bool),
+    },
+    "compute": {
+        "scheduler": ("scheduler", _choice(SCHEDULERS)),
+        "address": ("address", _str),
+        "workers": ("workers", lambda w, v: _int(w, v, minimum=1)),
     },
 }
 REQUIRED_SECTIONS = ("input",)

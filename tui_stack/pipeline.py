@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from tui_stack import __version__
+from tui_stack import __version__, compute
 from tui_stack.config import Config
 from tui_stack.core import background, combine, io, photometry, quality, registration, shifting, stats
 from tui_stack.errors import InputError
@@ -70,6 +70,8 @@ class CombinedResult:
     stats: stats.ImageStats
     photometry: stats.PhotometryComparison
     maps: object = None  # core.combine.CombineResult, for the NUSED/NREJECTED/SIGMA extensions
+    params: object = None  # core.combine.CombineParams it was made with
+    weights: list | None = None  # per used frame, summing to 1; None: equal
 
 
 @dataclass
@@ -96,39 +98,6 @@ def _nan_to_none(v):
 
 def _noop(stage, done, total):
     pass
-
-
-FRAME_THREADS = 2  # frames measured at once: numpy releases the GIL, the machine has 2 cores
-
-
-def _in_order(fn, items, progress: Progress = _noop, stage: str = "", threads: int = FRAME_THREADS):
-    """fn(item) for every item on `threads` threads, yielded in order, at most `threads`
-    frames in memory at once; an error (or a cancel from `progress`) stops the rest."""
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
-    items = list(items)
-    with ThreadPoolExecutor(max(1, threads)) as ex:
-        inflight: deque = deque()
-        try:
-            done = 0
-            for item in items:
-                inflight.append(ex.submit(fn, item))
-                if len(inflight) >= threads:
-                    yield inflight.popleft().result()
-                    done += 1
-                    progress(stage, done, len(items))
-            while inflight:
-                yield inflight.popleft().result()
-                done += 1
-                progress(stage, done, len(items))
-        except BaseException:
-            for f in inflight:
-                f.cancel()
-            raise
-
-
-# ---------------------------------------------------------------- selection
 
 
 def select(cfg: Config) -> list[Path]:
@@ -356,7 +325,7 @@ def register(state: RunState, progress: Progress = _noop) -> None:
             fr.flags.append("excluded")
         return fr
 
-    state.frames = list(_in_order(one, range(len(files)), progress, "register"))
+    state.frames = list(compute.current().map_in_order(one, range(len(files)), progress, "register"))
     ref_fr = state.frames[state.ref_index]
     first_of = {ref_fr.digest: ref_fr.name}
     for k, fr in enumerate(state.frames):
@@ -443,7 +412,8 @@ def measure_scales(state: RunState, progress: Progress = _noop, shifted_dir: Pat
         )
     others = [i for i in range(n) if i != state.ref_index]
     measured = [(state.ref_index, ref_fluxes)]
-    measured += zip(others, _in_order(photometry_of, others, lambda st, k, t: progress("scale", k + 1, n), "scale"))
+    measured += zip(others, compute.current().map_in_order(photometry_of, others,
+                                                           lambda st, k, t: progress("scale", k + 1, n), "scale"))
     for i, fluxes in measured:
         if fluxes is None:
             continue
@@ -557,8 +527,38 @@ def combine_params(cfg: Config, method: str, ref_path: Path, sky: float = 0.0) -
     return combine.CombineParams(
         method=method, nlow=cfg.nlow, nhigh=cfg.nhigh, sigma=cfg.sigma, maxiters=cfg.maxiters,
         lsigma=cfg.lsigma, hsigma=cfg.hsigma, pclip=cfg.pclip, gain=gain, rdnoise=rdnoise,
-        snoise=cfg.snoise, sky=float(sky),
+        snoise=cfg.snoise, sky=float(sky), nkeep=cfg.nkeep, mclip=cfg.mclip,
+        gesd_outliers=cfg.gesd_outliers, gesd_alpha=cfg.gesd_alpha,
     )
+
+
+def exposure_times(paths, key: str) -> np.ndarray:
+    """The exposure time of each frame from its header (primary or image HDU)."""
+    from astropy.io import fits
+
+    values = []
+    for path, idx in paths:
+        hdr = fits.getheader(path, idx)
+        v = hdr.get(key, fits.getheader(path, 0).get(key) if idx else None)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+            raise InputError(f"{Path(path).name}: header keyword {key} is missing or not a positive number")
+        values.append(float(v))
+    return np.array(values)
+
+
+def frame_weights(state: RunState, method: str) -> np.ndarray | None:
+    """Weights of the used frames for the averaging methods (median takes none): the exposure
+    time, or the inverse variance of the sky noise after scaling, 1 / (noise x scale)^2."""
+    cfg = state.config
+    used = [fr for fr in state.frames if fr.used]
+    if cfg.weights == "none" or method == "median":
+        return None
+    if cfg.weights == "exposure":
+        return exposure_times([(fr.path, fr.hdu_index) for fr in used], cfg.exposure_key)
+    noise = np.array([fr.noise * fr.scale for fr in used])
+    if not np.all(np.isfinite(noise) & (noise > 0)):
+        raise InputError("weights = \"noise\" needs the sky noise of every frame (measure the shifts first)")
+    return 1.0 / noise**2
 
 
 def combine_frames(
@@ -570,12 +570,14 @@ def combine_frames(
     if not used:
         raise InputError("no usable frames left to combine (see the flags of each frame)")
     params = combine_params(cfg, method, state.files[state.ref_index], np.median([fr.sky for fr in used]))
-    result = combine.combine(
+    weights = frame_weights(state, method)
+    result = compute.current().combine(
         combine_sources(state, shifted_dir),
         params,
         memory_limit=cfg.memory_limit,
         progress=lambda d, t: progress(f"combine {method}", d, t),
         maps=cfg.maps,
+        weights=weights,
     )
     st = stats.image_stats(result.data)
     comb_mask = ~np.isfinite(result.data)
@@ -584,7 +586,8 @@ def combine_frames(
     )
     ref_flux = state.frames[state.ref_index].star_flux
     phot = stats.compare_photometry(ref_flux, comb_flux.flux, state.comparison_stars)
-    combined = CombinedResult(method, None, result.data, len(used), st, phot, result)
+    combined = CombinedResult(method, None, result.data, len(used), st, phot, result, params,
+                              None if weights is None else list(weights / weights.sum()))
     state.combined = [c for c in state.combined if c.method != method] + [combined]
     return combined
 
@@ -597,22 +600,20 @@ def write_combined(state: RunState, combined: CombinedResult, out_dir: Path) -> 
     if ref_hdr is not None:
         hdr.extend(ref_hdr, unique=True)
     hdr["TSVERS"] = (__version__, "tui-stack version")
-    hdr["TSMETHOD"] = (combined.method, "combine method")
+    params = combined.params or combine_params(state.config, combined.method, state.files[state.ref_index])
+    for key, _, value, comment in combine.method_parameters(params):
+        hdr[key] = (value, comment)
     hdr["NCOMBINE"] = (combined.n_frames, "frames combined")
     hdr["TSREF"] = (state.files[state.ref_index].name, "reference frame")
     hdr["TSMODE"] = (state.config.shift_mode, "shift mode")
-    if combined.method == "minmax":
-        hdr["TSNLOW"], hdr["TSNHIGH"] = state.config.nlow, state.config.nhigh
-    if combined.method == "sigmaclip":
-        hdr["TSSIGMA"], hdr["TSMAXIT"] = state.config.sigma, state.config.maxiters
-    k = 0
-    for fr in state.frames:
-        if not fr.used:
-            continue
-        k += 1
+    hdr["TSWEIGHT"] = (state.config.weights if combined.weights else "none", "weights of the average")
+    used = [fr for fr in state.frames if fr.used]
+    weights = combined.weights or [None] * len(used)
+    for k, (fr, wt) in enumerate(zip(used, weights), 1):
         hdr[f"IMCMB{k:03d}"] = fr.name
         hdr.add_history(
             f"{fr.name} shift=({fr.applied_shift_x:g},{fr.applied_shift_y:g}) sky={fr.sky:.2f} scale={fr.scale:.5f}"
+            + (f" weight={wt:.5f}" if wt is not None else "")
         )
     path = out_dir / f"combined_{combined.method}.fits"
     hdus = [fits.PrimaryHDU(combined.data.astype(np.float32), hdr)] + (io.map_hdus(combined.maps) if combined.maps else [])
@@ -720,6 +721,8 @@ def _combined_entry(c: CombinedResult) -> dict:
         "std": _nan_to_none(c.stats.std),
         "std_region": list(c.stats.region),
         "ratio_median": _nan_to_none(c.photometry.ratio_median),
+        "parameters": {name: v for _, name, v, _ in combine.method_parameters(c.params)[1:]} if c.params else {},
+        "weights": None if c.weights is None else [round(float(w), 6) for w in c.weights],
     }
 
 
@@ -783,6 +786,27 @@ def run(cfg: Config, progress: Progress = _noop) -> RunState:
     before = _output_names(out)
     inputs = {p.name for p in state.files if p.parent == out}
     tmp = None
+    engine = None
+    if cfg.scheduler != compute.current().name:
+        engine = compute.open_compute(cfg.scheduler, cfg.address, cfg.workers)
+    try:
+        with compute.using(engine or compute.current()):
+            tmp = _run_steps(state, out, progress)
+    except BaseException:
+        for name in _output_names(out) - before - inputs:
+            (out / name).unlink(missing_ok=True)
+        raise
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if engine is not None:
+            engine.close()
+    return state
+
+
+def _run_steps(state: RunState, out: Path, progress: Progress):
+    cfg = state.config
+    tmp = None
     try:
         choose_reference(state, progress)
         register(state, progress)
@@ -798,10 +822,7 @@ def run(cfg: Config, progress: Progress = _noop) -> RunState:
         combine_frames(state, cfg.method, shifted_dir, progress)
         write_outputs(state, out, progress, shifted_written=True)
     except BaseException:
-        for name in _output_names(out) - before - inputs:
-            (out / name).unlink(missing_ok=True)
-        raise
-    finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-    return state
+        raise
+    return tmp

@@ -26,16 +26,37 @@ def _read_column_file(path: Path, n: int, ncols: int, what: str) -> np.ndarray:
 
 def _keyword_scales(infos, key: str) -> np.ndarray:
     """scale_i = value(first frame) / value(frame i) of a header keyword such as EXPTIME."""
-    from astropy.io import fits
+    from tui_stack.pipeline import exposure_times
 
-    values = []
-    for path, idx, _ in infos:
-        hdr = fits.getheader(path, idx)
-        v = hdr.get(key, fits.getheader(path, 0).get(key) if idx else None)
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
-            raise InputError(f"{path.name}: header keyword {key} is missing or not a positive number")
-        values.append(float(v))
-    return values[0] / np.array(values)
+    values = exposure_times([(p, idx) for p, idx, _ in infos], key)
+    return values[0] / values
+
+
+def _weights(args, infos, scales) -> np.ndarray | None:
+    """IRAF's weight choices: exposure time, inverse noise variance of the scaled frame, a file."""
+    from tui_stack.core import background, io
+    from tui_stack.pipeline import exposure_times
+
+    choice = args.weights
+    if choice == "none":
+        return None
+    if args.method == "median":
+        raise InputError("--weights apply to the averaging methods, not to median")
+    if choice == "exposure":
+        return exposure_times([(p, idx) for p, idx, _ in infos], args.exposure_keyword.upper())
+    if choice == "noise":
+        noise = []
+        for p, idx, _ in infos:
+            frame = io.read_frame(p)
+            noise.append(background.estimate_sky(frame.data, frame.mask).noise)
+        noise = np.array(noise) * scales
+        if not np.all(np.isfinite(noise) & (noise > 0)):
+            raise InputError("--weights noise: a frame has no measurable sky noise")
+        return 1.0 / noise**2
+    w = _read_column_file(Path(choice), len(infos), 1, "weights")[:, 0]
+    if not np.all(w > 0):
+        raise InputError(f"{choice}: weights must be positive")
+    return w
 
 
 def _number_or_keyword(text: str):
@@ -93,16 +114,33 @@ def combine_files(args, console) -> Path:
 
         gain = header_number(_number_or_keyword(args.gain), paths[0], infos[0][1])
         rdnoise = header_number(_number_or_keyword(args.rdnoise), paths[0], infos[0][1])
+    if not (0 < args.gesd_outliers < 1 and 0 < args.gesd_alpha < 1):
+        raise InputError("--gesd-outliers and --gesd-alpha must be between 0 and 1")
     params = combine.CombineParams(args.method, args.nlow, args.nhigh, args.sigma, args.maxiters, args.lsigma,
-                                   args.hsigma, args.pclip, gain, rdnoise, args.snoise)
-    result = combine.combine(sources, params, memory_limit=limit, maps=args.maps)
+                                   args.hsigma, args.pclip, gain, rdnoise, args.snoise, nkeep=args.nkeep,
+                                   mclip=args.mclip, gesd_outliers=args.gesd_outliers, gesd_alpha=args.gesd_alpha)
+    weights = _weights(args, infos, scales)
+    from tui_stack import compute
+
+    scheduler = args.scheduler or ("dask" if args.address else "local")
+    engine = compute.open_compute(scheduler, args.address, args.workers)
+    try:
+        result = engine.combine(sources, params, memory_limit=limit, maps=args.maps, weights=weights)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    finally:
+        engine.close()
     hdr = fits.Header()
     hdr["TSVERS"] = (__version__, "tui-stack version")
-    hdr["TSMETHOD"] = (args.method, "combine method")
+    for key, _, value, comment in combine.method_parameters(params):
+        hdr[key] = (value, comment)
     hdr["NCOMBINE"] = (n, "frames combined")
-    for k, (p, dx, dy, sc, z) in enumerate(zip(paths, ox, oy, scales, zeros), 1):
+    hdr["TSWEIGHT"] = (args.weights if weights is not None else "none", "weights of the average")
+    wnorm = weights / weights.sum() if weights is not None else [None] * n
+    for k, (p, dx, dy, sc, z, wt) in enumerate(zip(paths, ox, oy, scales, zeros, wnorm), 1):
         hdr[f"IMCMB{k:03d}"] = p.name
-        hdr.add_history(f"{p.name} offset=({dx},{dy}) zero={z:g} scale={sc:g}")
+        hdr.add_history(f"{p.name} offset=({dx},{dy}) zero={z:g} scale={sc:g}"
+                        + (f" weight={wt:.5f}" if wt is not None else ""))
     io.write_fits_atomic(out, fits.HDUList([fits.PrimaryHDU(result.data, hdr)] + io.map_hdus(result)))
     console.print(f"{args.method} of {n} frames -> {out}")
     return out

@@ -1,7 +1,7 @@
 """Combine aligned frames pixel by pixel, block of rows by block of rows, honouring masks.
 
-Frames are read as row blocks from their sources (memory-mapped FITS with the shift
-applied as a slice offset, or arrays), so peak memory is bounded by `memory_limit`
+Frames are read as row blocks from their sources (positioned reads of the FITS with the
+shift applied as a slice offset, or arrays), so peak memory is bounded by `memory_limit`
 whatever the number of frames. Inside a block a masked pixel is NaN, and every
 reduction ignores NaN; a pixel with no data at all comes out NaN.
 
@@ -12,17 +12,28 @@ Methods (x = the unmasked values of one pixel, n of them, N frames in all):
   pixels the counts shrink in proportion, as IRAF's imcombine: int(nlow * n / N + 0.001)
 - sigmaclip: reject x < c - sigma*s or x > c + sigma*s, c = median(x), s = std(x),
   `maxiters` times (1 = ccdproc's combine with sigma_clip_func=median), then mean
+- sigclip (IRAF): s = sqrt(sum((x - c)^2) / (n - 1)) about c, until nothing more is rejected
+- avsigclip (IRAF): s = sigma_row * sqrt(max(1, c + sky)), sigma_row^2 the mean over one image
+  row of (x - c)^2 / max(1, c + sky), taken once before rejecting
+- ccdclip (IRAF): s = sqrt(rdnoise^2 + gain*(c + sky) + (snoise*gain*(c + sky))^2) / gain
+- pclip (IRAF): s = |c - x_(j)|, x_(j) nint(|pclip| n / 2) ranks below/above the median
+- winsorized (Siril): s = 1.134 std of x pulled in to c +- 1.5 s, iterated
+- gesd (Siril): Rosner's generalized extreme studentized deviate test
+For the IRAF methods c = median (mclip) or the mean without min and max on the first pass;
+then nkeep puts back the values closest to c. All of them then average what is kept, weighted
+by `weights` if given.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 import warnings
 from typing import Callable, Protocol
 
 import numpy as np
 
-METHODS = ("average", "median", "minmax", "sigmaclip", "pclip", "winsorized", "ccdclip")
+METHODS = ("average", "median", "minmax", "sigmaclip", "sigclip", "avsigclip", "ccdclip", "pclip", "winsorized", "gesd")
 DEFAULT_MEMORY_LIMIT = 256 * 1024**2
 
 
@@ -39,7 +50,11 @@ class CombineParams:
     gain: float = 1.0  # ccdclip: e-/ADU
     rdnoise: float = 0.0  # ccdclip: e-
     snoise: float = 0.0  # ccdclip: fractional "sensitivity" noise
-    sky: float = 0.0  # ccdclip: sky taken out of the values (ADU), still in their noise
+    sky: float = 0.0  # ccdclip/avsigclip: sky taken out of the values (ADU), still in their noise
+    nkeep: int = 1  # IRAF: keep at least nkeep values; negative: reject at most -nkeep
+    mclip: bool = True  # IRAF: clip about the median (True) or the mean without min and max
+    gesd_outliers: float = 0.3  # Siril's GESD: at most this fraction of the values are outliers
+    gesd_alpha: float = 0.05  # GESD significance
 
     @property
     def low(self) -> float:
@@ -54,12 +69,56 @@ class CombineParams:
             raise ValueError(f"unknown combine method {self.method!r}; use one of {', '.join(METHODS)}")
 
 
+def method_parameters(params: CombineParams) -> list[tuple[str, str, object, str]]:
+    """The parameters the method used, as (FITS card, name, value, comment) for provenance."""
+    m = params.method
+    rows = [("TSMETHOD", "method", m, "combine method")]
+    if m == "minmax":
+        rows += [("TSNLOW", "nlow", params.nlow, "values dropped low"),
+                 ("TSNHIGH", "nhigh", params.nhigh, "values dropped high")]
+    if m in ("sigmaclip", "sigclip", "avsigclip", "ccdclip", "pclip", "winsorized"):
+        rows += [("TSLSIGMA", "lsigma", params.low, "low clipping limit"),
+                 ("TSHSIGMA", "hsigma", params.high, "high clipping limit")]
+    if m == "sigmaclip":
+        rows += [("TSMAXIT", "maxiters", params.maxiters, "clipping passes")]
+    if m in ("sigclip", "avsigclip", "ccdclip", "pclip", "winsorized", "gesd"):
+        rows += [("TSNKEEP", "nkeep", params.nkeep, "IRAF nkeep")]
+    if m in ("sigclip", "avsigclip", "ccdclip"):
+        rows += [("TSMCLIP", "mclip", params.mclip, "clip about the median")]
+    if m == "pclip":
+        rows += [("TSPCLIP", "pclip", params.pclip, "pclip rank parameter")]
+    if m == "ccdclip":
+        rows += [("TSGAIN", "gain", params.gain, "e-/ADU"), ("TSRDNOIS", "rdnoise", params.rdnoise, "read noise, e-"),
+                 ("TSSNOISE", "snoise", params.snoise, "sensitivity noise")]
+    if m in ("ccdclip", "avsigclip"):
+        rows += [("TSSKY", "sky", params.sky, "sky added back for the noise model, ADU")]
+    if m == "gesd":
+        rows += [("TSGESDF", "gesd_outliers", params.gesd_outliers, "GESD outlier fraction"),
+                 ("TSGESDA", "gesd_alpha", params.gesd_alpha, "GESD significance")]
+    return rows
+
+
 @dataclass
 class CombineResult:
     data: np.ndarray  # float32, NaN where no frame has data
     n_used: np.ndarray | None  # int16: values that went into each pixel
     n_rejected: np.ndarray | None  # int16: values rejected by the method
     sigma: np.ndarray | None = None  # float32: std of the values that went in (IRAF's sigma image)
+
+    @classmethod
+    def empty(cls, shape, maps: bool) -> "CombineResult":
+        def a(dtype):
+            return np.empty(shape, dtype) if maps else None
+
+        return cls(np.empty(shape, np.float32), a(np.int16), a(np.int16), a(np.float32))
+
+    def put(self, y0: int, rows) -> None:
+        """Store the rows [y0, y0 + len) that combine_rows returned."""
+        data, used, rej, sig = rows
+        y1 = y0 + len(data)
+        self.data[y0:y1] = data
+        if self.n_used is not None:
+            self.n_used[y0:y1], self.n_rejected[y0:y1], self.sigma[y0:y1] = used, rej, sig
 
 
 class Source(Protocol):
@@ -149,60 +208,86 @@ class FileSource:
 
 # Working copies of the block each method needs (the block itself, its sorted copy, float64
 # temporaries): sets how many rows fit in the memory limit.
-_COPIES = {"average": 3, "median": 4, "minmax": 5, "sigmaclip": 6}
+_COPIES = {"average": 3, "median": 4, "minmax": 5}
 
 
-def rows_per_block(n_frames: int, width: int, memory_limit: int, method: str = "minmax", threads: int = 2) -> int:
-    per_row = max(1, n_frames * width * 4 * _COPIES.get(method, 5) * threads)
+def rows_per_block(n_frames: int, width: int, memory_limit: int, method: str = "minmax", threads: int = 2,
+                   weighted: bool = False) -> int:
+    copies = _COPIES.get(method, 6) + (3 if weighted else 0)  # argsort's int64 order and the weights
+    per_row = max(1, n_frames * width * 4 * copies * threads)
     return max(1, int(memory_limit // per_row))
 
 
-def reduce_block(block: np.ndarray, params: CombineParams, with_sigma: bool = False):
+def reduce_block(block: np.ndarray, params: CombineParams, with_sigma: bool = False, weights=None):
     """Combine a (rows, cols, N) float32 block, NaN = masked, along its last (contiguous) axis.
 
-    Sorting the N values of each pixel (NaN last) gives median and min/max rejection at
-    once; numpy's sort on a short contiguous axis is faster than bottleneck's median and
-    releases the GIL, so two threads use both cores (measured in benchmarks/run.py).
+    The N values of each pixel are sorted (NaN last). Every rejection here removes values
+    below or above thresholds, so what a pixel keeps is always one run [lo, hi) of its sorted
+    values: methods move lo and hi, never re-sort, and each pass revisits only the pixels whose
+    run moved in the pass before. numpy's sort on a short contiguous axis is faster than
+    bottleneck's median and releases the GIL, so two threads use both cores (measured in
+    benchmarks/run.py). With `weights` (one per frame) the sort is an argsort so each value
+    keeps its frame's weight for the final weighted average.
     Returns (result float32, n_used int16, n_rejected int16, sigma float32 or None): sigma is
-    the standard deviation of the values that went in, as IRAF's sigma image.
+    the (weighted) standard deviation of the values that went in, as IRAF's sigma image.
     """
     import bottleneck as bn
 
-    n = block.shape[-1]
+    rows, cols, n = block.shape
     nan = np.isnan(block)
     any_nan = bool(nan.any())
     n_valid = (n - nan.sum(axis=-1)).astype(np.int16) if any_nan else np.full(block.shape[:-1], n, np.int16)
+    del nan
     method = params.method
     zeros = np.zeros_like(n_valid)
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        if method == "average":
+        if method == "average" and weights is None:
             if any_nan:
-                res = np.where(nan, 0, block).sum(axis=-1, dtype=np.float64) / n_valid
+                res = np.where(np.isnan(block), 0, block).sum(axis=-1, dtype=np.float64) / n_valid
             else:
                 res = block.mean(axis=-1, dtype=np.float64)
             sig = bn.nanstd(block, axis=-1) if with_sigma else None
             return res.astype(np.float32), n_valid, zeros, sig
-        s = np.sort(block, axis=-1)
+        if weights is None:
+            s, wts = np.sort(block, axis=-1), None
+        else:
+            order = np.argsort(block, axis=-1)
+            s = np.take_along_axis(block, order, -1)
+            wts = np.asarray(weights, np.float32)[order].reshape(-1, n)
+            del order
         if method == "median":
             sig = bn.nanstd(block, axis=-1) if with_sigma else None
             return _median_sorted(s, n_valid, any_nan), n_valid, zeros, sig
+        if method == "minmax" and wts is None and not any_nan:
+            return _minmax_fast(s, n_valid, params.nlow, params.nhigh, with_sigma)
+        s = s.reshape(-1, n)  # one row per pixel (a view: the block is contiguous)
+        if any_nan:  # NaN sort last, past every run: zero them so run sums can multiply by masks
+            np.copyto(s, np.float32(0), where=np.isnan(s))
+        nv = n_valid.reshape(-1)
+        lo = np.zeros(nv.shape, np.int32)
+        hi = nv.astype(np.int32)
         if method == "minmax":
-            return _minmax_sorted(s, n_valid, any_nan, params.nlow, params.nhigh, with_sigma)
-        if method == "sigmaclip":
-            return _sigmaclip_sorted(s, n_valid, params.low, params.high, params.maxiters, with_sigma)
-        if method == "pclip":
-            return _pclip_sorted(s, n_valid, params.low, params.high, params.pclip, with_sigma)
-        if method == "winsorized":
-            return _clip_iterate(s, n_valid, _winsorized_spread, params.low, params.high, 10, with_sigma)
-        if method == "ccdclip":
-            def model(w, centre):  # CCD noise: read noise, Poisson, flat-field error, in ADU
-                g = params.gain
-                level = np.abs(centre + params.sky)
-                return np.sqrt(params.rdnoise**2 + g * level + (params.snoise * g * level) ** 2) / g
-
-            return _clip_iterate(s, n_valid, model, params.low, params.high, max(1, params.maxiters), with_sigma)
+            # With masked values the counts shrink in proportion (IRAF imcombine).
+            lo = np.floor(params.nlow * nv / n + 0.001).astype(np.int32)
+            hi = np.maximum(nv - np.floor(params.nhigh * nv / n + 0.001), lo).astype(np.int32)
+        runs = _Runs(s, nv)
+        if method not in ("average", "minmax"):
+            _REJECT[method](runs, lo, hi, params, cols)
+        res, used, rej, sig = _mean_kept(runs, lo, hi, wts, with_sigma)
+        shape = (rows, cols)
+        return res.reshape(shape), used.reshape(shape), rej.reshape(shape), None if sig is None else sig.reshape(shape)
     raise ValueError(method)
+
+
+def _take(s, i):
+    """s[p, i[p]] for every pixel p of a (pixels, N) or (..., N) array, i clipped into range
+    (callers mask what is out of it). Flat indexing: faster than take_along_axis."""
+    n = s.shape[-1]
+    i = np.clip(i, 0, n - 1)
+    if s.ndim == 2 and s.flags.c_contiguous:
+        return s.reshape(-1)[np.arange(len(i)) * n + i]
+    return np.take_along_axis(s, i[..., None].astype(np.intp), -1)[..., 0]
 
 
 def _median_sorted(s, n_valid, any_nan):
@@ -210,112 +295,445 @@ def _median_sorted(s, n_valid, any_nan):
     if not any_nan:
         return ((s[..., (n - 1) // 2].astype(np.float64) + s[..., n // 2]) / 2).astype(np.float32)
     k = n_valid.astype(np.int64)
-    lo = np.take_along_axis(s, np.maximum(k - 1, 0)[..., None] // 2, -1)[..., 0]
-    hi = np.take_along_axis(s, (k // 2)[..., None], -1)[..., 0]
-    res = (lo.astype(np.float64) + hi) / 2
+    res = (_take(s, np.maximum(k - 1, 0) // 2).astype(np.float64) + _take(s, k // 2)) / 2
     return np.where(k > 0, res, np.nan).astype(np.float32)
 
 
-def _minmax_sorted(s, n_valid, any_nan, nlow, nhigh, with_sigma=False):
-    import bottleneck as bn
+def _median_run(s, lo, hi):
+    """Median of the kept run [lo, hi) of each pixel (float64, NaN where it is empty)."""
+    k = hi - lo
+    res = (_take(s, lo + np.maximum(k - 1, 0) // 2).astype(np.float64) + _take(s, lo + k // 2)) / 2
+    return np.where(k > 0, res, np.nan)
 
-    n = s.shape[-1]
-    if not any_nan:
-        kept = s[..., nlow : max(nlow, n - nhigh)]
-        n_used = np.full(n_valid.shape, kept.shape[-1], np.int16)
-        res = kept.mean(axis=-1, dtype=np.float64) if kept.shape[-1] else np.full(n_valid.shape, np.nan)
-        sig = kept.std(axis=-1, dtype=np.float64).astype(np.float32) if with_sigma and kept.shape[-1] else None
-        return res.astype(np.float32), n_used, (n_valid - n_used).astype(np.int16), sig
-    # With masked values the counts shrink in proportion (IRAF imcombine).
-    nl = np.floor(nlow * n_valid / n + 0.001).astype(np.int64)
-    nh = np.floor(nhigh * n_valid / n + 0.001).astype(np.int64)
-    hi = np.maximum(n_valid - nh, nl)
+
+@lru_cache(maxsize=8)
+def _run_table(n: int) -> np.ndarray:
+    """table[lo * (n + 1) + hi] = which of n sorted values lie in the run [lo, hi)."""
     idx = np.arange(n)
-    keep = (idx >= nl[..., None]) & (idx < hi[..., None])
-    n_used = (hi - nl).astype(np.int16)
-    total = np.where(keep, s, 0).sum(axis=-1, dtype=np.float64)
-    res = np.where(n_used > 0, total / np.maximum(n_used, 1), np.nan)
-    sig = bn.nanstd(np.where(keep, s, np.float32(np.nan)), axis=-1) if with_sigma else None
+    lo, hi = np.divmod(np.arange((n + 1) ** 2), n + 1)
+    return (idx >= lo[:, None]) & (idx < hi[:, None])
+
+
+def _keep(s, lo, hi):
+    """Boolean (..., N): the values inside each pixel's run. A table lookup up to 64 frames
+    (10x faster than two broadcast comparisons, measured); comparisons beyond."""
+    n = s.shape[-1]
+    if n <= 64:
+        return np.take(_run_table(n), lo * (n + 1) + hi, axis=0)
+    idx = np.arange(n, dtype=np.int32)
+    return (idx >= lo[..., None]) & (idx < hi[..., None])
+
+
+def _run_values(s, lo, hi):
+    """The kept values with everything else NaN: for bottleneck's nan-statistics."""
+    return np.where(_keep(s, lo, hi), s, np.float32(np.nan))
+
+
+def _row_sum(x):
+    """Sum over the last axis of a (pixels, N) float32 array: a BLAS matrix-vector product,
+    10x faster than numpy's reduction over a short axis (measured). Callers sum deviations
+    from a nearby value, so float32 accumulation loses nothing that matters."""
+    return x @ np.ones(x.shape[-1], np.float32)
+
+
+def _run_sums(s, lo, hi, centre, wts=None, whole=False):
+    """Over each pixel's run: (sum of weights or count, sum of w*(x - centre), sum of
+    w*(x - centre)^2), float64. `centre` near the values keeps float32 sums exact enough.
+    `whole`: every run is all N values (no mask to apply). Works in place on one temporary:
+    fresh 32 MB arrays cost more in page faults than the arithmetic (measured)."""
+    c = np.where(np.isfinite(centre), centre, 0).astype(np.float32)
+    dev = s - c[:, None]
+    if wts is None:
+        if not whole:
+            np.multiply(dev, _keep(s, lo, hi), out=dev)
+        s1 = _row_sum(dev).astype(np.float64)
+        np.multiply(dev, dev, out=dev)
+        s2 = _row_sum(dev).astype(np.float64)
+        return (hi - lo).astype(np.float64), s1, s2
+    w = wts * _keep(s, lo, hi)
+    count = _row_sum(w).astype(np.float64)
+    np.multiply(w, dev, out=w)
+    s1 = _row_sum(w).astype(np.float64)
+    np.multiply(w, dev, out=w)
+    s2 = _row_sum(w).astype(np.float64)
+    return count, s1, s2
+
+
+def _minmax_fast(s, n_valid, nlow, nhigh, with_sigma):
+    n = s.shape[-1]
+    kept = s[..., nlow : max(nlow, n - nhigh)]
+    n_used = np.full(n_valid.shape, kept.shape[-1], np.int16)
+    res = kept.mean(axis=-1, dtype=np.float64) if kept.shape[-1] else np.full(n_valid.shape, np.nan)
+    sig = kept.std(axis=-1, dtype=np.float64).astype(np.float32) if with_sigma and kept.shape[-1] else None
     return res.astype(np.float32), n_used, (n_valid - n_used).astype(np.int16), sig
 
 
-def _sigmaclip_sorted(s, n_valid, lsigma, hsigma, maxiters, with_sigma=False):
-    import bottleneck as bn
+class _Runs:
+    """The sorted values of a block, one row per pixel, with the median and moments of every
+    pixel's whole set computed once. Most runs stay whole through a rejection (only pixels
+    with an outlier lose values), so a pass costs only what the changed runs need."""
 
-    w = s  # sorted, NaN last
-    cur = n_valid
-    for _ in range(max(1, maxiters)):
-        centre = _median_sorted(w, cur, True)
-        std = bn.nanstd(w, axis=-1)
-        reject = (w < (centre - lsigma * std)[..., None]) | (w > (centre + hsigma * std)[..., None])
-        if not reject.any():
+    def __init__(self, s, n_valid):
+        self.s, self.nv = s, n_valid.astype(np.int32)
+        zeros = np.zeros_like(self.nv)
+        n = s.shape[-1]
+        whole = bool((self.nv == n).all())
+        self.med = (s[:, (n - 1) // 2].astype(np.float64) + s[:, n // 2]) / 2 if whole else _median_run(s, zeros, self.nv)
+        cnt, s1, s2 = _run_sums(s, zeros, self.nv, self.med, whole=whole)
+        self.mean = self.med + s1 / cnt
+        self.m2 = np.maximum(s2 - s1 * s1 / cnt, 0)
+
+    def stats(self, pixels, lo, hi):
+        """(median, k, mean, M2 = sum of squared deviations from the mean) of the runs
+        [lo, hi) of `pixels` (None: every pixel), float64."""
+        pick = (lambda a: a.copy()) if pixels is None else (lambda a: a[pixels])
+        med, mean, m2, nv = pick(self.med), pick(self.mean), pick(self.m2), pick(self.nv)
+        part = np.flatnonzero((lo != 0) | (hi != nv))
+        if part.size:
+            sub = self.s[part if pixels is None else pixels[part]]
+            lo1, hi1 = lo[part], hi[part]
+            c = _median_run(sub, lo1, hi1)
+            cnt, s1, s2 = _run_sums(sub, lo1, hi1, c)
+            med[part], mean[part], m2[part] = c, c + s1 / cnt, np.maximum(s2 - s1 * s1 / cnt, 0)
+        return med, (hi - lo).astype(np.float64), mean, m2
+
+
+def _mean_kept(runs, lo, hi, wts, with_sigma):
+    """(Weighted) mean and std of each pixel's kept run; counts for the maps."""
+    n_used = (hi - lo).astype(np.int16)
+    if wts is None:
+        _, k, mean, m2 = runs.stats(None, lo, hi)
+        sig = np.sqrt(m2 / k) if with_sigma else None
+    else:
+        centre = _median_run(runs.s, lo, hi)
+        wsum, s1, s2 = _run_sums(runs.s, lo, hi, centre, wts)
+        mean = centre + s1 / wsum
+        sig = np.sqrt(np.maximum(s2 / wsum - (s1 / wsum) ** 2, 0)) if with_sigma else None
+    mean = np.where(n_used > 0, mean, np.nan).astype(np.float32)
+    return mean, n_used, (runs.nv - n_used).astype(np.int16), None if sig is None else sig.astype(np.float32)
+
+
+def _clip(s, lo, hi, low_lim, high_lim, active):
+    """Drop values below `low_lim` or above `high_lim` from the ends of the kept runs of the
+    `active` pixels, walking in from each end (few values ever go). Returns the new (lo, hi)."""
+    ok = active & np.isfinite(low_lim) & np.isfinite(high_lim)
+    new_lo, new_hi = lo.copy(), hi.copy()
+    n = s.shape[-1]
+    flat = s.reshape(-1)
+    start = np.flatnonzero(ok)
+    p = start
+    while p.size:
+        lp = new_lo[p]
+        p = p[(lp < new_hi[p]) & (flat[p * n + np.minimum(lp, n - 1)] < low_lim[p])]
+        new_lo[p] += 1
+    p = start
+    while p.size:
+        hp = new_hi[p]
+        p = p[(hp > new_lo[p]) & (flat[p * n + np.maximum(hp - 1, 0)] > high_lim[p])]
+        new_hi[p] -= 1
+    return new_lo, new_hi
+
+
+def _iterate(s, lo, hi, step, passes):
+    """Run `step(values, lo, hi, pixels, first)` -> (lo, hi) up to `passes` times, each time on
+    the pixels whose run moved in the pass before (the others cannot move again). lo and hi
+    are updated in place."""
+    pixels = None  # all of them: no copy on the first pass
+    for k in range(passes):
+        sub = s if pixels is None else s[pixels]
+        lo1, hi1 = (lo, hi) if pixels is None else (lo[pixels], hi[pixels])
+        new_l, new_h = step(sub, lo1, hi1, pixels, k == 0)
+        moved = (new_l != lo1) | (new_h != hi1)
+        if pixels is None:
+            pixels = np.flatnonzero(moved)
+            lo[:], hi[:] = new_l, new_h
+        else:
+            lo[pixels], hi[pixels] = new_l, new_h
+            pixels = pixels[moved]
+        if pixels.size == 0:
+            return
+
+
+def _max_keep(n_valid, nkeep):
+    """IRAF's nkeep: at least nkeep values kept, or (negative) at most |nkeep| rejected."""
+    n_valid = n_valid.astype(np.int32)
+    return np.minimum(n_valid, nkeep) if nkeep >= 0 else np.maximum(0, n_valid + nkeep)
+
+
+def _add_back(s, lo, hi, n_valid, nkeep, centre_of):
+    """Where fewer than nkeep values are left, put back the rejected ones closest to the centre
+    (`centre_of(values, lo, hi)` of what is kept, else the median of all), one from either end
+    of the run at a time; equal residuals go back together (IRAF). In place."""
+    pixels = np.flatnonzero((hi - lo) < _max_keep(n_valid, nkeep))
+    if pixels.size == 0:
+        return
+    sub, lo1, hi1, nv = s[pixels], lo[pixels], hi[pixels], n_valid[pixels].astype(np.int32)
+    centre = centre_of(sub, lo1, hi1)
+    centre = np.where(np.isfinite(centre), centre, _median_run(sub, np.zeros_like(lo1), nv))
+    want = _max_keep(nv, nkeep)
+    for _ in range(s.shape[-1] + 1):
+        need = (hi1 - lo1) < want
+        if not need.any():
             break
-        w = np.where(reject, np.float32(np.nan), w)
-        w.sort(axis=-1)  # NaN last again, for the next median
-        cur = (~np.isnan(w)).sum(axis=-1).astype(np.int16)
-    n_used = (~np.isnan(w)).sum(axis=-1).astype(np.int16)
-    res = bn.nanmean(w, axis=-1)
-    sig = bn.nanstd(w, axis=-1) if with_sigma else None
-    return np.where(n_used > 0, res, np.nan).astype(np.float32), n_used, (n_valid - n_used).astype(np.int16), sig
+        below = np.where(lo1 > 0, np.abs(_take(sub, lo1 - 1) - centre), np.inf)
+        above = np.where(hi1 < nv, np.abs(_take(sub, hi1) - centre), np.inf)
+        lo1 = lo1 - (need & (below <= above))
+        hi1 = hi1 + (need & (above <= below))
+    lo[pixels], hi[pixels] = lo1, hi1
 
 
-def _finish(w, n_valid, with_sigma):
+def _centre(runs, pixels, lo, hi, mclip, first):
+    """IRAF's mclip: the median of the kept values, or their mean - without the lowest and
+    highest on the first pass. Also returns the runs' stats."""
+    med, k, mean, m2 = runs.stats(pixels, lo, hi)
+    if mclip:
+        return med, (k, mean, m2)
+    if first:
+        sub = runs.s if pixels is None else runs.s[pixels]
+        inner = (k * mean - _take(sub, lo) - _take(sub, hi - 1)) / (k - 2)
+        return np.where(k > 2, inner, mean), (k, mean, m2)
+    return mean, (k, mean, m2)
+
+
+def _iraf_clip(runs, lo, hi, params, spread, extra=None):
+    """IRAF's clipping loop (sigclip, avsigclip, ccdclip): reject about the centre with the
+    spread the method gives (`spread(centre, (k, mean, M2), extra_of_those_pixels)`), until
+    nothing more goes or fewer than max(3, nkeep + 1) are left; then nkeep's add-back."""
+    floor = np.maximum(3, _max_keep(runs.nv, params.nkeep) + 1)
+
+    def step(sub, lo1, hi1, pixels, first):
+        centre, st = _centre(runs, pixels, lo1, hi1, params.mclip, first)
+        ex = extra if extra is None or pixels is None else extra[pixels]
+        sd = spread(centre, st, ex)
+        fl = floor if pixels is None else floor[pixels]
+        return _clip(sub, lo1, hi1, centre - params.low * sd, centre + params.high * sd, (hi1 - lo1) >= fl)
+
+    _iterate(runs.s, lo, hi, step, runs.s.shape[-1])
+    _add_back(runs.s, lo, hi, runs.nv, params.nkeep,
+              lambda v, lo1, hi1: _median_run(v, lo1, hi1) if params.mclip else _nanmean(_run_values(v, lo1, hi1)))
+
+
+def _nanmean(v):
     import bottleneck as bn
 
-    n_used = (~np.isnan(w)).sum(axis=-1).astype(np.int16)
-    res = np.where(n_used > 0, bn.nanmean(w, axis=-1), np.nan).astype(np.float32)
-    sig = bn.nanstd(w, axis=-1) if with_sigma else None
-    return res, n_used, (n_valid - n_used).astype(np.int16), sig
+    return bn.nanmean(v, axis=-1).astype(np.float64)
 
 
-def _clip_iterate(s, n_valid, spread, low, high, maxiters, with_sigma):
-    """Reject x < m - low*spread or x > m + high*spread about the median m, repeating until
-    nothing more is rejected (at most maxiters times), then average what is left."""
-    w = s
-    cur = n_valid
-    for _ in range(max(1, maxiters)):
-        centre = _median_sorted(w, cur, True)
-        sd = spread(w, centre)
-        reject = (w < (centre - low * sd)[..., None]) | (w > (centre + high * sd)[..., None])
-        if not reject.any():
-            break
-        w = np.where(reject, np.float32(np.nan), w)
-        w.sort(axis=-1)
-        cur = (~np.isnan(w)).sum(axis=-1).astype(np.int16)
-    return _finish(w, n_valid, with_sigma)
+def _about(centre, st):
+    """Sum of squared deviations of a run from `centre`, from its moments."""
+    k, mean, m2 = st
+    return m2 + k * (mean - centre) ** 2
 
 
-def _winsorized_spread(w, centre):
-    """Siril's winsorized sigma: values beyond median +- 1.5 sigma are pulled in to those bounds,
-    and 1.134 x the std of the result is the spread (robust to the outliers it must reject)."""
+def _reject_sigmaclip(runs, lo, hi, params, cols):
+    """ccdproc/astropy: centre the median, spread the std (about the mean), `maxiters` passes."""
+    def step(sub, lo1, hi1, pixels, first):
+        med, k, _, m2 = runs.stats(pixels, lo1, hi1)
+        sd = np.sqrt(m2 / k)
+        return _clip(sub, lo1, hi1, med - params.low * sd, med + params.high * sd, hi1 > lo1)
+
+    _iterate(runs.s, lo, hi, step, max(1, params.maxiters))
+
+
+def _reject_sigclip(runs, lo, hi, params, cols):
+    def spread(centre, st, _):  # about the centre, not the mean, with n - 1
+        return np.sqrt(_about(centre, st) / np.maximum(st[0] - 1, 1))
+
+    _iraf_clip(runs, lo, hi, params, spread)
+
+
+def _reject_avsigclip(runs, lo, hi, params, cols):
+    # Per image row, sigma^2 / signal averaged over every pixel with >= 3 values (IRAF), once.
+    centre, st = _centre(runs, None, lo, hi, params.mclip, True)
+    level = np.maximum(1.0, centre + params.sky)
+    use = st[0] >= 3
+    ssq = np.where(use, _about(centre, st) / level, 0.0).reshape(-1, cols).sum(axis=-1)
+    count = np.where(use, st[0], 0).reshape(-1, cols).sum(axis=-1)
+    row_sigma = np.where(count > 1, np.sqrt(ssq / np.maximum(count - 1, 1)), np.nan)
+
+    def spread(centre, st, sigma):
+        return sigma * np.sqrt(np.maximum(1.0, centre + params.sky))
+
+    _iraf_clip(runs, lo, hi, params, spread, np.repeat(row_sigma, cols))
+
+
+def _reject_ccdclip(runs, lo, hi, params, cols):
+    def spread(centre, st, _):  # CCD noise in ADU: read noise, Poisson, flat-field error
+        g = params.gain
+        level = np.abs(centre + params.sky)
+        return np.sqrt(params.rdnoise**2 + g * level + (params.snoise * g * level) ** 2) / g
+
+    _iraf_clip(runs, lo, hi, params, spread)
+
+
+def _reject_pclip(runs, lo, hi, params, cols):
+    """IRAF's percentile clip: the spread is the distance from the median to the value
+    nint(pclip * n / 2) ranks away from it (below for pclip < 0); one pass, then nkeep."""
+    s, k = runs.s, runs.nv.astype(np.int64)
+    centre = runs.med
+    offset = np.rint(abs(params.pclip) * k / 2).astype(np.int64)
+    mid = (k - 1) // 2 if params.pclip < 0 else k // 2
+    rank = np.clip(mid - offset if params.pclip < 0 else mid + offset, 0, np.maximum(k - 1, 0))
+    sd = np.abs(centre - _take(s, rank))
+    lo[:], hi[:] = _clip(s, lo, hi, centre - params.low * sd, centre + params.high * sd, k >= 3)
+    _add_back(s, lo, hi, runs.nv, params.nkeep, _median_run)
+
+
+def _winsorized_sigma(w, centre):
+    """Siril's winsorized sigma: values beyond centre +- 1.5 sigma pulled in to those bounds,
+    1.134 x the std of the result, until it changes by < 0.05% (per pixel, those not yet done)."""
     import bottleneck as bn
 
-    sd = bn.nanstd(w, axis=-1)
+    sd = bn.nanstd(w, axis=-1).astype(np.float64)
+    todo = np.arange(len(sd))
     for _ in range(10):
-        lo, hi = (centre - 1.5 * sd)[..., None], (centre + 1.5 * sd)[..., None]
-        new = 1.134 * bn.nanstd(np.clip(w, lo, hi), axis=-1)
-        if np.allclose(new, sd, rtol=5e-4, equal_nan=True):
-            return new
-        sd = new
+        c, s0 = centre[todo, None], sd[todo, None]
+        new = 1.134 * bn.nanstd(np.clip(w[todo], c - 1.5 * s0, c + 1.5 * s0), axis=-1)
+        done = np.isclose(new, sd[todo], rtol=5e-4) | ~np.isfinite(new)
+        sd[todo] = new
+        todo = todo[~done]
+        if todo.size == 0:
+            break
     return sd
 
 
-def _pclip_sorted(s, n_valid, low, high, pclip, with_sigma):
-    """IRAF's percentile clip: the spread is the distance from the median to the value
-    nint(pclip * n / 2) ranks away from it (below for pclip < 0); one pass, then average."""
-    k = n_valid.astype(np.int64)
-    centre = _median_sorted(s, n_valid, True)
-    offset = np.rint(abs(pclip) * k / 2).astype(np.int64)
-    mid = (k - 1) // 2 if pclip < 0 else k // 2
-    rank = np.clip(mid - offset if pclip < 0 else mid + offset, 0, np.maximum(k - 1, 0))
-    other = np.take_along_axis(s, rank[..., None], -1)[..., 0]
-    sd = np.abs(centre - other)
-    reject = (s < (centre - low * sd)[..., None]) | (s > (centre + high * sd)[..., None])
-    return _finish(np.where(reject, np.float32(np.nan), s), n_valid, with_sigma)
+def _reject_winsorized(runs, lo, hi, params, cols):
+    """Siril's winsorized sigma clipping about the median, repeated until nothing more goes."""
+    def step(sub, lo1, hi1, pixels, first):
+        centre = runs.stats(pixels, lo1, hi1)[0]
+        sd = _winsorized_sigma(_run_values(sub, lo1, hi1), centre)
+        return _clip(sub, lo1, hi1, centre - params.low * sd, centre + params.high * sd, hi1 > lo1)
+
+    _iterate(runs.s, lo, hi, step, 10)
+    _add_back(runs.s, lo, hi, runs.nv, params.nkeep, _median_run)
+
+
+def gesd_critical(n_max: int, alpha: float) -> np.ndarray:
+    """Rosner's critical values: table[n, i] for n values and the i-th removal,
+    lambda_i = (n - i) t / sqrt((n - i - 1 + t^2)(n - i + 1)), t = t_(p, n-i-1),
+    p = 1 - alpha / (2 (n - i + 1)); +inf where undefined."""
+    from scipy.stats import t as student
+
+    table = np.full((n_max + 1, n_max + 1), np.inf)
+    for n in range(3, n_max + 1):
+        for i in range(1, n - 1):
+            df = n - i - 1
+            tv = student.ppf(1 - alpha / (2 * (n - i + 1)), df)
+            table[n, i] = (n - i) * tv / np.sqrt((df + tv * tv) * (n - i + 1))
+    return table
+
+
+def _reject_gesd(runs, lo, hi, params, cols):
+    """Siril's Generalized Extreme Studentized Deviate test (Rosner 1983): up to
+    floor(outliers * n) times, take the value farthest from the mean of what is left,
+    R_i = |x - mean| / std (n - 1); the outliers are the first m removed, m the largest i
+    with R_i > lambda_i. The mean and M2 are downdated as each value goes (Welford)."""
+    s, nv = runs.s, runs.nv
+    crit = gesd_critical(s.shape[-1], params.gesd_alpha)
+    max_out = np.floor(params.gesd_outliers * nv).astype(np.int32)
+    steps, count = [], np.zeros(lo.shape, np.int32)
+    cur_lo, cur_hi = lo.copy(), hi.copy()
+    _, k, mean, m2 = runs.stats(None, lo, hi)
+    for i in range(1, int(max_out.max(initial=0)) + 1):
+        active = (max_out >= i) & (k >= 3)
+        if not active.any():
+            break
+        x_low, x_high = _take(s, cur_lo).astype(np.float64), _take(s, cur_hi - 1).astype(np.float64)
+        high = (x_high - mean) >= (mean - x_low)
+        x = np.where(high, x_high, x_low)
+        stat = np.abs(x - mean) / np.sqrt(m2 / (k - 1))
+        count = np.where(active & (stat > crit[nv, i]), i, count)
+        steps.append((active & ~high, active & high))
+        cur_lo = cur_lo + steps[-1][0]
+        cur_hi = cur_hi - steps[-1][1]
+        k1 = np.where(active, k - 1, k)
+        new_mean = np.where(active, mean - (x - mean) / np.maximum(k1, 1), mean)
+        m2 = np.where(active, np.maximum(m2 - (x - mean) * (x - new_mean), 0), m2)
+        k, mean = k1, new_mean
+    for i, (from_low, from_high) in enumerate(steps, start=1):
+        take = count >= i
+        lo += take & from_low
+        hi -= take & from_high
+    _add_back(s, lo, hi, nv, params.nkeep, _median_run)
+
+
+_REJECT = {
+    "sigmaclip": _reject_sigmaclip, "sigclip": _reject_sigclip, "avsigclip": _reject_avsigclip,
+    "ccdclip": _reject_ccdclip, "pclip": _reject_pclip, "winsorized": _reject_winsorized, "gesd": _reject_gesd,
+}
 
 
 class Cancelled(Exception):
     """Raised from a progress callback to stop a combine."""
+
+
+def check_weights(weights, n: int, method: str):
+    """Weights as float64 summing to 1, or None; ValueError if they cannot be used."""
+    if weights is None:
+        return None
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.shape != (n,) or not np.all(np.isfinite(weights)) or np.any(weights <= 0):
+        raise ValueError(f"weights: need {n} positive numbers, one per frame")
+    if method == "median":
+        raise ValueError("weights apply to the averaging methods, not to median")
+    return weights / weights.sum()
+
+
+def read_planes(sources, y0: int, y1: int) -> np.ndarray:
+    """Rows [y0, y1) of every source as (N, rows, cols) float32 planes, NaN = no data, each
+    frame as (value - zero) * scale."""
+    w = sources[0].shape[1]
+    planes = np.empty((len(sources), y1 - y0, w), dtype=np.float32)
+    for i, src in enumerate(sources):
+        plane = planes[i]
+        src.read_into(y0, y1, plane)
+        if src.zero:
+            plane -= np.float32(src.zero)
+        if src.scale != 1.0:
+            plane *= np.float32(src.scale)
+    np.copyto(planes, np.float32(np.nan), where=np.isinf(planes))
+    return planes
+
+
+def read_block(sources, y0: int, y1: int) -> np.ndarray:
+    """The same rows as a (rows, cols, N) block: frames are read into contiguous planes, then
+    turned once so each pixel's values are contiguous, 4x faster than writing each frame into
+    a strided slot (measured)."""
+    return np.ascontiguousarray(read_planes(sources, y0, y1).transpose(1, 2, 0))
+
+
+def _average_planes(planes: np.ndarray, with_sigma: bool):
+    """The plain average straight from the planes: adding whole planes needs no turn of the
+    block (measured: 2.2 s -> 1.6 s for 16 frames of 4096^2)."""
+    n = len(planes)
+    nan = np.isnan(planes)
+    any_nan = bool(nan.any())
+    if any_nan:
+        planes[nan] = 0
+        n_valid = (n - nan.sum(axis=0)).astype(np.int16)
+    else:
+        n_valid = np.full(planes.shape[1:], n, np.int16)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = planes.sum(axis=0, dtype=np.float64) / n_valid
+        sig = None
+        if with_sigma:
+            m32 = mean.astype(np.float32)
+            ssq = np.zeros(planes.shape[1:], np.float64)
+            for i, plane in enumerate(planes):
+                d = plane - m32
+                if any_nan:
+                    d[nan[i]] = 0
+                ssq += d * d
+            sig = np.sqrt(ssq / n_valid).astype(np.float32)
+    return mean.astype(np.float32), n_valid, np.zeros_like(n_valid), sig
+
+
+def combine_rows(sources, params: CombineParams, y0: int, y1: int, maps: bool = True, weights=None):
+    """Rows [y0, y1) of the combined image: (data, n_used, n_rejected, sigma). One unit of
+    work, the same whichever engine runs it (this machine's threads or a Dask worker)."""
+    if params.method == "average" and weights is None:
+        return _average_planes(read_planes(sources, y0, y1), maps)
+    return reduce_block(read_block(sources, y0, y1), params, with_sigma=maps, weights=weights)
 
 
 def combine(
@@ -326,12 +744,14 @@ def combine(
     block_rows: int | None = None,
     threads: int = 2,
     maps: bool = True,
+    weights=None,
 ) -> CombineResult:
     """Combine `sources` (each: shape, zero, scale, read_into) as (value - zero) * scale.
 
     Blocks of rows are read and reduced by `threads` threads at once (numpy's sort and
     copies release the GIL); buffers stay within `memory_limit` whatever the frame count.
     With `maps` False the per-pixel counts are not kept (n_used/n_rejected are None).
+    `weights` (one per source, > 0) weight the final average of every averaging method.
     """
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
@@ -340,32 +760,14 @@ def combine(
         raise ValueError("nothing to combine")
     h, w = sources[0].shape
     n = len(sources)
-    rows = block_rows or rows_per_block(n, w, memory_limit, params.method, threads)
-    out = np.empty((h, w), dtype=np.float32)
-    n_used = np.empty((h, w), dtype=np.int16) if maps else None
-    n_rej = np.empty((h, w), dtype=np.int16) if maps else None
-    sigma = np.empty((h, w), dtype=np.float32) if maps else None
+    weights = check_weights(weights, n, params.method)
+    rows = block_rows or rows_per_block(n, w, memory_limit, params.method, threads, weights is not None)
+    out = CombineResult.empty((h, w), maps)
     starts = list(range(0, h, rows))
 
     def do_block(y0: int) -> int:
         y1 = min(h, y0 + rows)
-        # Frames are read into contiguous planes, then turned once so each pixel's values
-        # are contiguous: 4x faster than writing each frame into a strided slot (measured).
-        planes = np.empty((n, y1 - y0, w), dtype=np.float32)
-        for i, src in enumerate(sources):
-            plane = planes[i]
-            src.read_into(y0, y1, plane)
-            if src.zero:
-                plane -= np.float32(src.zero)
-            if src.scale != 1.0:
-                plane *= np.float32(src.scale)
-        np.copyto(planes, np.float32(np.nan), where=np.isinf(planes))
-        block = np.ascontiguousarray(planes.transpose(1, 2, 0))
-        del planes
-        res, used, rej, sig = reduce_block(block, params, with_sigma=maps)
-        out[y0:y1] = res
-        if maps:
-            n_used[y0:y1], n_rej[y0:y1], sigma[y0:y1] = used, rej, sig
+        out.put(y0, combine_rows(sources, params, y0, y1, maps, weights))
         return y1
 
     def report(y1: int) -> None:
@@ -395,4 +797,4 @@ def combine(
     finally:
         for src in sources:
             src.close()
-    return CombineResult(out, n_used, n_rej, sigma)
+    return out

@@ -116,10 +116,12 @@ class WizardScreen(Screen):
                 self.app.call_from_thread(self._progress, stage, pct)
 
         def work():
+            from tui_stack import compute
             from tui_stack.core.combine import Cancelled
 
             try:
-                result = fn(progress)
+                with compute.using(self.app.engine()):
+                    result = fn(progress)
             except Cancelled:
                 self.app.call_from_thread(self._finish, None, f"{label}: cancelled", False)
                 return
@@ -140,7 +142,8 @@ class WizardScreen(Screen):
 
     def _progress(self, stage: str, pct: int) -> None:
         self.query_one("#progress", ProgressBar).update(progress=pct)
-        self.status(f"{stage}… {pct}%")
+        dashboard = self.app.dashboard
+        self.status(f"{stage}… {pct}%" + (f"  Dask dashboard: {dashboard}" if dashboard else ""))
 
     def _finish(self, payload, message: str, error: bool) -> None:
         self._worker = None
@@ -196,6 +199,28 @@ class StackApp(App):
             # outputs go where the user is, not into the data directory (often an archive)
             config = Config(directory=Path(directory).resolve(), out_dir=Path.cwd() / "tui-stack-out", frame="auto")
         self.ws = WizardState(config=config, resume=resume)
+        self._engine = None
+
+    def engine(self):
+        """Where the long work runs ([compute] of the config): opened on first use, in the
+        worker thread (a local Dask cluster takes a second or two to start)."""
+        from tui_stack import compute
+
+        cfg = self.ws.config
+        want = (cfg.scheduler, cfg.address, cfg.workers)
+        if self._engine is None or self._engine[0] != want:
+            if self._engine is not None:
+                self._engine[1].close()
+            self._engine = (want, compute.open_compute(*want))
+        return self._engine[1]
+
+    @property
+    def dashboard(self) -> str | None:
+        return getattr(self._engine[1], "dashboard", None) if self._engine else None
+
+    def on_unmount(self) -> None:
+        if self._engine is not None:
+            self._engine[1].close()
 
     def on_mount(self) -> None:
         from tui_stack.tui.files import FilesScreen
