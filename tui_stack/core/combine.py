@@ -208,7 +208,7 @@ class FileSource:
 
 # Working copies of the block each method needs (the block itself, its sorted copy, float64
 # temporaries): sets how many rows fit in the memory limit.
-_COPIES = {"average": 3, "median": 4, "minmax": 5}
+_COPIES = {"average": 3, "median": 4, "minmax": 5, "winsorized": 9, "gesd": 7}
 
 
 def rows_per_block(n_frames: int, width: int, memory_limit: int, method: str = "minmax", threads: int = 2,
