@@ -151,3 +151,14 @@ def test_noise_weights_favour_the_clear_frames(field_subpixel, tmp_path):
     hdr = fits.getheader(tmp_path / "combined_sigclip.fits")
     assert hdr["TSWEIGHT"] == "noise" and hdr["TSNKEEP"] == 2 and hdr["TSMCLIP"] is True
     assert 0.98 < rep["photometry"]["ratio_median"] < 1.02
+
+
+def test_photometry_in_the_registration_pass_equals_the_shifted_frames(field_integer, tmp_path):
+    """Integer shifts: fluxes measured in the unshifted frame during registration are those of
+    the shifted frame (written and measured when write_shifted is on)."""
+    fused = pipeline.run(make_config(field_integer, tmp_path / "a", write_shifted=False))
+    assert all(getattr(f, "early_fluxes", None) is not None for f in fused.frames if f.used)
+    shifted = pipeline.run(make_config(field_integer, tmp_path / "b", write_shifted=True))
+    for a, b in zip(fused.frames, shifted.frames):
+        np.testing.assert_allclose(a.star_flux, b.star_flux, rtol=1e-6)
+        assert a.star_flags == b.star_flags and a.scale == pytest.approx(b.scale, rel=1e-9)

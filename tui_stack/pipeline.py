@@ -244,8 +244,14 @@ def register(state: RunState, progress: Progress = _noop) -> None:
         iy, ix = np.round(reg_stars[:, 1]).astype(int), np.round(reg_stars[:, 0]).astype(int)
         reg_weights = np.clip(ref_sub[iy, ix], 1.0, None)  # peak height: brighter centroids better
     excluded = excluded_indices(cfg, files)
-    ref_measured = (ref_frame, ref_sky, None, None, ref_q)  # measured once, not twice
-    del ref_sub
+    ref_measured = (ref_frame, ref_sky, ref_sub, None, ref_q)  # measured once, not twice
+    early = False
+    if cfg.shift_mode == "integer":
+        try:
+            state.comparison_stars = comparison_stars(state, ref_sky.level)
+            early = True
+        except InputError:
+            pass  # said again, with the frame's name, by the scale step
     def one(i: int) -> FrameResult:
         path = files[i]
         fr = FrameResult(path=path)
@@ -323,6 +329,8 @@ def register(state: RunState, progress: Progress = _noop) -> None:
         if i in excluded:
             fr.used = False
             fr.flags.append("excluded")
+        if early:
+            early_photometry(state, fr, sub, frame.mask)
         return fr
 
     state.frames = list(compute.current().map_in_order(one, range(len(files)), progress, "register"))
@@ -367,28 +375,53 @@ def prepared_frame(state: RunState, i: int) -> tuple[np.ndarray, np.ndarray, obj
     return data, mask, frame.header
 
 
+def comparison_stars(state: RunState, ref_sky: float) -> list:
+    """The config's comparison stars, or (stars = "auto") those picked on the reference frame.
+    No margin for the shifts: a star off one frame is flagged there and left out of that
+    frame's scale only."""
+    cfg = state.config
+    if cfg.stars != "auto":
+        return [tuple(s) for s in cfg.stars]
+    stars = quality.pick_comparison_stars(state.ref_stars, state.shape, ref_sky, cfg.saturation, cfg.radius)
+    if not stars:
+        raise InputError(
+            f"{state.files[state.ref_index].name}: no bright, unsaturated, isolated comparison star found for "
+            '[scale].stars = "auto"; give a list of [x, y] or a smaller [scale].radius'
+        )
+    return stars
+
+
+def _photometry_key(state: RunState, fr: FrameResult) -> tuple:
+    """What a frame's comparison-star fluxes depend on besides its pixels."""
+    cfg = state.config
+    return (tuple(map(tuple, state.comparison_stars)), cfg.radius, cfg.annulus_radii(), cfg.saturation, cfg.phot_sky,
+            fr.applied_shift_x, fr.applied_shift_y, fr.sky, fr.flipped)
+
+
+def early_photometry(state: RunState, fr: FrameResult, sub: np.ndarray, mask: np.ndarray) -> None:
+    """Integer shifts: measure the comparison stars in the unshifted frame at their shifted
+    positions while it is in memory for registration; the same apertures on the same pixels
+    as in the shifted frame (an aperture off the frame is off the shifted frame too), and the
+    scale pass need not read the frame again."""
+    cfg = state.config
+    if cfg.shift_mode != "integer" or not state.comparison_stars or not fr.used:
+        return
+    ax, ay = fr.applied_shift_x, fr.applied_shift_y
+    at = [(x - ax, y - ay) for x, y in state.comparison_stars]
+    fluxes = photometry.measure_stars(sub, mask, at, cfg.radius, fr.sky, cfg.saturation, cfg.annulus_radii())
+    fr.early_fluxes = (_photometry_key(state, fr), fluxes)
+
+
 def measure_scales(state: RunState, progress: Progress = _noop, shifted_dir: Path | None = None) -> None:
     """Comparison-star photometry in each shifted frame and the scale against the reference.
 
     With `shifted_dir`, each prepared frame is also written there as s<name>.
     """
     cfg = state.config
-    if cfg.stars == "auto":
-        # No margin for the shifts: a star off one frame is flagged there and left out of that
-        # frame's scale only.
-        ref_fr = state.frames[state.ref_index]
-        if state.ref_stars is None:  # a resumed session keeps tables, not star lists
-            _, _, _, state.ref_stars, _ = _frame_measure(ref_fr.path, cfg)
-        state.comparison_stars = quality.pick_comparison_stars(
-            state.ref_stars, state.shape, ref_fr.sky, cfg.saturation, cfg.radius
-        )
-        if not state.comparison_stars:
-            raise InputError(
-                f"{ref_fr.name}: no bright, unsaturated, isolated comparison star found for "
-                '[scale].stars = "auto"; give a list of [x, y] or a smaller [scale].radius'
-            )
-    else:
-        state.comparison_stars = [tuple(s) for s in cfg.stars]
+    ref_fr = state.frames[state.ref_index]
+    if cfg.stars == "auto" and state.ref_stars is None:  # a resumed session keeps tables, not star lists
+        _, _, _, state.ref_stars, _ = _frame_measure(ref_fr.path, cfg)
+    state.comparison_stars = comparison_stars(state, ref_fr.sky)
     annulus = cfg.annulus_radii()
     n = len(state.frames)
 
@@ -396,6 +429,9 @@ def measure_scales(state: RunState, progress: Progress = _noop, shifted_dir: Pat
         fr = state.frames[i]
         if not _measurable(fr):
             return None
+        early = getattr(fr, "early_fluxes", None)
+        if shifted_dir is None and early is not None and early[0] == _photometry_key(state, fr):
+            return early[1]  # measured in the registration pass, same stars and shift
         data, mask, header = prepared_frame(state, i)
         fluxes = photometry.measure_stars(data, mask, state.comparison_stars, cfg.radius, fr.sky, cfg.saturation, annulus)
         if shifted_dir is not None:

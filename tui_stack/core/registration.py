@@ -182,8 +182,13 @@ def centroid_at(
     data: np.ndarray, mask: np.ndarray | None, x: float, y: float, box: int, method: str = "2dg"
 ) -> tuple[float, float]:
     """Centroid in a box of `box` px centred on (x, y), with the box's edge level removed."""
-    func = _centroid_func(method)
     y0, y1, x0, x1 = _box(data.shape, x, y, box)
+    if method == "2dg" and y1 - y0 == box and x1 - x0 == box:  # inside the frame: the fast fit
+        from tui_stack.core import gaussfit
+
+        cx, cy = gaussfit.centroids_2dg(data, mask, [x], [y], box)[0]
+        return float(cx), float(cy)
+    func = _centroid_func(method)
     cut = data[y0:y1, x0:x1].astype(np.float64)
     cmask = None if mask is None else mask[y0:y1, x0:x1]
     edge = np.concatenate([cut[0], cut[-1], cut[1:-1, 0], cut[1:-1, -1]])
@@ -269,17 +274,29 @@ def match_stars(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reference stars found again in a frame near where the shift puts them.
 
-    Returns (reference positions, frame centroids), both (k, 2) arrays of x, y."""
-    ref_pts, pts = [], []
+    Returns (reference positions, frame centroids), both (k, 2) arrays of x, y. With "2dg"
+    the stars whose box lies inside the frame are fitted together (core.gaussfit)."""
+    from tui_stack.core import gaussfit
+
+    found_ref, found = [], []
     for x, y in ref_xy:
-        found = find_star(data, mask, x - shift_x, y - shift_y, search, noise, nsigma=5.0)
-        if found is None:
-            continue
-        cx, cy = centroid_at(data, mask, found[0], found[1], box, method)
-        if np.isfinite(cx) and np.isfinite(cy):
-            ref_pts.append((x, y))
-            pts.append((cx, cy))
-    return np.array(ref_pts, dtype=float).reshape(-1, 2), np.array(pts, dtype=float).reshape(-1, 2)
+        f = find_star(data, mask, x - shift_x, y - shift_y, search, noise, nsigma=5.0)
+        if f is not None:
+            found_ref.append((x, y))
+            found.append(f[:2])
+    found_ref = np.array(found_ref, dtype=float).reshape(-1, 2)
+    found = np.array(found, dtype=float).reshape(-1, 2)
+    pts = np.full(found.shape, np.nan)
+    half = box // 2
+    h, w = data.shape
+    inside = ((np.rint(found[:, 0]) - half >= 0) & (np.rint(found[:, 0]) + half < w)
+              & (np.rint(found[:, 1]) - half >= 0) & (np.rint(found[:, 1]) + half < h))
+    if method == "2dg" and inside.any():
+        pts[inside] = gaussfit.centroids_2dg(data, mask, found[inside, 0], found[inside, 1], box)
+    for i in np.flatnonzero(~inside if method == "2dg" else np.ones(len(found), bool)):
+        pts[i] = centroid_at(data, mask, found[i, 0], found[i, 1], box, method)
+    ok = np.isfinite(pts).all(axis=1)
+    return found_ref[ok], pts[ok]
 
 
 def fit_rotation(ref_pts: np.ndarray, pts: np.ndarray) -> tuple[float, float]:
