@@ -13,6 +13,7 @@ from tui_stack.errors import ConfigError
 CENTROIDS = ("com", "1dg", "2dg", "quadratic")
 SHIFT_MODES = ("integer", "subpixel")
 SHIFT_METHODS = ("stars", "star")
+TRANSFORMS = ("auto", "translation", "similarity")
 COMBINE_METHODS = ("average", "median", "minmax", "sigmaclip", "sigclip", "avsigclip", "ccdclip", "pclip", "winsorized",
                    "gesd")
 WEIGHTS = ("none", "exposure", "noise")
@@ -38,6 +39,7 @@ class Config:
     # [shift]
     shift_mode: str = "integer"
     shift_method: str = "stars"  # "stars": many matched stars; "star": the reference star alone (the lab)
+    transform: str = "auto"  # "translation" | "similarity" | "auto": similarity when a rotation is found (subpixel)
     # [scale]
     stars: list | str = "auto"
     radius: float = 20.0
@@ -266,7 +268,8 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable]]] = {
         "centroid": ("centroid", _choice(CENTROIDS)),
         "sky": ("sky", _choice(SKY_METHODS)),
     },
-    "shift": {"mode": ("shift_mode", _choice(SHIFT_MODES)), "method": ("shift_method", _choice(SHIFT_METHODS))},
+    "shift": {"mode": ("shift_mode", _choice(SHIFT_MODES)), "method": ("shift_method", _choice(SHIFT_METHODS)),
+              "transform": ("transform", _choice(TRANSFORMS))},
     "scale": {
         "stars": ("stars", _stars),
         "radius": ("radius", _pos_num),
@@ -331,8 +334,8 @@ def config_from_dict(raw: dict, base_dir: Path = Path(".")) -> Config:
     base = Path(base_dir)
     cfg.directory = (base / cfg.directory).resolve()
     cfg.out_dir = (base / cfg.out_dir).resolve()
-    if cfg.method == "minmax" and cfg.nlow + cfg.nhigh == 0:
-        pass  # a plain average, allowed
+    if cfg.transform == "similarity" and cfg.shift_mode != "subpixel":
+        raise ConfigError('config: [shift].transform = "similarity" resamples the frames: it needs mode = "subpixel"')
     return cfg
 
 

@@ -47,6 +47,7 @@ class FrameResult:
     star_flux: list = field(default_factory=list)
     star_flags: list = field(default_factory=list)
     rotation: float = float("nan")  # degrees, from matching stars after the shift
+    transform: list | None = None  # similarity [a, b, tx, ty] when fitted (subpixel mode): see shifting
     flipped: bool = False  # turned by 180 degrees (meridian flip): read reversed, then shifted
     n_matched: int = 0  # stars matched to the reference and used in the shift fit
     fit_rms: float = float("nan")  # their residual RMS after the fit, px
@@ -255,7 +256,7 @@ def register(state: RunState, progress: Progress = _noop) -> None:
     def one(i: int) -> FrameResult:
         path = files[i]
         fr = FrameResult(path=path)
-        frame, sky, sub, _, q = ref_measured if i == state.ref_index else _frame_measure(path, cfg)
+        frame, sky, sub, frame_stars, q = ref_measured if i == state.ref_index else _frame_measure(path, cfg)
         fr.quality = q
         if frame.shape != state.shape:
             raise InputError(
@@ -319,6 +320,11 @@ def register(state: RunState, progress: Progress = _noop) -> None:
                 fr.rotation, rot_err = registration.fit_rotation(ref_pts, pts)
                 if np.isfinite(fr.rotation) and abs(fr.rotation) > max(ROTATION_LIMIT_DEG, 4 * rot_err):
                     fr.flags.append("rotated")
+                if many and (cfg.transform == "similarity" or "rotated" in fr.flags or "few_matches" in fr.flags):
+                    # turned frames: the shift alone matches few stars, or finds a rotation
+                    _fit_similarity(fr, sub, frame.mask, sky.noise, reg_stars, weights, search, box, method, (w, h),
+                                    apply=cfg.shift_mode == "subpixel" and cfg.transform != "translation",
+                                    star_lists=(ref_stars, frame_stars))
         if fr.used:
             if abs(fr.shift_x) >= w or abs(fr.shift_y) >= h:
                 fr.used = False
@@ -369,9 +375,12 @@ def prepared_frame(state: RunState, i: int) -> tuple[np.ndarray, np.ndarray, obj
     data = frame.data - np.float32(fr.sky)
     if fr.flipped:
         data, frame.mask = data[::-1, ::-1], frame.mask[::-1, ::-1]
-    data, mask = shifting.shift_frame(
-        data, frame.mask, fr.applied_shift_x, fr.applied_shift_y, state.config.shift_mode
-    )
+    if fr.transform is not None and state.config.shift_mode == "subpixel":
+        data, mask = shifting.transform_frame(data, frame.mask, fr.transform)
+    else:
+        data, mask = shifting.shift_frame(
+            data, frame.mask, fr.applied_shift_x, fr.applied_shift_y, state.config.shift_mode
+        )
     return data, mask, frame.header
 
 
@@ -396,6 +405,56 @@ def _photometry_key(state: RunState, fr: FrameResult) -> tuple:
     cfg = state.config
     return (tuple(map(tuple, state.comparison_stars)), cfg.radius, cfg.annulus_radii(), cfg.saturation, cfg.phot_sky,
             fr.applied_shift_x, fr.applied_shift_y, fr.sky, fr.flipped)
+
+
+def _fit_similarity(fr: FrameResult, sub, mask, noise, reg_stars, weights: dict, search: int, box: int,
+                    method: str, size: tuple[int, int], apply: bool, star_lists=None) -> None:
+    """Rotation + scale + shift from every registration star. The shift alone misplaces the
+    outer stars of a turned frame, so the fit grows outwards from the centre: stars within a
+    quarter, then half, then all of the field, each ring found where the fit so far puts it.
+    A rotation found is flagged; with `apply` (subpixel mode) the frame is resampled by it."""
+    w, h = size
+    centre = np.array([(w - 1) / 2, (h - 1) / 2])
+    dist = np.hypot(*(reg_stars - centre).T)
+    reach = dist.max() if len(dist) else 0.0
+    sim = registration.SimilarityFit(1 + 0j, complex(-fr.shift_x, -fr.shift_y), 0, 0, float("nan"))
+    if "few_matches" in fr.flags and star_lists is not None and star_lists[1] is not None:
+        # the cross-correlation itself was thrown off by the turn: start from the star lists
+        ref_list, frame_list = star_lists
+        n = 150
+        guess = registration.coarse_similarity(np.stack([ref_list.x[:n], ref_list.y[:n]], axis=1),
+                                               np.stack([frame_list.x[:n], frame_list.y[:n]], axis=1), centre,
+                                               max_shift=max(w, h) / 4)
+        if guess is not None:
+            sim = guess
+    for k, frac in enumerate((0.25, 0.5, 1.0, 1.0)):
+        near = reg_stars[dist <= frac * reach]
+        if len(near) < 3:
+            continue
+        # first ring: room for a turn of up to ~4 degrees at its edge
+        wide = search + 2 * int(np.ceil(0.07 * frac * reach)) if k == 0 else search
+        ref_pts, pts = registration.match_stars(sub, mask, noise, near, 0.0, 0.0, search=wide, box=box,
+                                                method=method, predicted=sim.apply(near))
+        fit = registration.fit_similarity(ref_pts, pts, [weights[tuple(p)] for p in ref_pts])
+        if fit.n_used >= 3:
+            sim = fit
+    if not np.isfinite(sim.rms) or sim.n_used < MIN_MATCHED:
+        return  # the shift's own result and flags stand
+    fr.rotation = sim.rotation
+    rot_err = float(np.degrees(sim.rms / np.sqrt(np.sum(dist**2) / 2)))
+    if abs(sim.rotation) > max(ROTATION_LIMIT_DEG, 4 * rot_err) and "rotated" not in fr.flags:
+        fr.flags.append("rotated")
+    if not apply:
+        return
+    fr.transform = sim.as_list()
+    fr.n_matched, fr.fit_rms = sim.n_used, sim.rms
+    # the shift reported is that of the field centre
+    moved = sim.apply(centre[None])[0]
+    fr.shift_x, fr.shift_y = float(centre[0] - moved[0]), float(centre[1] - moved[1])
+    fr.flags = [f for f in fr.flags if f not in ("poor_fit", "few_matches", "star_off_frame", "star_not_found",
+                                                 "methods_disagree")]
+    if sim.rms > MAX_FIT_RMS:
+        fr.flags.append("poor_fit")
 
 
 def early_photometry(state: RunState, fr: FrameResult, sub: np.ndarray, mask: np.ndarray) -> None:
@@ -479,7 +538,24 @@ def _shifted_header(header, fr: FrameResult, state: RunState):
     hdr = header.copy()
     for key in ("BZERO", "BSCALE", "BLANK"):
         hdr.remove(key, ignore_missing=True)
-    if "CRPIX1" in hdr and "CRPIX2" in hdr:
+    if fr.transform is not None and state.config.shift_mode == "subpixel":
+        # resampled onto the reference grid: the reference's WCS is now this frame's
+        import warnings
+
+        from astropy.wcs import WCS
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                for key in WCS(hdr).to_header():
+                    hdr.remove(key, ignore_missing=True)
+        except Exception:
+            pass  # no usable WCS to replace
+        hdr.extend([c for c in _reference_header(state).cards if c.keyword not in hdr or c.keyword.startswith(
+            ("CRPIX", "CRVAL", "CD", "PC", "CDELT", "CTYPE", "CUNIT", "WCS", "LON", "LAT", "RADESYS", "EQUINOX"))],
+            update=True)
+        hdr["TSXFORM"] = (" ".join(f"{v:.9g}" for v in fr.transform), "a b tx ty: x'=ax-by+tx y'=bx+ay+ty")
+    elif "CRPIX1" in hdr and "CRPIX2" in hdr:
         if fr.flipped:
             _turn_wcs(hdr, state.shape)
         hdr["CRPIX1"] = hdr["CRPIX1"] + fr.applied_shift_x
@@ -669,9 +745,13 @@ def _reference_header(state: RunState):
             if key in src:
                 keep[key] = (src[key], src.comments[key])
         try:
+            import warnings
+
             from astropy.wcs import WCS
 
-            wcs = WCS(src)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # astropy's notes on fixing DATE-OBS etc.
+                wcs = WCS(src)
             if wcs.has_celestial:
                 keep.extend(wcs.to_header(), unique=True)
         except Exception:
@@ -703,7 +783,8 @@ def report_dict(state: RunState) -> dict:
                 "xcorr_shift_y": _nan_to_none(round(fr.xcorr_shift_y, 3)),
                 "scale_mad": _nan_to_none(round(fr.scale_mad, 6)),
                 "n_scale_stars": fr.n_scale_stars,
-                "rotation_deg": _nan_to_none(round(fr.rotation, 4)),
+                "rotation_deg": _nan_to_none(round(fr.rotation, 5)),
+                "transform": fr.transform,
                 "flipped": fr.flipped,
                 "n_matched": fr.n_matched,
                 "fit_rms": _nan_to_none(round(fr.fit_rms, 4)),

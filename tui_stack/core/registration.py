@@ -270,7 +270,7 @@ def lab_centroid(data: np.ndarray, x: float, y: float, box: int = 100) -> tuple[
 
 def match_stars(
     data: np.ndarray, mask: np.ndarray | None, noise: float, ref_xy, shift_x: float, shift_y: float,
-    search: int = 21, box: int = 9, method: str = "com",
+    search: int = 21, box: int = 9, method: str = "com", predicted: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reference stars found again in a frame near where the shift puts them.
 
@@ -279,8 +279,11 @@ def match_stars(
     from tui_stack.core import gaussfit
 
     found_ref, found = [], []
-    for x, y in ref_xy:
-        f = find_star(data, mask, x - shift_x, y - shift_y, search, noise, nsigma=5.0)
+    ref_xy = np.asarray(ref_xy, float).reshape(-1, 2)
+    if predicted is None:  # where the shift alone puts them
+        predicted = ref_xy - [shift_x, shift_y]
+    for (x, y), (px, py) in zip(ref_xy, predicted):
+        f = find_star(data, mask, px, py, search, noise, nsigma=5.0)
         if f is not None:
             found_ref.append((x, y))
             found.append(f[:2])
@@ -357,6 +360,102 @@ def fit_translation(ref_pts: np.ndarray, pts: np.ndarray, weights: np.ndarray | 
     resid = np.hypot(*(d[keep] - centre).T)
     rms = float(np.sqrt(np.mean(resid**2))) if keep.any() else float("nan")
     return TranslationFit(float(centre[0]), float(centre[1]), n, int(keep.sum()), rms)
+
+
+@dataclass
+class SimilarityFit:
+    """frame position = c * reference position + t, in complex form (x + iy): c = s e^(i theta)."""
+
+    c: complex
+    t: complex
+    n_matched: int
+    n_used: int
+    rms: float  # residual RMS of the stars used, px
+
+    @property
+    def rotation(self) -> float:
+        return float(np.degrees(np.angle(self.c)))
+
+    @property
+    def scale(self) -> float:
+        return float(abs(self.c))
+
+    def apply(self, xy: np.ndarray) -> np.ndarray:
+        z = self.c * (xy[:, 0] + 1j * xy[:, 1]) + self.t
+        return np.stack([z.real, z.imag], axis=1)
+
+    def as_list(self) -> list[float]:
+        """[a, b, tx, ty]: x' = a x - b y + tx, y' = b x + a y + ty."""
+        return [float(self.c.real), float(self.c.imag), float(self.t.real), float(self.t.imag)]
+
+
+def coarse_similarity(ref_xy: np.ndarray, frame_xy: np.ndarray, centre, max_angle: float = 6.0,
+                      max_shift: float = 200.0) -> "SimilarityFit | None":
+    """A first guess of a turned frame's rotation and shift from star lists alone, where the
+    cross-correlation of images fails (a few degrees smear its peak): for each trial angle the
+    frame's stars are turned back about the centre and every reference - frame difference
+    votes in a 2 px grid; true pairs pile up in one cell. Best angle, then refined by 0.1 deg.
+    Lists of the ~150 brightest stars in each frame are enough."""
+    ref_xy = np.asarray(ref_xy, float)
+    frame_xy = np.asarray(frame_xy, float)
+    if len(ref_xy) < 5 or len(frame_xy) < 5:
+        return None
+    cz = complex(centre[0], centre[1])
+    a = ref_xy[:, 0] + 1j * ref_xy[:, 1]
+    b = frame_xy[:, 0] + 1j * frame_xy[:, 1] - cz
+    edges = np.arange(-max_shift, max_shift + 2.0, 2.0)
+
+    def votes(theta):
+        q = b * np.exp(-1j * np.radians(theta)) + cz
+        d = (a[:, None] - q[None, :]).ravel()
+        hist, _, _ = np.histogram2d(d.real, d.imag, bins=(edges, edges))
+        # a pair's difference may straddle a cell edge: count 2x2 cells
+        hist = hist[:-1, :-1] + hist[1:, :-1] + hist[:-1, 1:] + hist[1:, 1:]
+        k = int(np.argmax(hist))
+        i, j = divmod(k, hist.shape[1])
+        return hist.ravel()[k], complex(edges[i] + 2.0, edges[j] + 2.0)
+
+    best = max(((votes(t), t) for t in np.arange(-max_angle, max_angle + 0.25, 0.5)), key=lambda v: v[0][0])
+    theta0 = best[1]
+    best = max(((votes(t), t) for t in np.arange(theta0 - 0.5, theta0 + 0.55, 0.1)), key=lambda v: v[0][0])
+    (count, d), theta = best
+    if count < 5:
+        return None
+    c = np.exp(1j * np.radians(theta))
+    # frame = c (ref - C) + C + t', with ref - (frame turned back) = d  =>  t' = -c d
+    t = cz - c * cz - c * d
+    return SimilarityFit(complex(c), complex(t), int(count), int(count), float("nan"))
+
+
+def fit_similarity(ref_pts: np.ndarray, pts: np.ndarray, weights: np.ndarray | None = None) -> SimilarityFit:
+    """Rotation, scale and shift taking reference positions to the frame's: weighted least
+    squares in complex form, refitted without stars over 3 robust sigma from the fit (as
+    fit_translation). Needs 3 or more stars (NaN otherwise)."""
+    n = len(pts)
+    nan = SimilarityFit(complex(np.nan, np.nan), complex(np.nan, np.nan), n, 0, float("nan"))
+    if n < 3:
+        return nan
+    a = ref_pts[:, 0] + 1j * ref_pts[:, 1]
+    b = pts[:, 0] + 1j * pts[:, 1]
+    w = np.ones(n) if weights is None else np.asarray(weights, float)
+    keep = np.ones(n, bool)
+    c = t = None
+    for _ in range(5):
+        if keep.sum() < 3:
+            return nan
+        wk = w[keep]
+        am, bm = np.average(a[keep], weights=wk), np.average(b[keep], weights=wk)
+        a0, b0 = a[keep] - am, b[keep] - bm
+        c = np.sum(wk * np.conj(a0) * b0) / np.sum(wk * np.abs(a0) ** 2)
+        t = bm - c * am
+        r = np.abs(b - (c * a + t))
+        sigma = 1.4826 * np.median(r[keep]) + 1e-4
+        new_keep = r < max(3 * sigma, 0.01)
+        if np.array_equal(new_keep, keep):
+            break
+        keep = new_keep
+    r = np.abs(b - (c * a + t))[keep]
+    return SimilarityFit(complex(c), complex(t), n, int(keep.sum()), float(np.sqrt(np.mean(r**2))))
 
 
 def star_box(fwhm: float) -> int:

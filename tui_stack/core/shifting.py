@@ -62,3 +62,24 @@ def shift_frame(
         out[out_mask] = 0.0
         return out, out_mask
     raise ValueError(f"unknown shift mode {mode!r}; use 'integer' or 'subpixel'")
+
+
+def transform_frame(data: np.ndarray, mask: np.ndarray | None, transform) -> tuple[np.ndarray, np.ndarray]:
+    """Resample a frame onto the reference grid through a similarity transform
+    [a, b, tx, ty] (reference (x, y) -> frame (a x - b y + tx, b x + a y + ty)), with the
+    same cubic spline as the subpixel shift and the same mask rule."""
+    from scipy import ndimage
+
+    a, b, tx, ty = transform
+    if mask is None:
+        mask = np.zeros(data.shape, dtype=bool)
+    # affine_transform maps output (row, col) = (y, x) to input (row, col)
+    matrix = np.array([[a, b], [-b, a]])
+    offset = (ty, tx)
+    filled = np.where(mask, 0.0, data).astype(np.float32)
+    out = ndimage.affine_transform(filled, matrix, offset, order=3, mode="constant", cval=0.0, prefilter=True)
+    reach = ndimage.affine_transform(mask.astype(np.float32), matrix, offset, order=1, mode="constant", cval=1.0)
+    out_mask = reach > 1e-3
+    out = out.astype(np.float32)
+    out[out_mask] = 0.0
+    return out, out_mask
