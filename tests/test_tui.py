@@ -240,3 +240,34 @@ def test_a_crash_writes_a_log_and_says_where(demo_dir, monkeypatch, tmp_path, ca
     assert app.return_code == 1
     out, err = capfd.readouterr()
     assert f"details in {logs[0]}" in (out + err).replace("\n", "")
+
+
+def test_residual_plot_of_one_frame(demo_dir):
+    """e on the shifts screen plots the highlighted frame's star residuals; e again, the shifts."""
+    import asyncio
+
+    from tui_stack.tui import plot
+
+    cfg = load_config(demo_dir / "demo.toml")
+    app = StackApp(cfg.directory, cfg)
+
+    async def go():
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            for _ in range(2):
+                await pilot.press("n")
+                await settle(pilot)
+            assert app.screen.STEP == 2
+            await pilot.press("down")
+            await settle(pilot)
+            await pilot.press("e")
+            await settle(pilot)
+            view = app.screen.query_one("#plot", plot.PlotView)
+            fr = app.ws.run.frames[1]
+            assert view.title.startswith(fr.name) and len(view.xs) == len(fr.residuals) >= 30
+            assert np.sqrt(np.mean(np.square(view.xs) + np.square(view.ys))) < 0.2  # star - fit, px
+            await pilot.press("e")
+            await settle(pilot)
+            assert view.title == "shifts (px)" and len(view.xs) == sum(f.used for f in app.ws.run.frames)
+
+    asyncio.run(go())

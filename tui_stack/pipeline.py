@@ -48,6 +48,7 @@ class FrameResult:
     star_flags: list = field(default_factory=list)
     rotation: float = float("nan")  # degrees, from matching stars after the shift
     transform: list | None = None  # similarity [a, b, tx, ty] when fitted (subpixel mode): see shifting
+    residuals: list = field(default_factory=list)  # [x, y, dx, dy] of each matched star after the fit
     flipped: bool = False  # turned by 180 degrees (meridian flip): read reversed, then shifted
     n_matched: int = 0  # stars matched to the reference and used in the shift fit
     fit_rms: float = float("nan")  # their residual RMS after the fit, px
@@ -305,6 +306,8 @@ def register(state: RunState, progress: Progress = _noop) -> None:
                                                         search=search, box=box, method=method)
                 fit = registration.fit_translation(ref_pts, pts, [weights[tuple(p)] for p in ref_pts])
                 fr.n_matched, fr.fit_rms = fit.n_used, fit.rms
+                if np.isfinite(fit.dx):
+                    fr.residuals = _residual_table(ref_pts, pts - (ref_pts - [fit.dx, fit.dy]))
                 if many and fit.n_used >= MIN_MATCHED:
                     fr.shift_x, fr.shift_y = fit.dx, fit.dy
                     fr.flags = [f for f in fr.flags if f not in ("star_off_frame", "star_not_found", "methods_disagree")]
@@ -407,6 +410,12 @@ def _photometry_key(state: RunState, fr: FrameResult) -> tuple:
             fr.applied_shift_x, fr.applied_shift_y, fr.sky, fr.flipped)
 
 
+def _residual_table(ref_pts: np.ndarray, resid: np.ndarray) -> list:
+    """[x, y, dx, dy] per matched star: where it is in the reference, and how far its measured
+    position in the frame lies from where the fit puts it (px)."""
+    return np.round(np.column_stack([ref_pts, resid]), 4).tolist()
+
+
 def _fit_similarity(fr: FrameResult, sub, mask, noise, reg_stars, weights: dict, search: int, box: int,
                     method: str, size: tuple[int, int], apply: bool, star_lists=None) -> None:
     """Rotation + scale + shift from every registration star. The shift alone misplaces the
@@ -448,6 +457,7 @@ def _fit_similarity(fr: FrameResult, sub, mask, noise, reg_stars, weights: dict,
         return
     fr.transform = sim.as_list()
     fr.n_matched, fr.fit_rms = sim.n_used, sim.rms
+    fr.residuals = _residual_table(ref_pts, pts - sim.apply(ref_pts))
     # the shift reported is that of the field centre
     moved = sim.apply(centre[None])[0]
     fr.shift_x, fr.shift_y = float(centre[0] - moved[0]), float(centre[1] - moved[1])

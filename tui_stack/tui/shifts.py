@@ -25,6 +25,7 @@ class ShiftsScreen(WizardScreen):
         Binding("k", "blink", "Blink"),
         Binding("x", "exclude", "Use/skip"),
         Binding("r", "measure", "Re-measure"),
+        Binding("e", "residuals", "Residuals"),
         Binding("escape", "cancel_task", "Cancel", show=False),
     ]
 
@@ -38,8 +39,10 @@ class ShiftsScreen(WizardScreen):
             with Vertical(classes="side-narrow"):
                 yield Static("", id="cutinfo", classes="info")
                 yield ImageView(id="cutout", classes="cutout", magnify=True)
-                yield Static("k blink frame/reference\nx use or skip frame\nr measure again", classes="info")
+                yield Static("k blink frame/reference\nx use or skip frame\nr measure again\n"
+                             "e residuals / shifts", classes="info")
         self._showing_ref = False
+        self._residuals = False  # the plot: shifts of all frames, or the fit residuals of one
         self._frame_cut = None
         self._ref_cut = None
 
@@ -83,8 +86,25 @@ class ShiftsScreen(WizardScreen):
 
     def _plot(self) -> None:
         run = self.ws.run
+        view = self.query_one("#plot", plot.PlotView)
+        table = self.query_one(DataTable)
+        if self._residuals and run.frames and table.cursor_row is not None:
+            fr = run.frames[min(table.cursor_row, len(run.frames) - 1)]
+            res = np.array(fr.residuals, float).reshape(-1, 4)
+            view.title = f"{fr.name}: star - fit (px), {len(res)} stars, rms {fmt(fr.fit_rms, '.3f')}"
+            view.xlabel, view.ylabel = "dx", "dy"
+            view.set_data(res[:, 2], res[:, 3])
+            return
         ok = [fr for fr in run.frames if fr.used and np.isfinite(fr.shift_x)]
-        self.query_one("#plot", plot.PlotView).set_data([f.shift_x for f in ok], [f.shift_y for f in ok])
+        view.title, view.xlabel, view.ylabel = "shifts (px)", "x", "y"
+        view.set_data([f.shift_x for f in ok], [f.shift_y for f in ok])
+
+    def action_residuals(self) -> None:
+        """The plot shows the highlighted frame's fit residuals, or the shifts of all frames."""
+        if self.ws.run is None or not self.ws.run.frames:
+            return
+        self._residuals = not self._residuals
+        self._plot()
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         run = self.ws.run
@@ -92,6 +112,8 @@ class ShiftsScreen(WizardScreen):
             return
         i = int(event.row_key.value)
         fr = run.frames[i]
+        if self._residuals:
+            self._plot()
         self.query_one("#cutinfo", Static).update(f"[b]{fr.name}[/]\nafter shift ({fmt(fr.applied_shift_x, 'g')}, "
                                                   f"{fmt(fr.applied_shift_y, 'g')})")
         if not np.isfinite(fr.shift_x):
