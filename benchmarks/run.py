@@ -249,6 +249,121 @@ def siril_stack(files: list[Path], method: str, work: Path) -> dict:
     return res
 
 
+def siril_register_stack(files: list[Path], work: Path, truth: dict) -> dict | None:
+    """Siril's own whole job on the same frames: convert, global star registration, median
+    stack (timed, default threads). Then, untimed, the registration again on one thread so
+    its log can be read frame by frame: Siril 1.0.6 prints each frame's dx, dy (2 decimals;
+    x negated and y as is against our convention, its rows run bottom-up) and keeps them
+    nowhere else once it has written the registered frames."""
+    def fresh(d: Path) -> Path:  # a registered sequence changes what a second register reports
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+        for f in files:
+            os.symlink(f, d / f.name)
+        return d
+
+    d = fresh(work)
+    (d / "all.ssf").write_text(f"requires 1.0.0\nconvert f -out={d}\nregister f_\nstack r_f_ med -nonorm -out=result\n")
+    res = measure(["siril-cli", "-d", str(d), "-s", str(d / "all.ssf")])
+    res["ok"] = res["ok"] and any(d.glob("result*"))
+    d = fresh(work)
+    (d / "shifts.ssf").write_text(f"requires 1.0.0\nconvert f -out={d}\nsetcpu 1\nregister f_ -noout\n")
+    log = subprocess.run(["siril-cli", "-d", str(d), "-s", str(d / "shifts.ssf")], capture_output=True,
+                         text=True).stdout
+    shutil.rmtree(work, ignore_errors=True)
+    res["shift_rms_px"] = _rms_vs_truth(_siril_shifts(log, len(files)), truth)
+    return res
+
+
+def registration_case(work: Path) -> list[dict]:
+    """The precision race of issue #10 on its own kind of frames: 8 crowded 1024^2 frames,
+    subpixel offsets, a star 3x brighter near the reference star, one frame at half
+    transparency. tui-stack (many stars, stars = "auto") against Siril's global star
+    alignment, shift only (-norot) and its default similarity; shift RMS against the truth,
+    and tui-stack's scale error (Siril does not scale from stars)."""
+    from astropy.io import fits
+
+    from tui_stack.core import synthetic
+
+    d = CACHE / "crowded"
+    spec = synthetic.FieldSpec(n_frames=8, shape=(1024, 1024), n_stars=600, max_shift=10, seed=5,
+                               bright_neighbour=40.0, transparencies=(1, 0.95, 0.9, 0.5, 1, 0.97, 0.92, 1.0))
+    truth = synthetic.write_field(d, spec)
+    t = {"shifts": truth.shifts.tolist()}
+    out = []
+    cfg = work / "crowded.toml"
+    cfg.write_text(f"""
+[input]
+directory = "{d}"
+pattern = "demo_*.fits"
+[reference]
+frame = 0
+star = [{truth.ref_star[0]:.1f}, {truth.ref_star[1]:.1f}]
+[shift]
+mode = "subpixel"
+[scale]
+stars = "auto"
+radius = 12
+[combine]
+method = "median"
+[output]
+directory = "{work / 'crowded_out'}"
+write_shifted = false
+""")
+    res = measure(tui_stack_cmd() + ["run", str(cfg), "--quiet"])
+    rep = json.loads((work / "crowded_out" / "report.json").read_text())
+    res["shift_rms_px"] = _rms_vs_truth([[f["shift_x"], f["shift_y"]] for f in rep["frames"]], t)
+    scales = np.array([f["scale"] for f in rep["frames"]])
+    res["scale_err_max"] = round(float(np.abs(scales / truth.scales - 1).max()), 5)
+    out.append({"tool": "tui-stack", "case": "register 8x1024 crowded", **res})
+    if siril_available():
+        # Siril mis-scales float32 frames without DATAMAX: it gets a copy that has one
+        conv = work / "crowded_siril_in"
+        shutil.rmtree(conv, ignore_errors=True)
+        conv.mkdir(parents=True)
+        for f in truth.files:
+            data, hdr = fits.getdata(f, header=True)
+            hdr["DATAMAX"] = 65535.0
+            fits.PrimaryHDU(data.astype(np.float32), hdr).writeto(conv / f.name)
+        for label, opt in (("shift only", "-norot"), ("similarity", "")):
+            w = work / "crowded_siril"
+            shutil.rmtree(w, ignore_errors=True)
+            w.mkdir()
+            for f in truth.files:
+                os.symlink(conv / f.name, w / f.name)
+            (w / "r.ssf").write_text(f"requires 1.0.0\nconvert demo -out={w}\nsetcpu 1\nregister demo_ -noout {opt}\n")
+            t0 = time.perf_counter()
+            log = subprocess.run(["siril-cli", "-d", str(w), "-s", str(w / "r.ssf")], capture_output=True, text=True).stdout
+            got = _siril_shifts(log, len(truth.files))
+            out.append({"tool": "siril", "case": f"register ({label}, 1 thread)", "wall_s": round(time.perf_counter() - t0, 2),
+                        "peak_rss_mb": None, "ok": bool(np.isfinite(got).all()), "output": "",
+                        "shift_rms_px": _rms_vs_truth(got, t)})
+            shutil.rmtree(w, ignore_errors=True)
+    return out
+
+
+def _siril_shifts(log: str, n: int) -> np.ndarray:
+    """Per-frame (x, y) shifts in our convention from Siril 1.0.6's one-thread register log."""
+    shifts, current, dx = {}, None, None
+    for line in log.splitlines():
+        if "Processing image" in line:
+            # "Processing image N (...)" comes before the dx, dy of 0-based image N (checked
+            # against the truth: its own file name in that line is one behind)
+            current = int(line.split("Processing image")[1].split()[0])
+        elif line.startswith("log: dx:"):
+            dx = float(line.split()[2])
+        elif line.startswith("log: dy:") and current is not None and dx is not None:
+            shifts[current] = (-dx, float(line.split()[2]))
+            current = dx = None
+    return np.array([shifts.get(i, (np.nan, np.nan)) if i else (0.0, 0.0) for i in range(n)])
+
+
+def _rms_vs_truth(shifts: np.ndarray, truth: dict) -> float | None:
+    err = np.asarray(shifts, float)[1:] - np.asarray(truth["shifts"], float)[1:]
+    return None if not np.isfinite(err).all() else round(float(np.sqrt(np.mean(np.sum(err**2, axis=1)))), 4)
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -261,7 +376,18 @@ def main() -> int:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--memory-limit", default="256MB")
     ap.add_argument("--dask", action="store_true", help="add the median combine on a local Dask cluster")
+    ap.add_argument("--registration", action="store_true",
+                    help="only the registration race: 8 crowded 1024^2 frames with subpixel offsets, vs Siril")
     args = ap.parse_args()
+    if args.registration:
+        work = CACHE / "work"
+        work.mkdir(parents=True, exist_ok=True)
+        rows = registration_case(work)
+        for r in rows:
+            print(f"{r['tool']:10s} {r['case']:34s} {r['wall_s']!s:>6} s  shift rms {r['shift_rms_px']} px"
+                  + (f"  scale error max {r['scale_err_max']}" if "scale_err_max" in r else ""))
+        (HERE / "results-registration.json").write_text(json.dumps(rows, indent=2))
+        return 0
     if args.small:
         args.frames, args.size = 10, 1024
     methods = [m for m in args.methods.split(",") if m]
@@ -300,7 +426,17 @@ def main() -> int:
         except ImportError:
             print("dask column skipped: pip install 'tui-stack[dask]'")
     cfg = run_config(frames_dir, truth, work)
-    add("tui-stack", "run", measure(ts + ["run", str(cfg), "--quiet", "--memory-limit", args.memory_limit]))
+    res = measure(ts + ["run", str(cfg), "--quiet", "--memory-limit", args.memory_limit])
+    report = work / "run" / "report.json"
+    if res["ok"] and report.exists():
+        frames = json.loads(report.read_text())["frames"]
+        res["shift_rms_px"] = _rms_vs_truth([[f["shift_x"], f["shift_y"]] for f in frames], truth)
+    add("tui-stack", "run", res)
+    if args.only == "all" and siril_available():
+        res = siril_register_stack(files, work / "siril_run", truth)
+        rows.append({"tool": "siril", "case": "run", **res})  # the ratio below compares it with ours
+        print(f"siril      run        {res['wall_s']!s:>8} s {res['peak_rss_mb']!s:>8} MB "
+              f"{'ok' if res['ok'] else 'FAILED'} (register + median; shift rms {res['shift_rms_px']} px)", flush=True)
     if args.only == "all":
         lab_out = work / "lab"
         lab_out.mkdir(exist_ok=True)
@@ -332,11 +468,12 @@ def print_table(result: dict) -> None:
     from rich.table import Table
 
     t = Table(title=f"{result['frames']} frames of {result['size']}² float32 ({result['machine']})")
-    for col in ("tool", "case", "wall s", "peak RSS MB", "x floor", "x slower than tui-stack", "x more memory"):
+    for col in ("tool", "case", "wall s", "peak RSS MB", "x floor", "x slower than tui-stack", "x more memory",
+                "shift rms px"):
         t.add_column(col, justify="left" if col in ("tool", "case") else "right")
     for r in result["rows"]:
         t.add_row(r["tool"], r["case"], str(r["wall_s"]), str(r["peak_rss_mb"]), str(r.get("x_floor", "")),
-                  str(r.get("time_ratio", "")), str(r.get("memory_ratio", "")))
+                  str(r.get("time_ratio", "")), str(r.get("memory_ratio", "")), str(r.get("shift_rms_px", "")))
     Console().print(t)
 
 
