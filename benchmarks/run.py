@@ -343,6 +343,34 @@ write_shifted = false
     return out
 
 
+def first_paint(directory: Path, runs: int = 5) -> dict | None:
+    """Seconds from typing `tui-stack DIR` in a shell in tmux (80x24) until the wizard's step
+    bar is on the screen, polled every 5 ms; the median of `runs`. None without tmux."""
+    if shutil.which("tmux") is None:
+        return None
+    sock = "tui-stack-paint"
+
+    def tmux(*a):
+        return subprocess.run(["tmux", "-L", sock, *a], capture_output=True, text=True)
+
+    exe = " ".join(tui_stack_cmd())
+    times = []
+    for _ in range(runs):
+        tmux("kill-server")
+        tmux("new-session", "-d", "-s", sock, "-x", "80", "-y", "24", "bash --norc")
+        time.sleep(0.3)
+        t0 = time.perf_counter()
+        tmux("send-keys", "-t", sock, f"{exe} {directory}", "Enter")
+        while time.perf_counter() - t0 < 20:
+            if "1 Files" in tmux("capture-pane", "-p", "-t", sock).stdout:
+                times.append(time.perf_counter() - t0)
+                break
+            time.sleep(0.005)
+        tmux("kill-server")
+    return {"wall_s": round(float(np.median(times)), 3) if times else None, "peak_rss_mb": None,
+            "ok": len(times) == runs, "output": ""}
+
+
 def _siril_shifts(log: str, n: int) -> np.ndarray:
     """Per-frame (x, y) shifts in our convention from Siril 1.0.6's one-thread register log."""
     shifts, current, dx = {}, None, None
@@ -402,6 +430,9 @@ def main() -> int:
               flush=True)
 
     ts = tui_stack_cmd()
+    paint = first_paint(frames_dir)
+    if paint is not None:
+        add("tui-stack", "first paint", paint)
     add("floor", "read+write", measure([sys.executable, "-c", FLOOR_SCRIPT, str(work / "floor.fits"), *map(str, files)]))
     for m in methods:
         add("tui-stack", m, measure(ts + ["combine", *map(str, files), "--method", m, "--out", str(work / f"ours_{m}.fits"),
@@ -446,9 +477,9 @@ def main() -> int:
 
     # ratios: each reference tool against tui-stack on the same case
     ours = {r["case"]: r for r in rows if r["tool"] == "tui-stack"}
-    floor = rows[0]
+    floor = next(r for r in rows if r["tool"] == "floor")
     for r in rows:
-        if r["tool"] == "tui-stack" and r["case"] != "run" and floor["ok"]:
+        if r["tool"] == "tui-stack" and r["case"] not in ("run", "first paint") and floor["ok"]:
             r["x_floor"] = round(r["wall_s"] / floor["wall_s"], 2)
         o = ours.get(r["case"] if r["tool"] != "lab" else "run")
         if r["tool"] not in ("tui-stack", "floor") and o and r["ok"] and o["ok"] and r["wall_s"]:
