@@ -247,13 +247,13 @@ def register(state: RunState, progress: Progress = _noop) -> None:
         reg_weights = np.clip(ref_sub[iy, ix], 1.0, None)  # peak height: brighter centroids better
     excluded = excluded_indices(cfg, files)
     ref_measured = (ref_frame, ref_sky, ref_sub, None, ref_q)  # measured once, not twice
-    early = False
-    if cfg.shift_mode == "integer":
-        try:
-            state.comparison_stars = comparison_stars(state, ref_sky.level)
-            early = True
-        except InputError:
-            pass  # said again, with the frame's name, by the scale step
+    early = False  # comparison-star photometry in this pass (see early_photometry)
+    try:
+        state.comparison_stars = comparison_stars(state, ref_sky.level)
+        early = True
+    except InputError:
+        pass  # said again, with the frame's name, by the scale step
+
     def one(i: int) -> FrameResult:
         path = files[i]
         fr = FrameResult(path=path)
@@ -407,7 +407,7 @@ def _photometry_key(state: RunState, fr: FrameResult) -> tuple:
     """What a frame's comparison-star fluxes depend on besides its pixels."""
     cfg = state.config
     return (tuple(map(tuple, state.comparison_stars)), cfg.radius, cfg.annulus_radii(), cfg.saturation, cfg.phot_sky,
-            fr.applied_shift_x, fr.applied_shift_y, fr.sky, fr.flipped)
+            fr.applied_shift_x, fr.applied_shift_y, fr.sky, fr.flipped, tuple(fr.transform or ()))
 
 
 def _residual_table(ref_pts: np.ndarray, resid: np.ndarray) -> list:
@@ -468,15 +468,22 @@ def _fit_similarity(fr: FrameResult, sub, mask, noise, reg_stars, weights: dict,
 
 
 def early_photometry(state: RunState, fr: FrameResult, sub: np.ndarray, mask: np.ndarray) -> None:
-    """Integer shifts: measure the comparison stars in the unshifted frame at their shifted
-    positions while it is in memory for registration; the same apertures on the same pixels
-    as in the shifted frame (an aperture off the frame is off the shifted frame too), and the
-    scale pass need not read the frame again."""
+    """Measure the comparison stars in the frame as it is, at where the registration puts
+    them, while it is in memory for registration: the scale pass need not read it again.
+    Integer shifts: the same apertures on the same pixels as in the shifted frame (an
+    aperture off the frame is off the shifted frame too). Subpixel shifts and rotations:
+    the apertures sit at fractional positions (photutils' exact overlap) on pixels never
+    interpolated, so a resampling's smoothing cannot bias the flux ratios."""
     cfg = state.config
-    if cfg.shift_mode != "integer" or not state.comparison_stars or not fr.used:
+    if not state.comparison_stars or not fr.used:
         return
-    ax, ay = fr.applied_shift_x, fr.applied_shift_y
-    at = [(x - ax, y - ay) for x, y in state.comparison_stars]
+    ref_xy = np.array(state.comparison_stars, float)
+    if fr.transform is not None and cfg.shift_mode == "subpixel":
+        a, b, tx, ty = fr.transform
+        at = np.column_stack([a * ref_xy[:, 0] - b * ref_xy[:, 1] + tx, b * ref_xy[:, 0] + a * ref_xy[:, 1] + ty])
+    else:
+        at = ref_xy - [fr.applied_shift_x, fr.applied_shift_y]
+    at = [tuple(p) for p in at]
     fluxes = photometry.measure_stars(sub, mask, at, cfg.radius, fr.sky, cfg.saturation, cfg.annulus_radii())
     fr.early_fluxes = (_photometry_key(state, fr), fluxes)
 
@@ -499,10 +506,13 @@ def measure_scales(state: RunState, progress: Progress = _noop, shifted_dir: Pat
         if not _measurable(fr):
             return None
         early = getattr(fr, "early_fluxes", None)
-        if shifted_dir is None and early is not None and early[0] == _photometry_key(state, fr):
-            return early[1]  # measured in the registration pass, same stars and shift
+        fluxes = early[1] if early is not None and early[0] == _photometry_key(state, fr) else None
+        if fluxes is not None and shifted_dir is None:
+            return fluxes  # measured in the registration pass: nothing to read
         data, mask, header = prepared_frame(state, i)
-        fluxes = photometry.measure_stars(data, mask, state.comparison_stars, cfg.radius, fr.sky, cfg.saturation, annulus)
+        if fluxes is None:
+            fluxes = photometry.measure_stars(data, mask, state.comparison_stars, cfg.radius, fr.sky, cfg.saturation,
+                                              annulus)
         if shifted_dir is not None:
             write_shifted(state, i, data, mask, header, shifted_dir / f"s{fr.name}")
         return fluxes
