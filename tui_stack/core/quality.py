@@ -182,12 +182,25 @@ def best_reference(qs: list[FrameQuality]) -> int:
     return best
 
 
-def _isolated(stars: Stars, i: int, radius: float, ratio: float, sat_radius: float, saturated: np.ndarray) -> bool:
-    d = np.hypot(stars.x - stars.x[i], stars.y - stars.y[i])
-    d[i] = np.inf
-    if np.any((d < radius) & (stars.peak >= ratio * stars.peak[i])):
-        return False
-    return not np.any((d < sat_radius) & saturated)
+def _isolated(stars: Stars, idx: np.ndarray, radius: float, ratio: float, sat_radius: float,
+              saturated: np.ndarray) -> np.ndarray:
+    """For stars `idx`: no star at least `ratio` as bright within `radius`, no saturated star
+    within `sat_radius`. One KD-tree query for all (a loop over 2000 stars took 0.12 s)."""
+    from scipy.spatial import cKDTree
+
+    ok = np.ones(len(idx), bool)
+    if len(idx) == 0:
+        return ok
+    xy = np.column_stack([stars.x, stars.y])
+    near = cKDTree(xy).query_ball_point(xy[idx], max(radius, sat_radius))
+    for k, (i, nb) in enumerate(zip(idx, near)):
+        nb = np.array([j for j in nb if j != i], dtype=int)
+        if nb.size == 0:
+            continue
+        d = np.hypot(stars.x[nb] - stars.x[i], stars.y[nb] - stars.y[i])
+        ok[k] = not (np.any((d < radius) & (stars.peak[nb] >= ratio * stars.peak[i]))
+                     or np.any((d < sat_radius) & saturated[nb]))
+    return ok
 
 
 def pick_reference_star(stars: Stars, shape, sky: float, saturation: float | None, box: int) -> tuple[float, float] | None:
@@ -197,17 +210,9 @@ def pick_reference_star(stars: Stars, shape, sky: float, saturation: float | Non
     limit = np.inf if saturation is None else 0.5 * saturation - sky
     saturated = np.zeros(len(stars), bool) if saturation is None else stars.peak + sky >= 0.9 * saturation
     margin = box / 2 + 10
-    cands = []
-    for i in range(len(stars)):
-        if stars.peak[i] >= limit:
-            continue
-        if not (margin <= stars.x[i] < w - margin and margin <= stars.y[i] < h - margin):
-            continue
-        if not _isolated(stars, i, box / 2, 0.5, box / 2, saturated):
-            continue
-        cands.append(i)
-        if len(cands) == 5:
-            break
+    first = np.flatnonzero((stars.peak < limit) & (margin <= stars.x) & (stars.x < w - margin)
+                           & (margin <= stars.y) & (stars.y < h - margin))
+    cands = list(first[_isolated(stars, first, box / 2, 0.5, box / 2, saturated)][:5])
     if not cands:
         return None
     centre = min(cands, key=lambda i: np.hypot(stars.x[i] - w / 2, stars.y[i] - h / 2))
@@ -223,13 +228,10 @@ def pick_comparison_stars(
     saturated = np.zeros(len(stars), bool) if saturation is None else stars.peak + sky >= 0.9 * saturation
     edge = radius + 15 + margin
     cells: dict[tuple[int, int], list[int]] = {}
-    for i in range(len(stars)):
-        x, y = stars.x[i], stars.y[i]
-        if stars.peak[i] >= limit or not (edge <= x < w - edge and edge <= y < h - edge):
-            continue
-        if not _isolated(stars, i, radius + 5, 0.5, radius + 10, saturated):
-            continue
-        cells.setdefault((int(3 * y / h), int(3 * x / w)), []).append(i)
+    first = np.flatnonzero((stars.peak < limit) & (edge <= stars.x) & (stars.x < w - edge)
+                           & (edge <= stars.y) & (stars.y < h - edge))
+    for i in first[_isolated(stars, first, radius + 5, 0.5, radius + 10, saturated)]:
+        cells.setdefault((int(3 * stars.y[i] / h), int(3 * stars.x[i] / w)), []).append(int(i))
     picked: list[int] = []
     rank = 0
     while len(picked) < n_max and any(rank < len(v) for v in cells.values()):
