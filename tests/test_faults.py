@@ -252,3 +252,46 @@ def test_real_sigint_exit_130_nothing_partial(tmp_path):
         pytest.skip("the run finished before the signal arrived")
     assert proc.returncode == 130 and "Traceback" not in err
     assert not any(out.glob("*.part")) and not any(out.glob("combined_*")) and not any(out.glob("sdemo_*"))
+
+
+def test_combine_command_streams_its_output_and_leaves_nothing_on_a_full_disk(field, tmp_path, capsys, monkeypatch):
+    """tui-stack combine writes the image block by block (never whole in memory); a disk that
+    fills up half-way leaves neither the output nor its temporary file."""
+    import errno
+
+    from tui_stack.core import combine
+
+    truth, _ = field
+    frames = truth.files
+    out = tmp_path / "c.fits"
+    writes = []
+    real = fits.StreamingHDU.write
+
+    def counting(self, data):
+        writes.append(len(data))
+        return real(self, data)
+
+    monkeypatch.setattr(fits.StreamingHDU, "write", counting)
+    monkeypatch.setattr(combine, "rows_per_block", lambda *a, **k: 16)
+    code, _, err = run_cli(["combine", *frames, "--method", "median", "--out", out, "--maps"], capsys)
+    assert code == 0, err
+    assert len(writes) > 4 and sum(writes) == fits.getheader(out)["NAXIS2"]
+    want = np.median(np.array([fits.getdata(f).astype(np.float64) for f in frames]), axis=0)
+    np.testing.assert_allclose(fits.getdata(out), want, rtol=2e-6)
+    with fits.open(out) as h:
+        assert [x.name for x in h] == ["PRIMARY", "NUSED", "NREJECTED", "SIGMA"]
+
+    calls = []
+
+    def full_disk(self, data):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(fits.StreamingHDU, "write", full_disk)
+    out2 = tmp_path / "full" / "c.fits"
+    out2.parent.mkdir()
+    code, _, err = run_cli(["combine", *frames, "--method", "median", "--out", out2], capsys)
+    assert_one_line_error(code, err, "c.fits", "no space left")
+    assert list(out2.parent.iterdir()) == []

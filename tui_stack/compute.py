@@ -119,7 +119,7 @@ class DaskCompute:
         yield from _ordered(submit, lambda f: f.result(), None, items, 2 * self.parallel, progress, stage)
 
     def combine(self, sources, params, memory_limit, progress=None, block_rows=None, maps=True, weights=None,
-                threads: int = 1):
+                threads: int = 1, sink=None):
         """As core.combine.combine, each block of rows a task; memory_limit bounds each task."""
         from tui_stack.core import combine
 
@@ -129,7 +129,7 @@ class DaskCompute:
         n = len(sources)
         weights = combine.check_weights(weights, n, params.method)
         rows = block_rows or combine.rows_per_block(n, w, memory_limit, params.method, 1, weights is not None)
-        out = combine.CombineResult.empty((h, w), maps)
+        out = combine.CombineResult.empty((h, w), maps, keep_data=sink is None)
         shared = self.client.scatter(list(sources), broadcast=True, hash=False)
         starts = list(range(0, h, rows))
 
@@ -143,6 +143,8 @@ class DaskCompute:
 
         for y0, block in zip(starts, _ordered(submit, lambda f: f.result(), None, starts, 2 * self.parallel,
                                               report, "combine")):
+            if sink is not None:
+                sink(y0, block)
             out.put(y0, block)
         return out
 

@@ -67,8 +67,6 @@ def _number_or_keyword(text: str):
 
 
 def combine_files(args, console) -> Path:
-    from astropy.io import fits
-
     from tui_stack.config import parse_size
     from tui_stack.core import combine, io
 
@@ -123,13 +121,28 @@ def combine_files(args, console) -> Path:
     from tui_stack import compute
 
     scheduler = args.scheduler or ("dask" if args.address else "local")
+    hdr = _provenance(args, params, paths, ox, oy, scales, zeros, weights)
     engine = compute.open_compute(scheduler, args.address, args.workers)
-    try:
-        result = engine.combine(sources, params, memory_limit=limit, maps=args.maps, weights=weights)
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
-    finally:
-        engine.close()
+    # the image goes to disk block by block as it is combined: never whole in memory
+    with io.FitsStream(out, hdr, shape) as stream:
+        try:
+            result = engine.combine(sources, params, memory_limit=limit, maps=args.maps, weights=weights,
+                                    sink=lambda y0, block: stream.write(block[0]))
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        finally:
+            engine.close()
+        stream.finish(io.map_hdus(result))
+    console.print(f"{args.method} of {n} frames -> {out}")
+    return out
+
+
+def _provenance(args, params, paths, ox, oy, scales, zeros, weights):
+    from astropy.io import fits
+
+    from tui_stack.core import combine
+
+    n = len(paths)
     hdr = fits.Header()
     hdr["TSVERS"] = (__version__, "tui-stack version")
     for key, _, value, comment in combine.method_parameters(params):
@@ -141,6 +154,4 @@ def combine_files(args, console) -> Path:
         hdr[f"IMCMB{k:03d}"] = p.name
         hdr.add_history(f"{p.name} offset=({dx},{dy}) zero={z:g} scale={sc:g}"
                         + (f" weight={wt:.5f}" if wt is not None else ""))
-    io.write_fits_atomic(out, fits.HDUList([fits.PrimaryHDU(result.data, hdr)] + io.map_hdus(result)))
-    console.print(f"{args.method} of {n} frames -> {out}")
-    return out
+    return hdr

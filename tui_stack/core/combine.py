@@ -106,17 +106,18 @@ class CombineResult:
     sigma: np.ndarray | None = None  # float32: std of the values that went in (IRAF's sigma image)
 
     @classmethod
-    def empty(cls, shape, maps: bool) -> "CombineResult":
+    def empty(cls, shape, maps: bool, keep_data: bool = True) -> "CombineResult":
         def a(dtype):
             return np.empty(shape, dtype) if maps else None
 
-        return cls(np.empty(shape, np.float32), a(np.int16), a(np.int16), a(np.float32))
+        return cls(np.empty(shape, np.float32) if keep_data else None, a(np.int16), a(np.int16), a(np.float32))
 
     def put(self, y0: int, rows) -> None:
         """Store the rows [y0, y0 + len) that combine_rows returned."""
         data, used, rej, sig = rows
         y1 = y0 + len(data)
-        self.data[y0:y1] = data
+        if self.data is not None:
+            self.data[y0:y1] = data
         if self.n_used is not None:
             self.n_used[y0:y1], self.n_rejected[y0:y1], self.sigma[y0:y1] = used, rej, sig
 
@@ -745,6 +746,7 @@ def combine(
     threads: int = 2,
     maps: bool = True,
     weights=None,
+    sink: Callable[[int, tuple], None] | None = None,
 ) -> CombineResult:
     """Combine `sources` (each: shape, zero, scale, read_into) as (value - zero) * scale.
 
@@ -752,6 +754,8 @@ def combine(
     copies release the GIL); buffers stay within `memory_limit` whatever the frame count.
     With `maps` False the per-pixel counts are not kept (n_used/n_rejected are None).
     `weights` (one per source, > 0) weight the final average of every averaging method.
+    With `sink`, each block (y0, (data, n_used, n_rejected, sigma)) goes to sink in row order
+    as it is done and only the maps (if asked for) are kept: the image itself is never held.
     """
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
@@ -762,17 +766,19 @@ def combine(
     n = len(sources)
     weights = check_weights(weights, n, params.method)
     rows = block_rows or rows_per_block(n, w, memory_limit, params.method, threads, weights is not None)
-    out = CombineResult.empty((h, w), maps)
+    out = CombineResult.empty((h, w), maps, keep_data=sink is None)
     starts = list(range(0, h, rows))
 
-    def do_block(y0: int) -> int:
-        y1 = min(h, y0 + rows)
-        out.put(y0, combine_rows(sources, params, y0, y1, maps, weights))
-        return y1
+    def do_block(y0: int):
+        return y0, combine_rows(sources, params, y0, min(h, y0 + rows), maps, weights)
 
-    def report(y1: int) -> None:
+    def report(done) -> None:  # called in row order
+        y0, block = done
+        if sink is not None:
+            sink(y0, block)
+        out.put(y0, block)
         if progress is not None:
-            progress(y1, h)
+            progress(y0 + len(block[0]), h)
 
     try:
         if threads > 1 and len(starts) > 1:

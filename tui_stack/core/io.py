@@ -326,6 +326,67 @@ def _atomically(path: Path, write) -> None:
         raise
 
 
+class FitsStream:
+    """A float32 image written to `path` row block by row block (astropy's StreamingHDU), so
+    the whole image is never held in memory: into a temporary file beside `path`, renamed over
+    it once complete (`finish`), removed if anything fails (`abort`, or leaving a `with`
+    block by an exception)."""
+
+    def __init__(self, path: Path, header, shape: tuple[int, int]):
+        from astropy.io import fits
+
+        self.path = Path(path)
+        try:
+            self._tmp = _atomic_target(self.path)
+        except OSError as exc:
+            raise _output_error(self.path, exc) from None
+        hdr = fits.Header([("SIMPLE", True), ("BITPIX", -32), ("NAXIS", 2), ("NAXIS1", shape[1]),
+                           ("NAXIS2", shape[0])])
+        hdr.extend([c for c in header.cards if c.keyword not in hdr], unique=True)
+        try:
+            self._hdu = fits.StreamingHDU(str(self._tmp), hdr)
+        except OSError as exc:
+            self._tmp.unlink(missing_ok=True)
+            raise _output_error(self.path, exc) from None
+
+    def write(self, rows: np.ndarray) -> None:
+        try:
+            self._hdu.write(np.ascontiguousarray(rows, dtype=">f4"))
+        except OSError as exc:
+            self.abort()
+            raise _output_error(self.path, exc) from None
+
+    def finish(self, extensions=()) -> None:
+        """Close, append extension HDUs (maps), fsync and rename into place."""
+        from astropy.io import fits
+
+        try:
+            self._hdu.close()
+            for hdu in extensions:
+                fits.append(self._tmp, hdu.data, hdu.header)
+            with open(self._tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(self._tmp, self.path)
+        except OSError as exc:
+            self.abort()
+            raise _output_error(self.path, exc) from None
+
+    def abort(self) -> None:
+        try:
+            self._hdu.close()
+        except Exception:
+            pass  # closing a stream that is short of data complains; it is going anyway
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self.abort()
+        return False
+
+
 def write_fits_atomic(path: Path, hdul) -> None:
     _atomically(path, lambda tmp: hdul.writeto(tmp, overwrite=True, output_verify="silentfix"))
 
