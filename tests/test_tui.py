@@ -271,3 +271,32 @@ def test_residual_plot_of_one_frame(demo_dir):
             assert view.title == "shifts (px)" and len(view.xs) == sum(f.used for f in app.ws.run.frames)
 
     asyncio.run(go())
+
+
+def test_a_frame_skipped_on_the_shifts_screen_shows_skipped_on_the_files_screen(demo_dir):
+    import asyncio
+
+    from textual.widgets import DataTable
+
+    cfg = load_config(demo_dir / "demo.toml")
+    app = StackApp(cfg.directory, cfg)
+
+    async def go():
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            for _ in range(2):
+                await pilot.press("n")
+                await settle(pilot)
+            assert app.screen.STEP == 2
+            await pilot.press("down", "down", "x")  # skip the third frame
+            await settle(pilot)
+            assert not app.ws.run.frames[2].used
+            for _ in range(2):
+                await pilot.press("b")
+                await settle(pilot)
+            assert app.screen.STEP == 0
+            table = app.screen.query_one(DataTable)
+            marks = [table.get_row_at(r)[0] for r in range(table.row_count)]
+            assert marks == ["✓", "✓", "·", "✓", "✓"]
+
+    asyncio.run(go())

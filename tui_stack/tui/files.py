@@ -43,6 +43,17 @@ class FilesScreen(WizardScreen):
         # after the first paint: the scan imports astropy, which would hold the GIL before it
         self.call_after_refresh(self.action_rescan)
 
+    def on_screen_resume(self) -> None:
+        """Back from a later step: frames skipped or used there show so here."""
+        table = self.query_one(DataTable)
+        if not self.ws.infos or table.row_count != len(self.ws.infos):
+            return
+        column = table.ordered_columns[0].key
+        for i, info in enumerate(self.ws.infos):
+            mark = "✓" if i in self.ws.included else "·"
+            if not info.error and table.get_cell(str(i), column) != mark:
+                table.update_cell(str(i), column, mark)
+
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.action_rescan()
         self.query_one(DataTable).focus()
