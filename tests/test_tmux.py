@@ -4,6 +4,7 @@ Over a slow SSH link what matters is what the app sends: nothing while idle, und
 per cursor key. tmux pipe-pane records every byte the app writes to the terminal.
 """
 
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -93,5 +94,37 @@ def test_demo_in_tmux_80x24(tmp_path):
         wait_for("EXIT=0")
         assert (tmp_path / "demo" / "out" / "combined_median.fits").exists()
         assert (tmp_path / "demo" / "out" / "tui-stack.toml").exists()
+    finally:
+        tmux("kill-server", check=False)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("distributed") is None, reason="Dask is an optional extra")
+def test_wizard_on_a_dask_cluster_in_tmux(tmp_path):
+    """[compute] scheduler = "dask" in the real console: the cluster's worker processes start
+    (before Textual holds the terminal) and the shifts are measured on them."""
+    from tui_stack import demo
+    from tui_stack.config import config_to_toml, load_config
+
+    demo.write_demo(tmp_path / "d", n_frames=4, size=384)
+    cfg = load_config(tmp_path / "d" / "demo.toml")
+    cfg.scheduler, cfg.workers = "dask", 2
+    (tmp_path / "dask.toml").write_text(config_to_toml(cfg))
+    exe = Path(sys.executable).parent / "tui-stack"
+    cmd = f"TUI_STACK_STATE_DIR={tmp_path} {exe} --config {tmp_path / 'dask.toml'}; echo EXIT=$?; sleep 30"
+    tmux("kill-server", check=False)
+    tmux("new-session", "-d", "-s", SESSION, "-x", "80", "-y", "24", cmd)
+    try:
+        wait_for("files selected")
+        time.sleep(1.0)
+        tmux("send-keys", "-t", SESSION, "n")
+        wait_for("centroid 2dg")
+        time.sleep(1.0)
+        tmux("send-keys", "-t", SESSION, "n")
+        s = wait_for("after shift")  # the table is filled and a frame's cut-out shown
+        row = next(line for line in s.splitlines() if "demo_004.fits" in line)
+        assert float(row.split()[3]) != 0 and "internal error" not in s
+        tmux("send-keys", "-t", SESSION, "q")
+        tmux("send-keys", "-t", SESSION, "y")
+        wait_for("EXIT=0")
     finally:
         tmux("kill-server", check=False)

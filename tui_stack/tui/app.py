@@ -192,18 +192,21 @@ class StackApp(App):
         Binding("ctrl+c,ctrl+q", "request_quit", "Quit", show=False, priority=True),
     ]
 
-    def __init__(self, directory: Path, config: Config | None = None, resume: dict | None = None):
+    def __init__(self, directory: Path, config: Config | None = None, resume: dict | None = None, engine=None):
         super().__init__()
         if config is None:
             # a fresh start: the suggested reference frame, stars picked on the screens
             # outputs go where the user is, not into the data directory (often an archive)
             config = Config(directory=Path(directory).resolve(), out_dir=Path.cwd() / "tui-stack-out", frame="auto")
         self.ws = WizardState(config=config, resume=resume)
-        self._engine = None
+        cfg = self.ws.config
+        self._engine = ((cfg.scheduler, cfg.address, cfg.workers), engine) if engine is not None else None
+        self._given_engine = engine  # closed by whoever opened it
 
     def engine(self):
-        """Where the long work runs ([compute] of the config): opened on first use, in the
-        worker thread (a local Dask cluster takes a second or two to start)."""
+        """Where the long work runs ([compute] of the config). A Dask engine is opened by
+        run_app before the app starts (its worker processes cannot be started once Textual
+        holds the terminal's stderr); anything else is opened here on first use."""
         from tui_stack import compute
 
         cfg = self.ws.config
@@ -214,13 +217,14 @@ class StackApp(App):
             self._engine = (want, compute.open_compute(*want))
         return self._engine[1]
 
+    def on_unmount(self) -> None:
+        if self._engine is not None and self._engine[1] is not self._given_engine:
+            self._engine[1].close()
+
     @property
     def dashboard(self) -> str | None:
         return getattr(self._engine[1], "dashboard", None) if self._engine else None
 
-    def on_unmount(self) -> None:
-        if self._engine is not None:
-            self._engine[1].close()
 
     def on_mount(self) -> None:
         from tui_stack.tui.files import FilesScreen
@@ -286,6 +290,15 @@ def run_app(directory: Path, config_path: Path | None = None, resume: bool = Fal
         config = config_from_dict(tomllib.loads(saved["config"]))
     else:
         config = load_config(config_path) if config_path else None  # it names its own directory
-    app = StackApp(Path(directory), config, resume=saved)
-    app.run()
-    return app.return_code or 0
+    engine = None
+    if config is not None and config.scheduler != "local":
+        from tui_stack import compute
+
+        engine = compute.open_compute(config.scheduler, config.address, config.workers)
+    try:
+        app = StackApp(Path(directory), config, resume=saved, engine=engine)
+        app.run()
+        return app.return_code or 0
+    finally:
+        if engine is not None:
+            engine.close()
