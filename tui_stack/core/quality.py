@@ -185,21 +185,16 @@ def best_reference(qs: list[FrameQuality]) -> int:
 def _isolated(stars: Stars, idx: np.ndarray, radius: float, ratio: float, sat_radius: float,
               saturated: np.ndarray) -> np.ndarray:
     """For stars `idx`: no star at least `ratio` as bright within `radius`, no saturated star
-    within `sat_radius`. One KD-tree query for all (a loop over 2000 stars took 0.12 s)."""
-    from scipy.spatial import cKDTree
-
+    within `sat_radius`. Distances in chunks of 256 candidates against all stars (a Python
+    loop over 2000 stars took 0.12 s; scipy.spatial's KD-tree costs 0.11 s just to import)."""
     ok = np.ones(len(idx), bool)
-    if len(idx) == 0:
-        return ok
-    xy = np.column_stack([stars.x, stars.y])
-    near = cKDTree(xy).query_ball_point(xy[idx], max(radius, sat_radius))
-    for k, (i, nb) in enumerate(zip(idx, near)):
-        nb = np.array([j for j in nb if j != i], dtype=int)
-        if nb.size == 0:
-            continue
-        d = np.hypot(stars.x[nb] - stars.x[i], stars.y[nb] - stars.y[i])
-        ok[k] = not (np.any((d < radius) & (stars.peak[nb] >= ratio * stars.peak[i]))
-                     or np.any((d < sat_radius) & saturated[nb]))
+    for start in range(0, len(idx), 256):
+        i = idx[start:start + 256]
+        d2 = (stars.x[None, :] - stars.x[i, None]) ** 2 + (stars.y[None, :] - stars.y[i, None]) ** 2
+        d2[np.arange(len(i)), i] = np.inf  # not itself
+        bright = stars.peak[None, :] >= ratio * stars.peak[i, None]
+        bad = ((d2 < radius**2) & bright).any(axis=1) | ((d2 < sat_radius**2) & saturated[None, :]).any(axis=1)
+        ok[start:start + len(i)] = ~bad
     return ok
 
 
