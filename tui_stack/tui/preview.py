@@ -165,10 +165,6 @@ class ImageView(Widget, can_focus=True):
             return col, row
         return None
 
-    def pixel_at_cell(self, col: int, row: int) -> tuple[int, int]:
-        x0, ytop = self._origin()
-        return int(x0 + (col + 0.5) * self.scale), int(ytop - (row * self._sub() + 0.5) * self.scale)
-
     def _invalidate(self) -> None:
         self._levels = None
         self.refresh()
