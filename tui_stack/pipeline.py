@@ -479,8 +479,7 @@ def early_photometry(state: RunState, fr: FrameResult, sub: np.ndarray, mask: np
         return
     ref_xy = np.array(state.comparison_stars, float)
     if fr.transform is not None and cfg.shift_mode == "subpixel":
-        a, b, tx, ty = fr.transform
-        at = np.column_stack([a * ref_xy[:, 0] - b * ref_xy[:, 1] + tx, b * ref_xy[:, 0] + a * ref_xy[:, 1] + ty])
+        at = registration.SimilarityFit.from_list(fr.transform).apply(ref_xy)
     else:
         at = ref_xy - [fr.applied_shift_x, fr.applied_shift_y]
     at = [tuple(p) for p in at]

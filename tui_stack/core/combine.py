@@ -243,13 +243,6 @@ def reduce_block(block: np.ndarray, params: CombineParams, with_sigma: bool = Fa
     zeros = np.zeros_like(n_valid)
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        if method == "average" and weights is None:
-            if any_nan:
-                res = np.where(np.isnan(block), 0, block).sum(axis=-1, dtype=np.float64) / n_valid
-            else:
-                res = block.mean(axis=-1, dtype=np.float64)
-            sig = bn.nanstd(block, axis=-1) if with_sigma else None
-            return res.astype(np.float32), n_valid, zeros, sig
         if weights is None:
             s, wts = np.sort(block, axis=-1), None
         else:

@@ -74,11 +74,7 @@ def fit_gaussians(cut: np.ndarray, bad: np.ndarray, iterations: int = 100, param
     p = _start(cut, bad)
     lam = np.full(k, 1e-3)
 
-    def cost_of(p):
-        f = _model(p, x, y)[0]
-        return (w * (f - cut) ** 2).sum(axis=(1, 2))
-
-    cost = cost_of(p)
+    cost = _cost(p, cut, w, x, y)
     active = np.isfinite(cost)
     for _ in range(iterations):
         if not active.any():
@@ -99,7 +95,7 @@ def fit_gaussians(cut: np.ndarray, bad: np.ndarray, iterations: int = 100, param
         except np.linalg.LinAlgError:
             step = np.stack([_safe_solve(m, -v) for m, v in zip(damp, g)])
         trial = pa + step
-        new_cost = cost_of(trial) if len(idx) == k else _cost_subset(trial, cut[idx], w[idx], x, y)
+        new_cost = _cost(trial, cut[idx], w[idx], x, y)
         better = np.isfinite(new_cost) & (new_cost < cost[idx])
         p[idx[better]] = trial[better]
         # converged: a Gauss-Newton-like step (little damping) that no longer lowers the cost
@@ -113,7 +109,8 @@ def fit_gaussians(cut: np.ndarray, bad: np.ndarray, iterations: int = 100, param
     return (centres, p, cost) if params else centres
 
 
-def _cost_subset(p, cut, w, x, y):
+def _cost(p, cut, w, x, y):
+    """Weighted squared residual of each star's fit."""
     f = _model(p, x, y)[0]
     return (w * (f - cut) ** 2).sum(axis=(1, 2))
 

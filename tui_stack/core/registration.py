@@ -388,6 +388,11 @@ class SimilarityFit:
         """[a, b, tx, ty]: x' = a x - b y + tx, y' = b x + a y + ty."""
         return [float(self.c.real), float(self.c.imag), float(self.t.real), float(self.t.imag)]
 
+    @classmethod
+    def from_list(cls, transform) -> "SimilarityFit":
+        a, b, tx, ty = transform
+        return cls(complex(a, b), complex(tx, ty), 0, 0, float("nan"))
+
 
 def coarse_similarity(ref_xy: np.ndarray, frame_xy: np.ndarray, centre, max_angle: float = 6.0,
                       max_shift: float = 200.0) -> "SimilarityFit | None":
