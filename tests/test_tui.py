@@ -35,13 +35,16 @@ async def settle(pilot):
         quiet = 0 if any(w.is_running for w in pilot.app.workers) else quiet + 1
 
 
+async def press(pilot, key: str, times: int = 1):
+    """A key, then wait for the work it starts; `times` over."""
+    for _ in range(times):
+        await pilot.press(key)
+        await settle(pilot)
+
+
 async def drive_to_combine(pilot):
     await settle(pilot)
-    for _ in range(3):
-        await pilot.press("n")
-        await settle(pilot)
-    await pilot.press("n")
-    await settle(pilot)
+    await press(pilot, "n", 4)
 
 
 def test_whole_wizard_equals_run_with_saved_config(demo_dir, tmp_path):
@@ -172,9 +175,7 @@ def test_dropped_session_resumes_at_the_same_step(demo_dir, tmp_path, monkeypatc
         async with app.run_test(size=SIZE) as pilot:
             await settle(pilot)
             await pilot.press("down", "space")  # skip the second frame
-            for _ in range(3):
-                await pilot.press("n")
-                await settle(pilot)
+            await press(pilot, "n", 3)
             assert app.screen.STEP == 3
             run = app.ws.run
             seen["shifts"] = [(f.shift_x, f.shift_y, f.used, f.flags) for f in run.frames]
@@ -254,20 +255,15 @@ def test_residual_plot_of_one_frame(demo_dir):
     async def go():
         async with app.run_test(size=SIZE) as pilot:
             await settle(pilot)
-            for _ in range(2):
-                await pilot.press("n")
-                await settle(pilot)
+            await press(pilot, "n", 2)
             assert app.screen.STEP == 2
-            await pilot.press("down")
-            await settle(pilot)
-            await pilot.press("e")
-            await settle(pilot)
+            await press(pilot, "down")
+            await press(pilot, "e")
             view = app.screen.query_one("#plot", plot.PlotView)
             fr = app.ws.run.frames[1]
             assert view.title.startswith(fr.name) and len(view.xs) == len(fr.residuals) >= 30
             assert np.sqrt(np.mean(np.square(view.xs) + np.square(view.ys))) < 0.2  # star - fit, px
-            await pilot.press("e")
-            await settle(pilot)
+            await press(pilot, "e")
             assert view.title == "shifts (px)" and len(view.xs) == sum(f.used for f in app.ws.run.frames)
 
     asyncio.run(go())
@@ -284,16 +280,12 @@ def test_a_frame_skipped_on_the_shifts_screen_shows_skipped_on_the_files_screen(
     async def go():
         async with app.run_test(size=SIZE) as pilot:
             await settle(pilot)
-            for _ in range(2):
-                await pilot.press("n")
-                await settle(pilot)
+            await press(pilot, "n", 2)
             assert app.screen.STEP == 2
             await pilot.press("down", "down", "x")  # skip the third frame
             await settle(pilot)
             assert not app.ws.run.frames[2].used
-            for _ in range(2):
-                await pilot.press("b")
-                await settle(pilot)
+            await press(pilot, "b", 2)
             assert app.screen.STEP == 0
             table = app.screen.query_one(DataTable)
             marks = [table.get_row_at(r)[0] for r in range(table.row_count)]
