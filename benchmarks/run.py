@@ -175,26 +175,18 @@ def tui_stack_cmd() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "tui_stack"]
 
 
+def write_config(path: Path, **fields) -> Path:
+    """A tui-stack config written by tui-stack's own writer (what `run` reads back)."""
+    from tui_stack.config import Config, config_to_toml
+
+    path.write_text(config_to_toml(Config(**fields)))
+    return path
+
+
 def run_config(frames_dir: Path, truth: dict, out: Path, method: str = "median") -> Path:
-    cfg = out / "bench.toml"
-    cfg.write_text(f"""
-[input]
-directory = "{frames_dir}"
-pattern = "frame_*.fits"
-[reference]
-frame = 0
-star = [{truth['ref_star'][0]}, {truth['ref_star'][1]}]
-[scale]
-stars = {truth['comparison_stars']}
-radius = 15
-saturation = 65000
-[combine]
-method = "{method}"
-[output]
-directory = "{out / 'run'}"
-write_shifted = false
-""")
-    return cfg
+    return write_config(out / "bench.toml", directory=frames_dir, pattern="frame_*.fits", frame=0,
+                        star=tuple(truth["ref_star"]), stars=truth["comparison_stars"], radius=15.0,
+                        saturation=65000.0, method=method, out_dir=out / "run", write_shifted=False)
 
 
 # ------------------------------------------------------------------ IRAF and Siril (when installed)
@@ -292,25 +284,9 @@ def registration_case(work: Path) -> list[dict]:
     truth = synthetic.write_field(d, spec)
     t = {"shifts": truth.shifts.tolist()}
     out = []
-    cfg = work / "crowded.toml"
-    cfg.write_text(f"""
-[input]
-directory = "{d}"
-pattern = "demo_*.fits"
-[reference]
-frame = 0
-star = [{truth.ref_star[0]:.1f}, {truth.ref_star[1]:.1f}]
-[shift]
-mode = "subpixel"
-[scale]
-stars = "auto"
-radius = 12
-[combine]
-method = "median"
-[output]
-directory = "{work / 'crowded_out'}"
-write_shifted = false
-""")
+    cfg = write_config(work / "crowded.toml", directory=d, pattern="demo_*.fits", frame=0,
+                       star=(round(truth.ref_star[0], 1), round(truth.ref_star[1], 1)), shift_mode="subpixel",
+                       stars="auto", radius=12.0, method="median", out_dir=work / "crowded_out", write_shifted=False)
     res = measure(tui_stack_cmd() + ["run", str(cfg), "--quiet"])
     rep = json.loads((work / "crowded_out" / "report.json").read_text())
     res["shift_rms_px"] = _rms_vs_truth([[f["shift_x"], f["shift_y"]] for f in rep["frames"]], t)
