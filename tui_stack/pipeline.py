@@ -11,6 +11,7 @@ import math
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -754,11 +755,18 @@ def write_combined(state: RunState, combined: CombinedResult, out_dir: Path) -> 
 
 
 def _reference_header(state: RunState):
-    """The reference frame's descriptive keywords and WCS (the combined image is on its grid)."""
+    """The reference frame's descriptive keywords and WCS (the combined image and every
+    resampled frame are on its grid). Read once per file version, not once per frame."""
+    path = state.files[state.ref_index]
+    return _reference_header_of(path, state.frames[state.ref_index].hdu_index, path.stat().st_mtime_ns).copy()
+
+
+@lru_cache(maxsize=4)
+def _reference_header_of(path: Path, hdu_index: int, mtime_ns: int):
     from astropy.io import fits
 
-    with fits.open(state.files[state.ref_index]) as hdul:
-        src = hdul[state.frames[state.ref_index].hdu_index].header
+    with fits.open(path) as hdul:
+        src = hdul[hdu_index].header
         keep = fits.Header()
         for key in ("OBJECT", "TELESCOP", "INSTRUME", "FILTER", "DATE-OBS", "EXPTIME", "GAIN", "RDNOISE"):
             if key in src:
