@@ -102,9 +102,35 @@ def test_masks_honoured_and_blocks_do_not_matter(method):
         np.testing.assert_allclose(got.data, want, rtol=2e-6, atol=1e-4, equal_nan=True)
         assert np.isnan(got.data[0, 0])
         assert np.all(got.n_used + got.n_rejected == (~masks).sum(axis=0))
-        if method == "average":  # the sigma map is the std of the values that went in
+        if method in ("average", "median"):  # the sigma map is the std of the values that went in
             want_sigma = np.ma.masked_array(data, masks).std(axis=0).filled(np.nan)
             np.testing.assert_allclose(got.sigma, want_sigma, rtol=1e-4, atol=1e-3, equal_nan=True)
+
+
+@pytest.mark.parametrize("n", list(range(1, 21)) + [31, 32, 33, 64, 100])
+def test_sorting_network_equals_np_sort(n):
+    rng = np.random.default_rng(n)
+    planes = rng.normal(0, 1, (n, 3, 2051)).astype(np.float32)  # odd pixel count: a partial chunk
+    planes[:, 0, :200] = np.round(planes[:, 0, :200])  # ties
+    planes[:, 1, :50] = 7.0  # all equal
+    want = np.sort(planes, axis=0)
+    np.testing.assert_array_equal(combine.select_ranks(planes, tuple(range(n))), want)
+    mid = ((n - 1) // 2, n // 2)
+    np.testing.assert_array_equal(combine.select_ranks(planes, mid), want[list(mid)])
+    planes[n // 2, 2, 5] = np.nan  # a NaN anywhere reaches every output of its pixel
+    assert np.isnan(combine.select_ranks(planes, mid)[:, 2, 5]).all()
+
+
+@pytest.mark.parametrize("n", [2, 7, 16, 130])  # 130: past the network, np.sort
+@pytest.mark.filterwarnings("ignore:All-NaN slice")
+def test_median_is_numpys_median_bit_for_bit(n):
+    data = stack(n=n, shape=(21, 13), seed=n)
+    data[:, 2, 3] = np.nan
+    data[: n // 2, 4, 4] = np.nan
+    got = combine.combine([combine.ArraySource(d) for d in data], combine.CombineParams("median"), block_rows=5)
+    want = np.nanmedian(data.astype(np.float64), axis=0).astype(np.float32)
+    np.testing.assert_array_equal(got.data, want)
+    assert got.n_used[4, 4] == n - n // 2 and got.n_used[2, 3] == 0 and got.n_used[0, 0] == n
 
 
 def test_nan_input_is_masked_not_propagated():

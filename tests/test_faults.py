@@ -224,16 +224,16 @@ def test_ctrl_c_during_combine_exit_130_nothing_left(field, tmp_path, capsys, mo
     from tui_stack.core import combine
 
     truth, frames = field
-    real = combine.reduce_block
+    real = combine.combine_rows
 
     def interrupted(*a, **kw):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(combine, "reduce_block", interrupted)
+    monkeypatch.setattr(combine, "combine_rows", interrupted)
     code, _, err = run_case(truth, frames, tmp_path, capsys)
     assert code == 130 and "interrupted" in err
     assert list((tmp_path / "out").iterdir()) == []
-    monkeypatch.setattr(combine, "reduce_block", real)
+    monkeypatch.setattr(combine, "combine_rows", real)
 
 
 def test_real_sigint_exit_130_nothing_partial(tmp_path):

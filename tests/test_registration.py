@@ -122,3 +122,28 @@ def _cuts(img, xs, ys, box):
         c = img[y - half:y + half + 1, x - half:x + half + 1].astype(np.float64)
         edge = np.concatenate([c[0], c[-1], c[1:-1, 0], c[1:-1, -1]])
         yield c - np.median(edge)
+
+
+def test_find_stars_near_equals_find_star_one_by_one():
+    """The stacked search gives find_star's answer for every position: inside the frame,
+    cut by an edge, masked, with two peaks at equal distance, and with nothing there."""
+    rng = np.random.default_rng(3)
+    img = rng.normal(0, 5, (200, 240)).astype(np.float32)
+    yy, xx = np.mgrid[:200, :240]
+    stars = [(30.3, 40.8), (120.0, 100.0), (124.0, 100.0), (2.0, 60.0), (237.5, 198.0), (80.0, 150.0)]
+    for x, y in stars:
+        img += 400 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 1.5**2)).astype(np.float32)
+    mask = np.zeros(img.shape, bool)
+    mask[145:155, 78:82] = True  # over the last star
+    img[mask] = 0
+    pos = np.array([[31, 41], [122, 100], [3, 61], [236, 197], [80, 150], [200, 20], [0.4, 0.6], [119.6, 99.5]])
+    for search in (7, 13, 10):
+        got = registration.find_stars_near(img, mask, pos, search, 5.0, nsigma=5.0)
+        for (x, y), g in zip(pos, got):
+            want = registration.find_star(img, mask, x, y, search, 5.0, nsigma=5.0)
+            if want is None:
+                assert np.isnan(g).all()
+            else:
+                assert tuple(g) == pytest.approx(want, abs=0)
+    found = registration.find_stars_near(img, mask, pos, 13, 5.0, nsigma=5.0)
+    assert np.isfinite(found[:3, 0]).all() and np.isnan(found[5, 0])  # stars found, empty sky not

@@ -136,7 +136,8 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_local_peaks_equals_photutils_find_peaks():
+@pytest.mark.parametrize("border", [8, 2])  # neighbours all inside (flat offsets), or checked
+def test_local_peaks_equals_photutils_find_peaks(border):
     from photutils.detection import find_peaks
 
     from tui_stack.core.quality import local_peaks
@@ -145,8 +146,8 @@ def test_local_peaks_equals_photutils_find_peaks():
     img = rng.normal(0, 1, (300, 280)).astype(np.float32)
     for _ in range(60):
         synthetic.add_star(img, rng.uniform(0, 280), rng.uniform(0, 300), rng.uniform(50, 5000), 3.0, 3.0)
-    xs, ys, vals = local_peaks(img, None, 5.0, box=7, border=8)
-    tbl = find_peaks(img, 5.0, box_size=7, border_width=8)
+    xs, ys, vals = local_peaks(img, None, 5.0, box=7, border=border)
+    tbl = find_peaks(img, 5.0, box_size=7, border_width=border)
     assert len(xs) == len(tbl) > 30
     assert set(zip(xs.tolist(), ys.tolist())) == set(zip(tbl["x_peak"].tolist(), tbl["y_peak"].tolist()))
     assert np.all(np.diff(vals) <= 0)
@@ -172,3 +173,28 @@ def test_turned_frame_keeps_its_sky(kind):
         a = before.pixel_to_world_values(x, y)
         b = after.pixel_to_world_values(199 - x, 149 - y)  # the same pixel, turned
         assert np.allclose(a, b, atol=1e-9)
+
+
+def test_aperture_sums_and_annulus_medians_equal_photutils():
+    """core.photometry's own exact apertures and centre-sampled annulus medians against
+    photutils (kept for the import time): off-frame, masked, grid-aligned and tiny apertures."""
+    import warnings
+
+    from photutils.aperture import ApertureStats, CircularAnnulus, CircularAperture, aperture_photometry
+
+    rng = np.random.default_rng(1)
+    data = rng.normal(0, 10, (120, 150)).astype(np.float32)
+    mask = rng.random(data.shape) < 0.05
+    data[mask] = 0
+    pos = np.column_stack([rng.uniform(-3, 153, 200), rng.uniform(-3, 123, 200)])
+    pos[:5] = [[50, 50], [60.5, 40.5], [0, 0], [149, 119], [75.25, 60.75]]
+    for r, (r_in, r_out) in [(5, (8, 12)), (3.3, (5.5, 9.1)), (0.4, (1, 2)), (20, (22, 30)), (7, (7, 10))]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            want = aperture_photometry(data, CircularAperture(pos, r=r), mask=mask, method="exact")["aperture_sum"]
+            want_med = ApertureStats(data, CircularAnnulus(pos, r_in=r_in, r_out=r_out), mask=mask,
+                                     sum_method="center").median
+        np.testing.assert_allclose(photometry.aperture_sums(data, mask, pos, r), np.asarray(want, float),
+                                   rtol=1e-10, atol=1e-8)
+        np.testing.assert_array_equal(photometry.annulus_medians(data, mask, pos, r_in, r_out),
+                                      np.asarray(want_med, float))

@@ -148,10 +148,15 @@ ROTATION_LIMIT_DEG = 0.05  # above this a shift alone leaves stars 0.2 px off at
 
 
 def _frame_measure(path: Path, cfg: Config):
-    """Read a frame, its sky and its stars: what every per-frame step starts from."""
+    """Read a frame, its sky and its stars: what every per-frame step starts from. The sky
+    is taken off in place, so `frame.data` is the sky-subtracted `sub` (the frame's digest is
+    of the pixels as read)."""
     frame = io.read_frame(path)
+    frame.digest = frame.pixel_digest()
     sky = background.estimate_sky(frame.data, frame.mask, cfg.sky)
-    sub = frame.data - np.float32(sky.level) if np.isfinite(sky.level) else frame.data
+    if np.isfinite(sky.level):
+        frame.data -= np.float32(sky.level)  # in place: no second 64 MB frame per 4k frame in flight
+    sub = frame.data
     if np.isfinite(sky.level) and sky.noise > 0:
         stars = quality.find_stars(sub, frame.mask, sky.noise)
         q = quality.frame_quality(stars, sky.level, sky.noise, cfg.saturation)
@@ -164,7 +169,8 @@ def sky_subtracted(path: Path, cfg: Config) -> tuple[np.ndarray, float]:
     """A frame less its sky, NaN where it has no data, and its noise: what previews show."""
     frame = io.read_frame(path)
     sky = background.estimate_sky(frame.data, frame.mask, cfg.sky)
-    img = frame.data - np.float32(sky.level)
+    img = frame.data
+    img -= np.float32(sky.level)
     img[frame.mask] = np.nan
     return img, sky.noise
 
@@ -231,7 +237,7 @@ def register(state: RunState, progress: Progress = _noop) -> None:
             f"(peak {star.peak + ref_sky.level:.0f} >= {cfg.saturation:g}); choose a fainter star"
         )
     state.ref_star = star
-    xref = registration.XcorrReference(ref_frame.data, ref_frame.mask, ref_sky.level, ref_sky.noise)
+    xref = registration.XcorrReference(ref_sub, ref_frame.mask, 0.0, ref_sky.noise)
     # Stars matched in every frame: the shift fit ("stars") and the rotation check. Centroided
     # in the reference exactly as they will be in each frame.
     many = cfg.shift_method == "stars"
@@ -277,13 +283,15 @@ def register(state: RunState, progress: Progress = _noop) -> None:
             fr.shift_x = fr.shift_y = fr.xcorr_shift_x = fr.xcorr_shift_y = 0.0
             fr.xcorr_peak = 1.0
         else:
-            prepared = xref.prepare(frame.data, frame.mask, sky.level, sky.noise)
+            prepared = xref.prepare(sub, frame.mask, 0.0, sky.noise)
             dx, dy, peak = xref.offset(prepared)
             fr.xcorr_shift_x, fr.xcorr_shift_y, fr.xcorr_peak = dx, dy, peak
             # A meridian flip turns the frame by 180 degrees: it then matches the reference
             # better turned back than as it is. Turning it back is exact (no resampling): the
             # frame is read reversed on both axes from here on.
-            fx, fy, fpeak = xref.offset(prepared, flip=True)
+            # A correlation is at most 1, so from a straight peak of 0.5 up the turned one
+            # cannot win: not computed then.
+            fx, fy, fpeak = xref.offset(prepared, flip=True) if peak < 0.5 else (0.0, 0.0, 0.0)
             if fpeak > 2 * max(peak, 0.0) and fpeak >= MIN_XCORR_PEAK:
                 fr.flipped = True
                 fr.flags.append("meridian_flip")
@@ -376,7 +384,8 @@ def prepared_frame(state: RunState, i: int) -> tuple[np.ndarray, np.ndarray, obj
     """Frame i sky-subtracted and shifted onto the reference grid: (data, mask, header)."""
     fr = state.frames[i]
     frame = io.read_frame(fr.path)
-    data = frame.data - np.float32(fr.sky)
+    data = frame.data
+    data -= np.float32(fr.sky)
     if fr.flipped:
         data, frame.mask = data[::-1, ::-1], frame.mask[::-1, ::-1]
     if fr.transform is not None and state.config.shift_mode == "subpixel":
@@ -771,6 +780,8 @@ def _reference_header_of(path: Path, hdu_index: int, mtime_ns: int):
         for key in ("OBJECT", "TELESCOP", "INSTRUME", "FILTER", "DATE-OBS", "EXPTIME", "GAIN", "RDNOISE"):
             if key in src:
                 keep[key] = (src[key], src.comments[key])
+        if not any(str(k).startswith("CTYPE") for k in src):
+            return keep  # no WCS to carry (and astropy.wcs costs 0.2-0.4 s to import)
         try:
             import warnings
 

@@ -48,7 +48,7 @@ def local_peaks(data: np.ndarray, mask: np.ndarray | None, threshold: float, box
     neighbourhood, brightest first.
 
     Same result as photutils.detection.find_peaks(box_size=box) for the peaks it keeps,
-    written here because it only visits the pixels above the threshold: 0.05 s instead of
+    written here because it only visits the pixels above the threshold: 0.024 s instead of
     0.8 s on a 4096^2 frame (measured), which dominated the whole run.
     """
     h, w = data.shape
@@ -57,14 +57,27 @@ def local_peaks(data: np.ndarray, mask: np.ndarray | None, threshold: float, box
     if border:
         above[:border], above[h - border :] = False, False
         above[:, :border], above[:, w - border :] = False, False
-    ys, xs = np.divmod(np.flatnonzero(above), w)  # 6x faster than np.nonzero on 4096^2 (measured)
-    if ys.size == 0:
-        return xs, ys, np.array([])
-    vals = work[ys, xs]
+    idx = np.flatnonzero(above)  # 6x faster than np.nonzero on 4096^2 (measured)
     half = box // 2
     # nearest neighbours first: they discard most candidates, the rest of the box checks few
     offsets = sorted(((dy, dx) for dy in range(-half, half + 1) for dx in range(-half, half + 1) if dy or dx),
                      key=lambda o: max(abs(o[0]), abs(o[1])))
+    if border >= half:
+        # every neighbour is inside the frame: flat offsets, no bounds checks (40 -> 24 ms, measured)
+        flat = work.ravel()
+        vals = flat[idx]
+        for dy, dx in offsets:
+            nb = flat[idx + (dy * w + dx)]
+            keep = vals >= nb if (dy > 0 or (dy == 0 and dx > 0)) else vals > nb  # ties: first in raster order
+            if not keep.all():
+                idx, vals = idx[keep], vals[keep]
+        order = np.argsort(-vals, kind="stable")
+        ys, xs = np.divmod(idx[order], w)
+        return xs, ys, vals[order]
+    ys, xs = np.divmod(idx, w)
+    if ys.size == 0:
+        return xs, ys, np.array([])
+    vals = work[ys, xs]
     for dy, dx in offsets:
         yy, xx = ys + dy, xs + dx
         inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
@@ -75,9 +88,8 @@ def local_peaks(data: np.ndarray, mask: np.ndarray | None, threshold: float, box
         keep = vals >= nb if later else vals > nb
         if not keep.all():
             xs, ys, vals = xs[keep], ys[keep], vals[keep]
-    keep = np.ones(ys.size, bool)
-    order = np.argsort(-vals[keep], kind="stable")
-    return xs[keep][order], ys[keep][order], vals[keep][order]
+    order = np.argsort(-vals, kind="stable")
+    return xs[order], ys[order], vals[order]
 
 
 def find_stars(data: np.ndarray, mask: np.ndarray | None, noise: float, nsigma: float = 10.0, max_stars: int = 2000) -> Stars:

@@ -57,12 +57,14 @@ def _prepare_for_xcorr(data: np.ndarray, mask: np.ndarray | None, sky: float, no
     b = binning
     if b > 1:
         h, w = (img.shape[0] // b) * b, (img.shape[1] // b) * b
-        # b² strided adds: twice as fast as a reshape-sum over two axes (measured)
-        acc = np.zeros((h // b, w // b), dtype=np.float32)
-        for i in range(b):
-            for j in range(b):
-                acc += img[i:h:b, j:w:b]
-        img = acc
+        # whole rows added first, then columns of the b times smaller image: one pass over the
+        # frame (26 -> 15 ms on 4096^2; a reshape-sum over two axes takes 33, measured)
+        rows = img[0:h:b, :w].copy()
+        for i in range(1, b):
+            rows += img[i:h:b, :w]
+        img = rows[:, 0::b].copy()
+        for j in range(1, b):
+            img += rows[:, j::b]
     img = img - np.float32(sky * b * b + 3.0 * max(noise, 1e-6) * b)
     np.clip(img, 0.0, None, out=img)
     np.sqrt(img, out=img)
@@ -178,6 +180,56 @@ def find_star(
     return float(px[i] + x0), float(py[i] + y0), float(cut[py[i], px[i]])
 
 
+def find_stars_near(data: np.ndarray, mask: np.ndarray | None, xy: np.ndarray, search: int, noise: float,
+                    nsigma: float = 10.0) -> np.ndarray:
+    """find_star for many positions at once: (k, 3) of x, y, peak, NaN where none is found.
+
+    Boxes inside the frame are filtered as one stack (the same filters on each slice, so the
+    same answer as find_star: 80 stars 18 -> 2 ms, measured); boxes cut by an edge go one by one.
+    """
+    from scipy import ndimage
+
+    xy = np.asarray(xy, float).reshape(-1, 2)
+    out = np.full((len(xy), 3), np.nan)
+    if not len(xy):
+        return out
+    h, w = data.shape
+    half = search // 2
+    xc, yc = np.rint(xy[:, 0]).astype(int), np.rint(xy[:, 1]).astype(int)
+    inside = (xc - half >= 0) & (xc + half + 1 <= w) & (yc - half >= 0) & (yc + half + 1 <= h)
+    for i in np.flatnonzero(~inside):
+        f = find_star(data, mask, xy[i, 0], xy[i, 1], search, noise, nsigma)
+        if f is not None:
+            out[i] = f
+    idx = np.flatnonzero(inside)
+    if not idx.size or 2 * half + 1 < 3:
+        return out
+    off = np.arange(-half, half + 1)
+    yy = yc[idx, None, None] + off[None, :, None]
+    xx = xc[idx, None, None] + off[None, None, :]
+    cut = data[yy, xx].astype(np.float32)
+    if mask is not None:
+        cut[mask[yy, xx]] = 0.0
+    smooth = ndimage.gaussian_filter(cut, (0, 1.0, 1.0))
+    thresh = nsigma * noise / (2.0 * np.sqrt(np.pi))  # as find_star
+    peaks = (smooth == ndimage.maximum_filter(smooth, size=(1, 5, 5))) & (smooth > thresh)
+    peaks[:, [0, -1], :] = False
+    peaks[:, :, [0, -1]] = False
+    k, py, px = np.nonzero(peaks)
+    if not k.size:
+        return out
+    d2 = (px - half - (xy[idx[k], 0] - xc[idx[k]])) ** 2 + (py - half - (xy[idx[k], 1] - yc[idx[k]])) ** 2
+    # the nearest peak of each box: sort by (box, distance), keep each box's first
+    order = np.lexsort((d2, k))
+    k, py, px = k[order], py[order], px[order]
+    first = np.r_[True, k[1:] != k[:-1]]
+    k, py, px = k[first], py[first], px[first]
+    out[idx[k], 0] = xc[idx[k]] - half + px
+    out[idx[k], 1] = yc[idx[k]] - half + py
+    out[idx[k], 2] = cut[k, py, px]
+    return out
+
+
 def centroid_at(
     data: np.ndarray, mask: np.ndarray | None, x: float, y: float, box: int, method: str = "2dg"
 ) -> tuple[float, float]:
@@ -278,17 +330,12 @@ def match_stars(
     the stars whose box lies inside the frame are fitted together (core.gaussfit)."""
     from tui_stack.core import gaussfit
 
-    found_ref, found = [], []
     ref_xy = np.asarray(ref_xy, float).reshape(-1, 2)
     if predicted is None:  # where the shift alone puts them
         predicted = ref_xy - [shift_x, shift_y]
-    for (x, y), (px, py) in zip(ref_xy, predicted):
-        f = find_star(data, mask, px, py, search, noise, nsigma=5.0)
-        if f is not None:
-            found_ref.append((x, y))
-            found.append(f[:2])
-    found_ref = np.array(found_ref, dtype=float).reshape(-1, 2)
-    found = np.array(found, dtype=float).reshape(-1, 2)
+    hits = find_stars_near(data, mask, predicted, search, noise, nsigma=5.0)
+    ok = np.isfinite(hits[:, 0])
+    found_ref, found = ref_xy[ok], hits[ok, :2]
     pts = np.full(found.shape, np.nan)
     half = box // 2
     h, w = data.shape
