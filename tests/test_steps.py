@@ -198,3 +198,20 @@ def test_aperture_sums_and_annulus_medians_equal_photutils():
                                    rtol=1e-10, atol=1e-8)
         np.testing.assert_array_equal(photometry.annulus_medians(data, mask, pos, r_in, r_out),
                                       np.asarray(want_med, float))
+
+
+@pytest.mark.parametrize("case", ["noise", "ties", "nan_and_inf", "odd", "constant", "skewed"])
+def test_image_median_is_numpys_nanmedian_exactly(case):
+    rng = np.random.default_rng(7)
+    d = rng.normal(0, 30, 1_200_000 + (case == "odd")).astype(np.float32)
+    if case == "ties":
+        d = np.round(d / 10).astype(np.float32)
+    elif case == "nan_and_inf":
+        d[:300_000] = np.nan
+        d[300_000:300_100] = np.inf
+    elif case == "constant":
+        d[:] = 5.0
+    elif case == "skewed":  # half the pixels one value, the rest a long tail: the bracket is narrow
+        d[: d.size // 2] = 0.0
+        d = np.abs(d)
+    assert stats.nanmedian(d.reshape(1000, -1) if case != "odd" else d) == float(np.nanmedian(d))

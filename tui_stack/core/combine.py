@@ -808,6 +808,26 @@ def _median_planes(planes: np.ndarray, with_sigma: bool):
     return res, n_valid, np.zeros_like(n_valid), sig
 
 
+def _minmax_planes(planes: np.ndarray, params: CombineParams, with_sigma: bool):
+    """minmax straight from the planes: the kept ranks by select_ranks, averaged plane by
+    plane. Pixels with masked values (the margins of shifted frames: every block has some,
+    which sent whole blocks down the slow general path before) go through reduce_block alone."""
+    n = len(planes)
+    lo, hi = params.nlow, n - params.nhigh
+    kept = select_ranks(planes, tuple(range(lo, hi)))
+    bad = np.flatnonzero(np.isnan(kept[0]))  # before _average_planes zeroes the NaN
+    res, _, _, sig = _average_planes(kept, with_sigma)
+    flat = planes.reshape(n, -1)
+    n_used = np.full(res.shape, hi - lo, np.int16)
+    n_rej = np.full(res.shape, n - (hi - lo), np.int16)
+    if bad.size:
+        got = reduce_block(np.ascontiguousarray(flat[:, bad].T)[None], params, with_sigma)
+        for whole, part in zip((res, n_used, n_rej, sig), got):
+            if whole is not None:
+                whole.reshape(-1)[bad] = part.reshape(-1)
+    return res, n_used, n_rej, sig
+
+
 def combine_rows(sources, params: CombineParams, y0: int, y1: int, maps: bool = True, weights=None):
     """Rows [y0, y1) of the combined image: (data, n_used, n_rejected, sigma). One unit of
     work, the same whichever engine runs it (this machine's threads or a Dask worker)."""
@@ -815,6 +835,9 @@ def combine_rows(sources, params: CombineParams, y0: int, y1: int, maps: bool = 
         return _average_planes(read_planes(sources, y0, y1), maps)
     if params.method == "median":
         return _median_planes(read_planes(sources, y0, y1), maps)
+    n = len(sources)
+    if params.method == "minmax" and weights is None and 0 <= params.nlow < n - params.nhigh <= n <= NETWORK_MAX_N:
+        return _minmax_planes(read_planes(sources, y0, y1), params, maps)
     return reduce_block(read_block(sources, y0, y1), params, with_sigma=maps, weights=weights)
 
 
