@@ -698,28 +698,34 @@ def read_block(sources, y0: int, y1: int) -> np.ndarray:
 
 def _average_planes(planes: np.ndarray, with_sigma: bool):
     """The plain average straight from the planes: adding whole planes needs no turn of the
-    block (measured: 2.2 s -> 1.6 s for 16 frames of 4096^2)."""
+    block (measured: 2.2 s -> 1.6 s for 16 frames of 4096^2). A masked value (NaN) makes its
+    pixel's sum NaN, so only those pixels are redone without it (no mask of the whole block)."""
     n = len(planes)
-    nan = np.isnan(planes)
-    any_nan = bool(nan.any())
-    if any_nan:
-        np.copyto(planes, np.float32(0), where=nan)  # faster than boolean indexing
-        n_valid = (n - nan.sum(axis=0)).astype(np.int16)
-    else:
-        n_valid = np.full(planes.shape[1:], n, np.int16)
+    flat = planes.reshape(n, -1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = planes.sum(axis=0, dtype=np.float64) / n_valid
+        total = planes.sum(axis=0, dtype=np.float64)
+        n_valid = np.full(total.shape, n, np.int16)
+        bad = np.flatnonzero(np.isnan(total))
+        if bad.size:
+            vals = flat[:, bad]  # (N, pixels)
+            nan = np.isnan(vals)
+            vals[nan] = 0
+            total.reshape(-1)[bad] = vals.sum(axis=0, dtype=np.float64)
+            n_valid.reshape(-1)[bad] = n - nan.sum(axis=0)
+        mean = total / n_valid
         sig = None
         if with_sigma:
             m32 = mean.astype(np.float32)
             ssq = np.zeros(planes.shape[1:], np.float64)
             d = np.empty(planes.shape[1:], np.float32)  # one buffer, no temporaries per plane
-            for i, plane in enumerate(planes):
+            for plane in planes:
                 np.subtract(plane, m32, out=d)
-                if any_nan:
-                    np.copyto(d, np.float32(0), where=nan[i])
                 np.multiply(d, d, out=d)
                 ssq += d
+            if bad.size:
+                dv = vals - m32.reshape(-1)[bad]
+                dv[nan] = 0
+                ssq.reshape(-1)[bad] = (dv * dv).sum(axis=0, dtype=np.float64)
             sig = np.sqrt(ssq / n_valid).astype(np.float32)
     return mean.astype(np.float32), n_valid, np.zeros_like(n_valid), sig
 
@@ -817,15 +823,56 @@ def _minmax_planes(planes: np.ndarray, params: CombineParams, with_sigma: bool):
     kept = select_ranks(planes, tuple(range(lo, hi)))
     bad = np.flatnonzero(np.isnan(kept[0]))  # before _average_planes zeroes the NaN
     res, _, _, sig = _average_planes(kept, with_sigma)
-    flat = planes.reshape(n, -1)
     n_used = np.full(res.shape, hi - lo, np.int16)
     n_rej = np.full(res.shape, n - (hi - lo), np.int16)
-    if bad.size:
-        got = reduce_block(np.ascontiguousarray(flat[:, bad].T)[None], params, with_sigma)
-        for whole, part in zip((res, n_used, n_rej, sig), got):
-            if whole is not None:
-                whole.reshape(-1)[bad] = part.reshape(-1)
+    _general_pixels(planes, bad, params, with_sigma, (res, n_used, n_rej, sig))
     return res, n_used, n_rej, sig
+
+
+def _general_pixels(planes: np.ndarray, bad: np.ndarray, params: CombineParams, with_sigma: bool, whole: tuple):
+    """Redo the pixels `bad` (flat indices) of a planes result `whole` = (data, n_used,
+    n_rejected, sigma) by reduce_block on their values alone. In place."""
+    if not bad.size:
+        return
+    vals = np.ascontiguousarray(planes.reshape(len(planes), -1)[:, bad].T)[None]
+    for out, part in zip(whole, reduce_block(vals, params, with_sigma)):
+        if out is not None:
+            out.reshape(-1)[bad] = part.reshape(-1)
+
+
+def _sigmaclip_planes(planes: np.ndarray, params: CombineParams, with_sigma: bool):
+    """sigmaclip's first pass straight from the planes: the median by select_ranks, the
+    moments about it plane by plane (float32 sums, as _run_sums), the limits, and whether
+    the pixel's lowest or highest value (ranks the same network gives) falls outside. A pixel that rejects nothing is done (its next pass would be
+    the same); the few that reject (and those with masked values) go through reduce_block
+    alone. 3x faster than sorting every pixel (measured)."""
+    n = len(planes)
+    vmin, m1, m2_, vmax = select_ranks(planes, (0, (n - 1) // 2, n // 2, n - 1))  # min and max: no extra cost
+    med = (m1.astype(np.float64) + m2_) / 2
+    c = np.where(np.isfinite(med), med, 0).astype(np.float32)
+    s1 = np.zeros(c.shape, np.float32)
+    s2 = np.zeros(c.shape, np.float32)
+    d = np.empty(c.shape, np.float32)
+    for plane in planes:
+        np.subtract(plane, c, out=d)
+        s1 += d
+        np.multiply(d, d, out=d)
+        s2 += d
+    s1, s2 = s1.astype(np.float64), s2.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        mean = med + s1 / n
+        m2 = np.maximum(s2 - s1 * s1 / n, 0)
+        sd = np.sqrt(m2 / n)
+        # pulled in by 1e-5 sd: a value that near the limit is decided by the general path, whose
+        # float32 sums (in another order) may put the limit a hair elsewhere
+        tol = 1e-5 * sd
+        # float32 values against float64 limits, as _clip compares
+        out = np.isnan(med) | (vmin < med - params.low * sd + tol) | (vmax > med + params.high * sd - tol)
+    res = mean.astype(np.float32)
+    n_used = np.full(res.shape, n, np.int16)
+    whole = (res, n_used, np.zeros_like(n_used), np.sqrt(m2 / n).astype(np.float32) if with_sigma else None)
+    _general_pixels(planes, np.flatnonzero(out), params, with_sigma, whole)
+    return whole
 
 
 def combine_rows(sources, params: CombineParams, y0: int, y1: int, maps: bool = True, weights=None):
@@ -838,6 +885,8 @@ def combine_rows(sources, params: CombineParams, y0: int, y1: int, maps: bool = 
     n = len(sources)
     if params.method == "minmax" and weights is None and 0 <= params.nlow < n - params.nhigh <= n <= NETWORK_MAX_N:
         return _minmax_planes(read_planes(sources, y0, y1), params, maps)
+    if params.method == "sigmaclip" and weights is None and 2 <= n <= NETWORK_MAX_N:
+        return _sigmaclip_planes(read_planes(sources, y0, y1), params, maps)
     return reduce_block(read_block(sources, y0, y1), params, with_sigma=maps, weights=weights)
 
 
