@@ -22,6 +22,11 @@ Methods (x = the unmasked values of one pixel, n of them, N frames in all):
 For the IRAF methods c = median (mclip) or the mean without min and max on the first pass;
 then nkeep puts back the values closest to c. All of them then average what is kept, weighted
 by `weights` if given.
+
+Two ways through a block: average, median, minmax and sigmaclip's first pass work on whole
+frame planes (ranks by a sorting network, sums plane by plane); pixels with masked values
+(and, for sigmaclip, those that reject) go the general way: each pixel's values sorted, every
+rejection moving the ends of the run it keeps (reduce_block). Both give the same numbers.
 """
 
 from __future__ import annotations
