@@ -98,6 +98,22 @@ def test_read_frame_masks_nan_and_inf(tmp_path):
     assert fr.mask.sum() == 2 and np.isfinite(fr.data).all()
 
 
+@pytest.mark.parametrize("mapped", [True, False])
+def test_float32_frames_read_as_astropy_reads_them(tmp_path, monkeypatch, mapped):
+    """The direct float32 path (memory map, one conversion) and its fallback give astropy's pixels."""
+    data = np.random.default_rng(5).normal(1000, 30, (37, 53)).astype(np.float32)
+    p = tmp_path / "f.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(data, fits.Header({"OBJECT": "x"}))]).writeto(p)
+    if not mapped:
+        def no_map(*a, **kw):
+            raise OSError("no memory maps here")
+
+        monkeypatch.setattr(io, "_map_file", no_map)
+    fr = io.read_frame(p)
+    assert fr.hdu_index == 1 and fr.data.dtype == np.float32 and fr.data.flags.writeable
+    np.testing.assert_array_equal(fr.data, fits.getdata(p, 1))
+
+
 @pytest.mark.parametrize("content,words", [
     (b"", "empty"),
     (b"SIMPLE = nonsense" * 100, "not a readable FITS"),

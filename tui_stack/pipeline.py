@@ -206,7 +206,7 @@ AHEAD_FRAMES = 2  # frames measured while the reference is prepared (64 MB each 
 class _Ahead:
     """The first frames read and measured on a spare thread while the reference is being
     prepared on one core (its stars, the cross-correlation's transform, scipy's import):
-    0.3-0.5 s of a 16-frame 4k run (measured). Local engine only: Dask workers read their own."""
+    0.2-0.3 s of a 16-frame 4k run (A/B measured). Local engine only: Dask workers read their own."""
 
     def __init__(self, files: list[Path], cfg: Config, indices: list[int]):
         from concurrent.futures import ThreadPoolExecutor
