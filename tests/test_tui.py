@@ -42,6 +42,13 @@ async def press(pilot, key: str, times: int = 1):
         await settle(pilot)
 
 
+async def to_step(pilot, step: int):
+    """From the first screen, once it has settled, `n` up to wizard step `step`."""
+    await settle(pilot)
+    await press(pilot, "n", step)
+    assert pilot.app.screen.STEP == step
+
+
 async def drive_to_combine(pilot):
     await settle(pilot)
     await press(pilot, "n", 4)
@@ -254,9 +261,7 @@ def test_residual_plot_of_one_frame(demo_dir):
 
     async def go():
         async with app.run_test(size=SIZE) as pilot:
-            await settle(pilot)
-            await press(pilot, "n", 2)
-            assert app.screen.STEP == 2
+            await to_step(pilot, 2)
             await press(pilot, "down")
             await press(pilot, "e")
             view = app.screen.query_one("#plot", plot.PlotView)
@@ -279,9 +284,7 @@ def test_a_frame_skipped_on_the_shifts_screen_shows_skipped_on_the_files_screen(
 
     async def go():
         async with app.run_test(size=SIZE) as pilot:
-            await settle(pilot)
-            await press(pilot, "n", 2)
-            assert app.screen.STEP == 2
+            await to_step(pilot, 2)
             await pilot.press("down", "down", "x")  # skip the third frame
             await settle(pilot)
             assert not app.ws.run.frames[2].used
