@@ -800,23 +800,29 @@ def select_ranks(planes: np.ndarray, ranks: tuple) -> np.ndarray:
     return out.reshape((len(ranks),) + planes.shape[1:])
 
 
+def _general_pixels(planes: np.ndarray, bad: np.ndarray, params: CombineParams, with_sigma: bool, whole: tuple):
+    """Redo the pixels `bad` (flat indices) of a planes result `whole` = (data, n_used,
+    n_rejected, sigma) by reduce_block on their values alone. In place."""
+    if not bad.size:
+        return
+    vals = np.ascontiguousarray(planes.reshape(len(planes), -1)[:, bad].T)[None]
+    for out, part in zip(whole, reduce_block(vals, params, with_sigma)):
+        if out is not None:
+            out.reshape(-1)[bad] = part.reshape(-1)
+
+
 def _median_planes(planes: np.ndarray, with_sigma: bool):
     """The median straight from the planes (select_ranks); pixels with masked values are
     sorted the usual way."""
     n = len(planes)
     if n > NETWORK_MAX_N:
         return reduce_block(np.ascontiguousarray(planes.transpose(1, 2, 0)), CombineParams("median"), with_sigma)
-    mid = select_ranks(planes, ((n - 1) // 2, n // 2))
-    res = ((mid[0].astype(np.float64) + mid[1]) / 2).astype(np.float32)
-    bad = np.flatnonzero(np.isnan(res))
+    lo_mid, hi_mid = select_ranks(planes, ((n - 1) // 2, n // 2))
+    res = ((lo_mid.astype(np.float64) + hi_mid) / 2).astype(np.float32)
     n_valid = np.full(res.shape, n, np.int16)
-    if bad.size:
-        vals = planes.reshape(n, -1)[:, bad].T  # (pixels, N)
-        nv = (n - np.isnan(vals).sum(axis=1)).astype(np.int16)
-        res.reshape(-1)[bad] = _median_sorted(np.sort(vals, axis=-1), nv, True)
-        n_valid.reshape(-1)[bad] = nv
-    sig = _average_planes(planes, True)[3] if with_sigma else None
-    return res, n_valid, np.zeros_like(n_valid), sig
+    whole = (res, n_valid, np.zeros_like(n_valid), _average_planes(planes, True)[3] if with_sigma else None)
+    _general_pixels(planes, np.flatnonzero(np.isnan(res)), CombineParams("median"), with_sigma, whole)
+    return whole
 
 
 def _minmax_planes(planes: np.ndarray, params: CombineParams, with_sigma: bool):
@@ -832,17 +838,6 @@ def _minmax_planes(planes: np.ndarray, params: CombineParams, with_sigma: bool):
     n_rej = np.full(res.shape, n - (hi - lo), np.int16)
     _general_pixels(planes, bad, params, with_sigma, (res, n_used, n_rej, sig))
     return res, n_used, n_rej, sig
-
-
-def _general_pixels(planes: np.ndarray, bad: np.ndarray, params: CombineParams, with_sigma: bool, whole: tuple):
-    """Redo the pixels `bad` (flat indices) of a planes result `whole` = (data, n_used,
-    n_rejected, sigma) by reduce_block on their values alone. In place."""
-    if not bad.size:
-        return
-    vals = np.ascontiguousarray(planes.reshape(len(planes), -1)[:, bad].T)[None]
-    for out, part in zip(whole, reduce_block(vals, params, with_sigma)):
-        if out is not None:
-            out.reshape(-1)[bad] = part.reshape(-1)
 
 
 def _planes_mean(planes: np.ndarray, med: np.ndarray):
@@ -870,8 +865,8 @@ def _sigmaclip_planes(planes: np.ndarray, params: CombineParams, with_sigma: boo
     those with masked values) go through reduce_block alone. 2-3x faster than sorting every
     pixel (measured)."""
     n = len(planes)
-    vmin, m1, m2_, vmax = select_ranks(planes, (0, (n - 1) // 2, n // 2, n - 1))  # min and max: no extra cost
-    med = (m1.astype(np.float64) + m2_) / 2
+    vmin, lo_mid, hi_mid, vmax = select_ranks(planes, (0, (n - 1) // 2, n // 2, n - 1))  # min, max: no extra cost
+    med = (lo_mid.astype(np.float64) + hi_mid) / 2
     mean, m2 = _planes_mean(planes, med)
     with np.errstate(invalid="ignore"):
         sd = np.sqrt(m2 / n)
