@@ -175,18 +175,20 @@ def tui_stack_cmd() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "tui_stack"]
 
 
-def write_config(path: Path, **fields) -> Path:
+def write_config(path: Path, sections: dict) -> Path:
     """A tui-stack config written by tui-stack's own writer (what `run` reads back)."""
-    from tui_stack.config import Config, config_to_toml
+    from tui_stack.config import config_from_dict, config_to_toml
 
-    path.write_text(config_to_toml(Config(**fields)))
+    path.write_text(config_to_toml(config_from_dict(sections)))
     return path
 
 
 def run_config(frames_dir: Path, truth: dict, out: Path, method: str = "median") -> Path:
-    return write_config(out / "bench.toml", directory=frames_dir, pattern="frame_*.fits", frame=0,
-                        star=tuple(truth["ref_star"]), stars=truth["comparison_stars"], radius=15.0,
-                        saturation=65000.0, method=method, out_dir=out / "run", write_shifted=False)
+    return write_config(out / "bench.toml", {
+        "input": {"directory": str(frames_dir), "pattern": "frame_*.fits"},
+        "reference": {"frame": 0, "star": list(truth["ref_star"])},
+        "scale": {"stars": truth["comparison_stars"], "radius": 15.0, "saturation": 65000.0},
+        "combine": {"method": method}, "output": {"directory": str(out / "run"), "write_shifted": False}})
 
 
 # ------------------------------------------------------------------ IRAF and Siril (when installed)
@@ -284,9 +286,11 @@ def registration_case(work: Path) -> list[dict]:
     truth = synthetic.write_field(d, spec)
     t = {"shifts": truth.shifts.tolist()}
     out = []
-    cfg = write_config(work / "crowded.toml", directory=d, pattern="demo_*.fits", frame=0,
-                       star=(round(truth.ref_star[0], 1), round(truth.ref_star[1], 1)), shift_mode="subpixel",
-                       stars="auto", radius=12.0, method="median", out_dir=work / "crowded_out", write_shifted=False)
+    cfg = write_config(work / "crowded.toml", {
+        "input": {"directory": str(d), "pattern": "demo_*.fits"},
+        "reference": {"frame": 0, "star": [round(truth.ref_star[0], 1), round(truth.ref_star[1], 1)]},
+        "shift": {"mode": "subpixel"}, "scale": {"stars": "auto", "radius": 12.0},
+        "combine": {"method": "median"}, "output": {"directory": str(work / "crowded_out"), "write_shifted": False}})
     res = measure(tui_stack_cmd() + ["run", str(cfg), "--quiet"])
     rep = json.loads((work / "crowded_out" / "report.json").read_text())
     res["shift_rms_px"] = _rms_vs_truth([[f["shift_x"], f["shift_y"]] for f in rep["frames"]], t)

@@ -32,20 +32,19 @@ def field_integer(tmp_path_factory):
 
 
 def make_config(truth, out_dir, **over):
-    from tui_stack.config import Config
+    """A config for a synthetic field; `section__key=value` overrides one key (validated)."""
+    from tui_stack.config import config_from_dict
 
-    cfg = Config(
-        directory=truth.files[0].parent,
-        pattern="demo_*.fits",
-        frame=truth.ref_index,
-        star=(round(truth.ref_star[0]), round(truth.ref_star[1])),
-        stars=[list(c) for c in truth.comparison_stars],
-        radius=12.0,
-        out_dir=Path(out_dir),
-    )
-    for k, v in over.items():
-        setattr(cfg, k, v)
-    return cfg
+    raw = {
+        "input": {"directory": str(truth.files[0].parent), "pattern": "demo_*.fits"},
+        "reference": {"frame": truth.ref_index, "star": [round(truth.ref_star[0]), round(truth.ref_star[1])]},
+        "scale": {"stars": [list(c) for c in truth.comparison_stars], "radius": 12.0},
+        "output": {"directory": str(out_dir)},
+    }
+    for name, value in over.items():
+        section, key = name.split("__")
+        raw.setdefault(section, {})[key] = list(value) if isinstance(value, tuple) else value
+    return config_from_dict(raw)
 
 
 requires_pydia = pytest.mark.skipif(

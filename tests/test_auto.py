@@ -13,7 +13,7 @@ from conftest import PYDIA, REPO, make_config, requires_pydia, small_spec
 
 
 def auto_run(truth, out, **over):
-    cfg = make_config(truth, out, **{"frame": "auto", "star": "auto", "stars": "auto", **over})
+    cfg = make_config(truth, out, **{"reference__frame": "auto", "reference__star": "auto", "scale__stars": "auto", **over})
     return pipeline.run(cfg)
 
 
@@ -72,7 +72,7 @@ def test_large_offsets_over_100_px(tmp_path):
                       shifts=((0, 0), (131.4, -12.7), (-118.2, 104.6), (35.5, 142.3)))
     truth = synthetic.write_field(tmp_path / "f", spec)
     assert np.abs(truth.shifts).max() > 100
-    state = auto_run(truth, tmp_path / "o", frame=0)
+    state = auto_run(truth, tmp_path / "o", reference__frame=0)
     got = np.array([[f.shift_x, f.shift_y] for f in state.frames])
     assert np.abs(got - truth.shifts).max() < 0.15
     assert all(f.used for f in state.frames)
@@ -81,7 +81,7 @@ def test_large_offsets_over_100_px(tmp_path):
 def test_rotated_frames_are_flagged_not_shifted_wrongly(tmp_path):
     spec = small_spec(n_frames=4, shape=(384, 384), n_stars=120, seed=45, rotations=(0.0, 0.0, 1.0, 180.0))
     truth = synthetic.write_field(tmp_path / "f", spec)
-    state = auto_run(truth, tmp_path / "o", frame=0)
+    state = auto_run(truth, tmp_path / "o", reference__frame=0)
     assert "rotated" in state.frames[2].flags and abs(state.frames[2].rotation - 1.0) < 0.1
     flip = state.frames[3]
     assert "meridian_flip" in flip.flags and flip.flipped and flip.used
@@ -99,7 +99,7 @@ def test_real_frames_all_auto():
     from pathlib import Path
 
     with tempfile.TemporaryDirectory() as d:
-        cfg.out_dir = Path(d)
+        cfg.output.directory = Path(d)
         state = pipeline.run(cfg)
     est = {r["file"]: r for r in csv.DictReader(open(PYDIA / "frames.csv"))}
     e0 = est[state.files[state.ref_index].name]

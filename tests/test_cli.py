@@ -45,7 +45,7 @@ def frames(field_integer, tmp_path):
 
 def config_for(field_integer, frames, tmp_path, **over):
     cfg = make_config(field_integer, tmp_path / "out", **over)
-    cfg.directory = frames
+    cfg.input.directory = frames
     return write_config(cfg, tmp_path / "c.toml")
 
 
@@ -57,7 +57,7 @@ def test_run_succeeds_and_prints_summary(field_integer, frames, tmp_path, capsys
 
 
 def test_no_files_match(field_integer, frames, tmp_path, capsys):
-    cfg = config_for(field_integer, frames, tmp_path, pattern="nothing_*.fits")
+    cfg = config_for(field_integer, frames, tmp_path, input__pattern="nothing_*.fits")
     assert_one_line_error(*run_cli(["run", cfg], capsys)[::2], "no files match", "nothing_*.fits")
 
 
@@ -87,7 +87,7 @@ def test_frames_of_different_shapes(field_integer, frames, tmp_path, capsys):
 
 
 def test_star_not_in_box(field_integer, frames, tmp_path, capsys):
-    cfg = config_for(field_integer, frames, tmp_path, star=(3.0, 3.0), box=5)
+    cfg = config_for(field_integer, frames, tmp_path, reference__star=(3.0, 3.0), reference__box=5)
     assert_one_line_error(*run_cli(["run", cfg], capsys)[::2], "no star found", "[reference].star")
 
 
@@ -100,15 +100,15 @@ def test_every_comparison_star_saturated(field_integer, frames, tmp_path, capsys
                     for ddy in range(-6, 7):
                         synthetic_peak = 60000.0 * np.exp(-(ddx**2 + ddy**2) / 8.0) + 1000.0
                         h[0].data[int(y - dy) + ddy, int(x - dx) + ddx] = min(65535.0, 1.3 * synthetic_peak)
-    cfg = config_for(field_integer, frames, tmp_path, stars=[list(s) for s in stars])
+    cfg = config_for(field_integer, frames, tmp_path, scale__stars=[list(s) for s in stars])
     assert_one_line_error(*run_cli(["run", cfg], capsys)[::2], "no usable comparison star", "saturated")
 
 
 def test_output_would_overwrite_input(field_integer, frames, tmp_path, capsys):
     shutil.copy(frames / "demo_001.fits", frames / "sdemo_001.fits")
     before = checksums(frames.glob("*.fits"))
-    cfg = make_config(field_integer, frames, pattern="*demo_00*.fits")
-    cfg.directory = frames
+    cfg = make_config(field_integer, frames, input__pattern="*demo_00*.fits")
+    cfg.input.directory = frames
     path = write_config(cfg, tmp_path / "c.toml")
     assert_one_line_error(*run_cli(["run", path], capsys)[::2], "sdemo_001.fits", "overwrite an input")
     assert checksums(frames.glob("*.fits")) == before

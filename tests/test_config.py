@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tui_stack.config import SCHEMA, Config, config_from_dict, config_to_toml, load_config, parse_size
+from tui_stack.config import SCHEMA, config_from_dict, config_to_toml, load_config, parse_size
 from tui_stack.errors import ConfigError
 
 from conftest import REPO
@@ -20,30 +20,34 @@ def test_spec_example_config_is_accepted():
         "output": {"directory": "out", "write_shifted": True},
     }
     cfg = config_from_dict(raw, Path("/data"))
-    assert cfg.frame == 6 and cfg.star == (2030.0, 1360.0) and cfg.directory == Path("/data/frames")
-    assert cfg.select == {"PICTTYPE": 1} and cfg.stars == [(1721.0, 1257.0), (479.0, 867.0)]
+    assert cfg.reference.frame == 6 and cfg.reference.star == (2030.0, 1360.0) and cfg.input.directory == Path("/data/frames")
+    assert cfg.input.select == {"PICTTYPE": 1} and cfg.scale.stars == [(1721.0, 1257.0), (479.0, 867.0)]
 
 
 def test_round_trip_through_toml(tmp_path):
-    cfg = Config(directory=tmp_path, star=(10.5, 20.0), stars=[(1.0, 2.0)], select={"PICTTYPE": 1},
-                 exclude=[2, "x.fits"], method="minmax", saturation=None, out_dir=tmp_path / "o")
+    cfg = config_from_dict({
+        "input": {"directory": str(tmp_path), "select": {"PICTTYPE": 1}, "exclude": [2, "x.fits"]},
+        "reference": {"star": [10.5, 20.0]}, "scale": {"stars": [[1.0, 2.0]], "saturation": False},
+        "combine": {"method": "minmax", "lsigma": 2.5}, "output": {"directory": str(tmp_path / "o")},
+    })
     p = tmp_path / "c.toml"
     p.write_text(config_to_toml(cfg))
     back = load_config(p)
-    for attr in ("directory", "star", "stars", "select", "exclude", "method", "saturation", "out_dir", "memory_limit"):
-        assert getattr(back, attr) == getattr(cfg, attr), attr
+    for section in SCHEMA:
+        assert getattr(back, section) == getattr(cfg, section), section
+    assert back.scale.saturation is None and back.combine.lsigma == 2.5
 
 
 @pytest.mark.parametrize("name", ["demo.toml", "pydia.toml", "ngc2362_lab.toml"])
 def test_sample_configs_load(name):
     cfg = load_config(REPO / "sample_configs" / name)
-    assert cfg.pattern
+    assert cfg.input.pattern
 
 
 def test_lab_config_has_the_lab_parameters():
     cfg = load_config(REPO / "sample_configs" / "ngc2362_lab.toml")
-    assert (cfg.frame, cfg.star, cfg.box, cfg.centroid) == (6, (2030.0, 1360.0), 100, "2dg")
-    assert (cfg.radius, cfg.saturation, cfg.shift_mode, cfg.phot_sky) == (20.0, 60000.0, "integer", "global")
+    assert (cfg.reference.frame, cfg.reference.star, cfg.reference.box, cfg.reference.centroid) == (6, (2030.0, 1360.0), 100, "2dg")
+    assert (cfg.scale.radius, cfg.scale.saturation, cfg.shift.mode, cfg.scale.sky) == (20.0, 60000.0, "integer", "global")
 
 
 def test_sizes():
@@ -83,5 +87,6 @@ def test_sample_demo_config_matches_the_generated_demo(tmp_path):
 
     generated = load_config(demo.write_demo(tmp_path, n_frames=3, size=1024))
     sample = load_config(REPO / "sample_configs" / "demo.toml")
-    for attr in ("pattern", "select", "frame", "star", "box", "centroid", "stars", "radius", "saturation", "method"):
-        assert getattr(sample, attr) == getattr(generated, attr), attr
+    for section in ("reference", "shift", "scale", "combine"):
+        assert getattr(sample, section) == getattr(generated, section), section
+    assert (sample.input.pattern, sample.input.select) == (generated.input.pattern, generated.input.select)

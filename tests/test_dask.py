@@ -48,9 +48,9 @@ def test_every_method_identical_to_the_local_engine(dask_engine, method):
 
 
 def test_run_on_dask_equals_local_run(field_integer, tmp_path, dask_engine):
-    local = pipeline.run(make_config(field_integer, tmp_path / "local", method="sigclip"))
+    local = pipeline.run(make_config(field_integer, tmp_path / "local", combine__method="sigclip"))
     with compute.using(dask_engine):
-        remote = pipeline.run(make_config(field_integer, tmp_path / "dask", method="sigclip", scheduler="dask"))
+        remote = pipeline.run(make_config(field_integer, tmp_path / "dask", combine__method="sigclip", compute__scheduler="dask"))
     assert np.array_equal(local.combined[0].data, remote.combined[0].data, equal_nan=True)
     rep_l = json.loads((tmp_path / "local" / "report.json").read_text())
     rep_d = json.loads((tmp_path / "dask" / "report.json").read_text())
@@ -104,6 +104,6 @@ def test_compute_section_of_the_config():
     from tui_stack.config import ConfigError, config_from_dict
 
     cfg = config_from_dict({"input": {}, "compute": {"scheduler": "dask", "address": "tcp://h:8786", "workers": 4}})
-    assert (cfg.scheduler, cfg.address, cfg.workers) == ("dask", "tcp://h:8786", 4)
+    assert (cfg.compute.scheduler, cfg.compute.address, cfg.compute.workers) == ("dask", "tcp://h:8786", 4)
     with pytest.raises(ConfigError, match="scheduler"):
         config_from_dict({"input": {}, "compute": {"scheduler": "spark"}})

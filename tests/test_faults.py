@@ -26,7 +26,7 @@ def field(tmp_path):
 
 def run_case(truth, frames, tmp_path, capsys, **over):
     cfg = make_config(truth, tmp_path / "out", **over)
-    cfg.directory = frames
+    cfg.input.directory = frames
     before = checksums(p for p in frames.iterdir() if p.is_file())
     code, out, err = run_cli(["run", write_config(cfg, tmp_path / "c.toml"), "--quiet"], capsys)
     assert checksums(p for p in frames.iterdir() if p.is_file()) == before  # inputs never touched
@@ -59,7 +59,7 @@ def test_cube_is_refused_by_name(field, tmp_path, capsys):
 def test_unreadable_file_named_in_exclude_is_skipped(field, tmp_path, capsys):
     truth, frames = field
     (frames / "demo_000.fits").write_text("junk" * 100)
-    code, _, err = run_case(truth, frames, tmp_path, capsys, exclude=["demo_000.fits"])
+    code, _, err = run_case(truth, frames, tmp_path, capsys, input__exclude=["demo_000.fits"])
     assert code == 0, err
     assert [f["file"] for f in report(tmp_path)["frames"]][0] == "demo_001.fits"
 
@@ -86,7 +86,7 @@ def test_nan_and_inf_pixels_are_masked(field, tmp_path, capsys):
     with fits.open(frames / "demo_002.fits", mode="update") as h:
         h[0].data[100:110, 100:110] = np.nan
         h[0].data[200, 50:60] = np.inf
-    code, _, err = run_case(truth, frames, tmp_path, capsys, method="average")
+    code, _, err = run_case(truth, frames, tmp_path, capsys, combine__method="average")
     assert code == 0, err
     comb = fits.getdata(tmp_path / "out" / "combined_average.fits")
     assert np.isfinite(comb).all()  # the other frames cover those pixels; nothing propagates
@@ -156,19 +156,19 @@ def test_unreadable_permissions(field, tmp_path, capsys, monkeypatch):
 
 def test_reference_star_at_the_edge(field, tmp_path, capsys):
     truth, frames = field
-    code, _, err = run_case(truth, frames, tmp_path, capsys, star=(1.0, 160.0), box=5)
+    code, _, err = run_case(truth, frames, tmp_path, capsys, reference__star=(1.0, 160.0), reference__box=5)
     assert_one_line_error(code, err, "no star found")
 
 
 def test_reference_star_off_the_frame(field, tmp_path, capsys):
     truth, frames = field
-    code, _, err = run_case(truth, frames, tmp_path, capsys, star=(5000.0, 160.0))
+    code, _, err = run_case(truth, frames, tmp_path, capsys, reference__star=(5000.0, 160.0))
     assert_one_line_error(code, err, "outside the 320x320 reference frame")
 
 
 def test_saturated_reference_star(field, tmp_path, capsys):
     truth, frames = field
-    code, _, err = run_case(truth, frames, tmp_path, capsys, saturation=5000.0)
+    code, _, err = run_case(truth, frames, tmp_path, capsys, scale__saturation=5000.0)
     assert_one_line_error(code, err, "saturated", "fainter star")
 
 

@@ -19,7 +19,7 @@ SPEC_FRAME_KEYS = {"file", "centroid_x", "centroid_y", "shift_x", "shift_y", "ap
 def run_subpixel(field_subpixel, tmp_path_factory):
     before = checksums(field_subpixel.files)
     out = tmp_path_factory.mktemp("out_sub")
-    state = pipeline.run(make_config(field_subpixel, out, shift_mode="subpixel", method="average"))
+    state = pipeline.run(make_config(field_subpixel, out, shift__mode="subpixel", combine__method="average"))
     return state, out, before
 
 
@@ -97,7 +97,7 @@ def test_wcs_of_shifted_frame_follows_the_shift(run_subpixel, field_subpixel):
 
 
 def test_integer_mode_streams_from_inputs_same_as_shifted_files(field_integer, tmp_path):
-    state = pipeline.run(make_config(field_integer, tmp_path, method="median"))
+    state = pipeline.run(make_config(field_integer, tmp_path, combine__method="median"))
     combined = fits.getdata(tmp_path / "combined_median.fits").astype(np.float32)
     srcs = [combine.FileSource(tmp_path / f"s{f.name}", 0, state.shape, scale=f.scale) for f in state.frames]
     from_files = combine.combine(srcs, combine.CombineParams("median")).data
@@ -105,7 +105,7 @@ def test_integer_mode_streams_from_inputs_same_as_shifted_files(field_integer, t
 
 
 def test_excluded_frame_is_left_out(field_integer, tmp_path):
-    cfg = make_config(field_integer, tmp_path, method="average", exclude=["demo_003.fits"], write_shifted=False)
+    cfg = make_config(field_integer, tmp_path, combine__method="average", input__exclude=["demo_003.fits"], output__write_shifted=False)
     state = pipeline.run(cfg)
     assert not state.frames[2].used and "excluded" in state.frames[2].flags
     assert state.combined[-1].n_frames == 5
@@ -127,7 +127,7 @@ def test_clouded_out_frame_flagged_and_run_goes_on(tmp_path):
 @pytest.mark.parametrize("method", ["ccdclip", "winsorized", "pclip"])
 def test_every_rejection_runs_in_the_pipeline(field_integer, tmp_path, method):
     """ccdclip reads GAIN and RDNOISE from the reference header (the demo frames carry them)."""
-    state = pipeline.run(make_config(field_integer, tmp_path, method=method, write_shifted=False))
+    state = pipeline.run(make_config(field_integer, tmp_path, combine__method=method, output__write_shifted=False))
     c = state.combined[-1]
     assert c.method == method and c.n_frames == 6
     assert 0.97 < c.photometry.ratio_median < 1.03
@@ -137,7 +137,7 @@ def test_every_rejection_runs_in_the_pipeline(field_integer, tmp_path, method):
 def test_noise_weights_favour_the_clear_frames(field_subpixel, tmp_path):
     """weights = "noise": 1/(sky noise x scale)^2; the half-transparent frame, scaled up by ~2,
     counts about a quarter; the weights and the method's parameters reach report and header."""
-    cfg = make_config(field_subpixel, tmp_path, method="sigclip", weights="noise", nkeep=2)
+    cfg = make_config(field_subpixel, tmp_path, combine__method="sigclip", combine__weights="noise", combine__nkeep=2)
     state = pipeline.run(cfg)
     c = state.combined[0]
     used = [fr for fr in state.frames if fr.used]
@@ -158,12 +158,12 @@ def test_photometry_in_the_registration_pass_equals_the_shifted_frames(field_int
     the shifted frame (written and measured when write_shifted is on)."""
     from tui_stack.core import photometry
 
-    state = pipeline.run(make_config(field_integer, tmp_path / "a", write_shifted=False))
+    state = pipeline.run(make_config(field_integer, tmp_path / "a", output__write_shifted=False))
     cfg = state.config
     for i, fr in enumerate(state.frames):
         assert getattr(fr, "early_fluxes", None) is not None
         data, mask, _ = pipeline.prepared_frame(state, i)  # the shifted frame, as the lab measures
-        want = photometry.measure_stars(data, mask, state.comparison_stars, cfg.radius, fr.sky, cfg.saturation,
-                                        cfg.annulus_radii())
+        want = photometry.measure_stars(data, mask, state.comparison_stars, cfg.scale.radius, fr.sky, cfg.scale.saturation,
+                                        cfg.scale.annulus_radii())
         np.testing.assert_allclose(fr.star_flux, want.flux, rtol=1e-6)
         assert fr.star_flags == want.flags

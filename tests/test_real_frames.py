@@ -17,7 +17,7 @@ pytestmark = requires_pydia
 def pydia_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("pydia")
     cfg = load_config(REPO / "sample_configs" / "pydia.toml")
-    cfg.out_dir = out
+    cfg.output.directory = out
     before = checksums(PYDIA.glob("*.fits"))
     state = pipeline.run(cfg)
     est = {r["file"]: r for r in csv.DictReader(open(PYDIA / "frames.csv"))}

@@ -22,7 +22,7 @@ def test_integer_offsets_recovered_exactly(field_integer, tmp_path):
 
 
 def test_subpixel_offsets_under_005_px_rms(field_subpixel, tmp_path):
-    state, shifts = run_register(field_subpixel, tmp_path, shift_mode="subpixel")
+    state, shifts = run_register(field_subpixel, tmp_path, shift__mode="subpixel")
     err = shifts - field_subpixel.shifts
     rms = np.sqrt(np.mean(np.sum(err**2, axis=1)))
     assert rms < 0.05, err

@@ -17,7 +17,7 @@ def rotated(tmp_path_factory):
     spec = synthetic.FieldSpec(n_frames=4, shape=(512, 512), n_stars=300, max_shift=6, seed=8, rotations=ROTATIONS)
     truth = synthetic.write_field(tmp_path_factory.mktemp("rot"), spec)
     out = tmp_path_factory.mktemp("rot_out")
-    state = pipeline.run(make_config(truth, out, shift_mode="subpixel", method="median", radius=8.0))
+    state = pipeline.run(make_config(truth, out, shift__mode="subpixel", combine__method="median", scale__radius=8.0))
     return truth, state, out
 
 
@@ -37,7 +37,7 @@ def rotated_quiet(tmp_path_factory):
                                gain=1000.0, read_noise=0.0, cosmic_rays=0)
     truth = synthetic.write_field(tmp_path_factory.mktemp("rotq"), spec)
     out = tmp_path_factory.mktemp("rotq_out")
-    state = pipeline.run(make_config(truth, out, shift_mode="subpixel", method="median", radius=8.0))
+    state = pipeline.run(make_config(truth, out, shift__mode="subpixel", combine__method="median", scale__radius=8.0))
     return truth, state, out
 
 

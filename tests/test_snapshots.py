@@ -18,8 +18,8 @@ def demo_app(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative paths: the screens show no temporary directory
     monkeypatch.delenv("NO_COLOR", raising=False)
     cfg = load_config(tmp_path / "demo.toml")
-    cfg.directory, cfg.out_dir = cfg.directory.relative_to(tmp_path), cfg.out_dir.relative_to(tmp_path)
-    return StackApp(cfg.directory, cfg)
+    cfg.input.directory, cfg.output.directory = cfg.input.directory.relative_to(tmp_path), cfg.output.directory.relative_to(tmp_path)
+    return StackApp(cfg.input.directory, cfg)
 
 
 def steps(n, extra=()):

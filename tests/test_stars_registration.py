@@ -19,7 +19,7 @@ def crowded(tmp_path_factory):
 
 
 def register(truth, tmp_path, **over):
-    state = pipeline.RunState(config=make_config(truth, tmp_path, shift_mode="subpixel", **over),
+    state = pipeline.RunState(config=make_config(truth, tmp_path, shift__mode="subpixel", **over),
                               files=list(truth.files))
     pipeline.register(state)
     return state, np.array([[f.shift_x, f.shift_y] for f in state.frames])
@@ -37,7 +37,7 @@ def test_many_stars_reach_three_thousandths_of_a_pixel(crowded, tmp_path):
 
 def test_one_star_method_is_kept_and_is_less_precise(crowded, tmp_path):
     _, many = register(crowded, tmp_path)
-    _, one = register(crowded, tmp_path, shift_method="star")
+    _, one = register(crowded, tmp_path, shift__method="star")
     err_one = np.sqrt(np.mean(np.sum((one - crowded.shifts)[1:] ** 2, axis=1)))
     err_many = np.sqrt(np.mean(np.sum((many - crowded.shifts)[1:] ** 2, axis=1)))
     assert err_one < 0.1  # still right (the cross-correlation guides it past the neighbour)
@@ -56,7 +56,7 @@ def test_real_frames_many_stars():
 
     cfg = load_config(REPO / "sample_configs" / "pydia.toml")
     with tempfile.TemporaryDirectory() as d:
-        cfg.out_dir = Path(d)
+        cfg.output.directory = Path(d)
         state = pipeline.RunState(config=cfg, files=pipeline.select(cfg))
         pipeline.choose_reference(state)
         pipeline.register(state)
@@ -74,7 +74,7 @@ def test_auto_scales_within_three_tenths_of_a_percent(crowded, tmp_path, mode):
     """stars = "auto": many isolated unsaturated stars with a local annulus sky, no hand-picked star
     (IRAF's and Siril's image-statistics scaling miss these transparencies by 33-43%). Subpixel
     mode measures on the frames' own pixels, not the resampled ones."""
-    state = pipeline.run(make_config(crowded, tmp_path, stars="auto", radius=12.0, shift_mode=mode))
+    state = pipeline.run(make_config(crowded, tmp_path, scale__stars="auto", scale__radius=12.0, shift__mode=mode))
     scales = np.array([f.scale for f in state.frames])
     err = scales / crowded.scales - 1
     assert np.abs(err).max() < 0.003, err

@@ -173,7 +173,7 @@ def test_local_peaks_equals_photutils_find_peaks(border):
 def test_turned_frame_keeps_its_sky(kind):
     from astropy.wcs import WCS
 
-    from tui_stack.pipeline import _turn_wcs
+    from tui_stack.pipeline.shift import _turn_wcs
 
     hdr = fits.Header({"NAXIS": 2, "NAXIS1": 200, "NAXIS2": 150, "CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN",
                        "CRVAL1": 100.0, "CRVAL2": -20.0, "CRPIX1": 80.5, "CRPIX2": 60.0})

@@ -107,7 +107,7 @@ def test_wizard_on_a_dask_cluster_in_tmux(tmp_path):
 
     demo.write_demo(tmp_path / "d", n_frames=4, size=384)
     cfg = load_config(tmp_path / "d" / "demo.toml")
-    cfg.scheduler, cfg.workers = "dask", 2
+    cfg.compute.scheduler, cfg.compute.workers = "dask", 2
     (tmp_path / "dask.toml").write_text(config_to_toml(cfg))
     exe = Path(sys.executable).parent / "tui-stack"
     cmd = f"TUI_STACK_STATE_DIR={tmp_path} {exe} --config {tmp_path / 'dask.toml'}; echo EXIT=$?; sleep 30"

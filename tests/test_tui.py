@@ -58,8 +58,10 @@ def test_whole_wizard_equals_run_with_saved_config(demo_dir, tmp_path):
     import asyncio
 
     cfg = load_config(demo_dir / "demo.toml")
-    cfg.out_dir = tmp_path / "wizard_out"
-    app = StackApp(cfg.directory, cfg)
+    cfg.output.directory = tmp_path / "wizard_out"
+    cfg.set("combine", "nlow", 1)  # 5 frames: 3 + 3 would drop them all
+    cfg.set("combine", "nhigh", 1)
+    app = StackApp(cfg.input.directory, cfg)
 
     async def go():
         async with app.run_test(size=SIZE) as pilot:
@@ -79,12 +81,13 @@ def test_whole_wizard_equals_run_with_saved_config(demo_dir, tmp_path):
     saved = out / "tui-stack.toml"
     assert saved.exists()
     rerun_cfg = load_config(saved)
-    rerun_cfg.out_dir = tmp_path / "run_out"
+    rerun_cfg.output.directory = tmp_path / "run_out"
     pipeline.run(rerun_cfg)
-    assert rerun_cfg.method == "minmax"
+    assert rerun_cfg.combine.method == "minmax"
     a = fits.getdata(out / "combined_minmax.fits")
     b = fits.getdata(tmp_path / "run_out" / "combined_minmax.fits")
     np.testing.assert_array_equal(a, b)
+    assert np.isfinite(a).mean() > 0.9
     assert (out / "combined_median.fits").exists()  # both methods the user ran are written
     ra = json.loads((out / "report.json").read_text())
     rb = json.loads((tmp_path / "run_out" / "report.json").read_text())
@@ -97,9 +100,9 @@ def test_wizard_auto_star_and_excluded_frame(demo_dir, tmp_path):
     import asyncio
 
     cfg = load_config(demo_dir / "demo.toml")
-    cfg.star, cfg.stars = "auto", "auto"
-    cfg.out_dir = tmp_path / "o"
-    app = StackApp(cfg.directory, cfg)
+    cfg.reference.star, cfg.scale.stars = "auto", "auto"
+    cfg.output.directory = tmp_path / "o"
+    app = StackApp(cfg.input.directory, cfg)
 
     async def go():
         async with app.run_test(size=SIZE) as pilot:
@@ -119,7 +122,7 @@ def test_wizard_auto_star_and_excluded_frame(demo_dir, tmp_path):
             await pilot.press("n")
             await settle(pilot)
             assert len(run.comparison_stars) >= 3
-            assert isinstance(app.ws.config.stars, list)  # the auto pick is saved as positions
+            assert isinstance(app.ws.config.scale.stars, list)  # the auto pick is saved as positions
 
     asyncio.run(go())
 
@@ -148,7 +151,7 @@ def test_quit_asks_when_work_would_be_lost(demo_dir):
     import asyncio
 
     cfg = load_config(demo_dir / "demo.toml")
-    app = StackApp(cfg.directory, cfg)
+    app = StackApp(cfg.input.directory, cfg)
 
     async def go():
         async with app.run_test(size=SIZE) as pilot:
@@ -174,8 +177,8 @@ def test_dropped_session_resumes_at_the_same_step(demo_dir, tmp_path, monkeypatc
 
     monkeypatch.setenv("TUI_STACK_STATE_DIR", str(tmp_path / "state"))
     cfg = load_config(demo_dir / "demo.toml")
-    cfg.out_dir = tmp_path / "o"
-    app = StackApp(cfg.directory, cfg)
+    cfg.output.directory = tmp_path / "o"
+    app = StackApp(cfg.input.directory, cfg)
     seen = {}
 
     async def first():
@@ -197,7 +200,7 @@ def test_dropped_session_resumes_at_the_same_step(demo_dir, tmp_path, monkeypatc
 
     from tui_stack.config import config_from_dict
 
-    app2 = StackApp(cfg.directory, config_from_dict(tomllib.loads(saved["config"])), resume=saved)
+    app2 = StackApp(cfg.input.directory, config_from_dict(tomllib.loads(saved["config"])), resume=saved)
 
     async def second():
         async with app2.run_test(size=SIZE) as pilot:
@@ -233,7 +236,7 @@ def test_a_crash_writes_a_log_and_says_where(demo_dir, monkeypatch, tmp_path, ca
 
     monkeypatch.setattr(FilesScreen, "action_toggle_all", boom)
     cfg = load_config(demo_dir / "demo.toml")
-    app = StackApp(cfg.directory, cfg)
+    app = StackApp(cfg.input.directory, cfg)
 
     async def go():
         async with app.run_test(size=SIZE) as pilot:
@@ -257,7 +260,7 @@ def test_residual_plot_of_one_frame(demo_dir):
     from tui_stack.tui import plot
 
     cfg = load_config(demo_dir / "demo.toml")
-    app = StackApp(cfg.directory, cfg)
+    app = StackApp(cfg.input.directory, cfg)
 
     async def go():
         async with app.run_test(size=SIZE) as pilot:
@@ -280,7 +283,7 @@ def test_a_frame_skipped_on_the_shifts_screen_shows_skipped_on_the_files_screen(
     from textual.widgets import DataTable
 
     cfg = load_config(demo_dir / "demo.toml")
-    app = StackApp(cfg.directory, cfg)
+    app = StackApp(cfg.input.directory, cfg)
 
     async def go():
         async with app.run_test(size=SIZE) as pilot:

@@ -41,7 +41,7 @@ def _run_parser() -> argparse.ArgumentParser:
 def _compute_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheduler", choices=["local", "dask"], help="where the work runs (overrides [compute])")
     p.add_argument("--address", help="Dask scheduler, e.g. tcp://host:8786 (default: a local cluster)")
-    p.add_argument("--workers", type=int, help="size of the local Dask cluster (default: one per core)")
+    p.add_argument("--workers", help="size of the local Dask cluster (default: one per core)")
 
 
 def _demo_parser() -> argparse.ArgumentParser:
@@ -56,42 +56,35 @@ def _demo_parser() -> argparse.ArgumentParser:
 
 
 def _combine_parser() -> argparse.ArgumentParser:
+    from tui_stack.core.combine_params import PARAMS
+
     p = argparse.ArgumentParser(
         prog="tui-stack combine",
         description="Combine frames that are already aligned (as IRAF imcombine / ccdproc.combine).",
     )
     p.add_argument("files", nargs="+", type=Path)
-    from tui_stack.config import COMBINE_METHODS
-
-    p.add_argument("--method", required=True, choices=COMBINE_METHODS)
     p.add_argument("--out", type=Path, required=True, help="output FITS file")
-    p.add_argument("--nlow", type=int, default=3)
-    p.add_argument("--nhigh", type=int, default=3)
-    p.add_argument("--sigma", type=float, default=3.0)
-    p.add_argument("--maxiters", type=int, default=1)
-    p.add_argument("--lsigma", type=float, help="low clipping limit (default: --sigma)")
-    p.add_argument("--hsigma", type=float, help="high clipping limit (default: --sigma)")
-    p.add_argument("--pclip", type=float, default=-0.5, help="pclip: rank of the spread estimate (IRAF)")
-    p.add_argument("--gain", default="GAIN", help="ccdclip: e-/ADU or a header keyword (default GAIN)")
-    p.add_argument("--rdnoise", default="RDNOISE", help="ccdclip: e- or a header keyword (default RDNOISE)")
-    p.add_argument("--snoise", type=float, default=0.0, help="ccdclip: fractional sensitivity noise")
-    p.add_argument("--nkeep", type=int, default=1,
-                   help="IRAF clipping: keep at least N values; negative: reject at most -N (default 1)")
-    p.add_argument("--no-mclip", dest="mclip", action="store_false",
-                   help="sigclip/avsigclip/ccdclip: clip about the mean without min and max, not the median")
-    p.add_argument("--gesd-outliers", type=float, default=0.3, help="gesd: largest fraction of outliers (0.3)")
-    p.add_argument("--gesd-alpha", type=float, default=0.05, help="gesd: significance (0.05)")
-    p.add_argument("--weights", default="none", metavar="none|exposure|noise|FILE",
-                   help="weights of the average: exposure time, 1/(sky noise x scale)^2, or a file of one per frame")
-    p.add_argument("--exposure-keyword", default="EXPTIME", metavar="KEY",
-                   help="header keyword of the exposure time (default EXPTIME)")
+    # one flag per [combine] key, from the table that declares them; checked by standalone
+    for param in PARAMS:
+        if not param.cli and param.name != "method":
+            continue
+        if param.name == "method":
+            from tui_stack.core.combine_params import METHODS
+
+            p.add_argument("--method", required=True, choices=METHODS)
+        elif param.default is True:
+            p.add_argument("--no-" + param.flag[2:], dest=param.name, action="store_false", help=param.help)
+        elif param.default is False:
+            p.add_argument(param.flag, action="store_true", help=param.help)
+        else:
+            p.add_argument(param.flag, dest=param.name, default=param.default, metavar=param.name.upper(),
+                           help=param.help + (f" (default {param.default})" if param.default is not None else ""))
+    p.add_argument("--exposure-keyword", dest="exposure_key", help=argparse.SUPPRESS)  # the old name
     p.add_argument("--scale", type=Path, help="file of one multiplicative scale per frame")
     p.add_argument("--scale-keyword", metavar="KEY",
                    help="scale by a header keyword, e.g. EXPTIME: scale = first frame's value / this frame's")
     p.add_argument("--zero", type=Path, help="file of one additive zero per frame, subtracted before scaling")
     p.add_argument("--offsets", type=Path, help="file of integer 'dx dy' per frame (added to the frame's position)")
-    p.add_argument("--memory-limit", default="256MB")
-    p.add_argument("--maps", action="store_true", help="add NUSED, NREJECTED and SIGMA extensions (as IRAF)")
     p.add_argument("--overwrite", action="store_true")
     _compute_args(p)
     return p
@@ -181,24 +174,34 @@ def _console(stderr=False):
     return Console(stderr=stderr, highlight=False)
 
 
-def cmd_run(args) -> int:
-    from tui_stack import pipeline, summary
-    from tui_stack.config import load_config, parse_size
-    from tui_stack.errors import ConfigError
-
-    cfg = load_config(args.config)
-    if args.out:
-        cfg.out_dir = args.out.resolve()
-    if args.memory_limit:
-        try:
-            cfg.memory_limit = parse_size(args.memory_limit)
-        except ValueError as exc:
-            raise ConfigError(f"--memory-limit: {exc}") from None
+def apply_overrides(cfg, args) -> None:
+    """Command-line overrides of the config, through the config's own validators."""
+    if getattr(args, "out", None):
+        cfg.set("output", "directory", args.out.resolve())
+    if getattr(args, "memory_limit", None):
+        cfg.set("combine", "memory_limit", args.memory_limit)
     if args.address and not args.scheduler:
         args.scheduler = "dask"
-    cfg.scheduler = args.scheduler or cfg.scheduler
-    cfg.address = args.address or cfg.address
-    cfg.workers = args.workers or cfg.workers
+    for key in ("scheduler", "address", "workers"):
+        value = getattr(args, key)
+        if value is not None:
+            cfg.set("compute", key, _int_text(value) if key == "workers" else value)
+    cfg.check()
+
+
+def _int_text(text: str):
+    try:
+        return int(text)
+    except ValueError:
+        return text  # the validator names the key and the value
+
+
+def cmd_run(args) -> int:
+    from tui_stack import pipeline, summary
+    from tui_stack.config import load_config
+
+    cfg = load_config(args.config)
+    apply_overrides(cfg, args)
     with _progress_runner(args.quiet) as cb:
         state = pipeline.run(cfg, cb)
     summary.print_summary(state, _console())

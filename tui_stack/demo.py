@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tui_stack.config import Config, config_to_toml
+from tui_stack.config import Config, config_from_dict, config_to_toml
 from tui_stack.core import synthetic
 
 
@@ -13,21 +13,16 @@ def demo_spec(n_frames: int = 10, size: int = 1024) -> synthetic.FieldSpec:
 
 
 def demo_config(truth: synthetic.FieldTruth, frames_dir: Path, out_dir: Path) -> Config:
-    return Config(
-        directory=frames_dir,
-        pattern="demo_*.fits",
-        select={"PICTTYPE": 1},
-        frame=truth.ref_index,
-        star=(round(truth.ref_star[0]), round(truth.ref_star[1])),
-        box=100,
-        centroid="2dg",
-        shift_mode="integer",
-        stars=[[round(x), round(y)] for x, y in truth.comparison_stars],
-        radius=15.0,
-        saturation=60000.0,
-        method="median",
-        out_dir=out_dir,
-    )
+    return config_from_dict({
+        "input": {"directory": str(frames_dir), "pattern": "demo_*.fits", "select": {"PICTTYPE": 1}},
+        "reference": {"frame": truth.ref_index, "star": [round(truth.ref_star[0]), round(truth.ref_star[1])],
+                      "box": 100, "centroid": "2dg"},
+        "shift": {"mode": "integer"},
+        "scale": {"stars": [[round(x), round(y)] for x, y in truth.comparison_stars], "radius": 15.0,
+                  "saturation": 60000.0},
+        "combine": {"method": "median"},
+        "output": {"directory": str(out_dir)},
+    }, resolve=False)
 
 
 def write_truth_csv(truth: synthetic.FieldTruth, path: Path) -> None:

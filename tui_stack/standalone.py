@@ -43,7 +43,7 @@ def _weights(args, infos, scales) -> np.ndarray | None:
     if args.method == "median":
         raise InputError("--weights apply to the averaging methods, not to median")
     if choice == "exposure":
-        return exposure_times([(p, idx) for p, idx, _ in infos], args.exposure_keyword.upper())
+        return exposure_times([(p, idx) for p, idx, _ in infos], args.exposure_key)
     if choice == "noise":
         noise = []
         for p, idx, _ in infos:
@@ -54,22 +54,49 @@ def _weights(args, infos, scales) -> np.ndarray | None:
             raise InputError("--weights noise: a frame has no measurable sky noise")
         return 1.0 / noise**2
     w = _read_column_file(Path(choice), len(infos), 1, "weights")[:, 0]
-    if not np.all(w > 0):
-        raise InputError(f"{choice}: weights must be positive")
-    return w
+    if not np.all(np.isfinite(w) & (w > 0)):
+        raise InputError(f"{choice}: weights must be positive finite numbers")
+    return w / w.max()  # only their ratios count; 1e308 x n would overflow the sum
 
 
-def _number_or_keyword(text: str):
-    try:
-        return float(text)
-    except ValueError:
-        return text.upper()
+def _typed(text):
+    """A flag's text as the number it spells, else as it is (the table's check judges it)."""
+    if not isinstance(text, str):
+        return text
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def checked_flags(args) -> dict:
+    """Every [combine] flag through the check the config uses for the same key."""
+    from tui_stack.core.combine_params import PARAMS, WEIGHTS
+
+    values = {}
+    for p in PARAMS:
+        if not hasattr(args, p.name):
+            continue
+        raw = getattr(args, p.name)
+        if p.name == "weights" and raw not in WEIGHTS:
+            values[p.name] = str(raw)  # a file of weights, read and checked with the frames
+            continue
+        try:
+            values[p.name] = p.validate(p.flag, _typed(raw))
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+    return values
 
 
 def combine_files(args, console) -> Path:
-    from tui_stack.config import parse_size
     from tui_stack.core import combine, io
+    from tui_stack.core.combine_params import PARAMS
 
+    flags = checked_flags(args)
+    for key, value in flags.items():
+        setattr(args, key, value)
     paths = [Path(p) for p in args.files]
     if len({p.resolve() for p in paths}) != len(paths):
         raise InputError("the same file is given twice")
@@ -92,42 +119,55 @@ def combine_files(args, console) -> Path:
     if args.scale and args.scale_keyword:
         raise InputError("give --scale or --scale-keyword, not both")
     scales = _read_column_file(args.scale, n, 1, "scale")[:, 0] if args.scale else np.ones(n)
+    if args.scale and not np.all(np.isfinite(scales) & (scales > 0)):
+        raise InputError(f"{args.scale}: scales must be positive finite numbers")
     if args.scale_keyword:
         scales = _keyword_scales(infos, args.scale_keyword.upper())
     zeros = _read_column_file(args.zero, n, 1, "zero")[:, 0] if args.zero else np.zeros(n)
-    offsets = _read_column_file(args.offsets, n, 2, "offsets").astype(int) if args.offsets else np.zeros((n, 2), int)
+    if not np.all(np.isfinite(zeros)):
+        raise InputError(f"{args.zero}: zeros must be finite numbers")
+    offsets = _read_column_file(args.offsets, n, 2, "offsets") if args.offsets else np.zeros((n, 2))
+    if not np.all(np.isfinite(offsets) & (offsets == np.round(offsets))):
+        raise InputError(f"{args.offsets}: offsets must be whole numbers of pixels")
+    offsets = offsets.astype(int)
     # IRAF style: the output grows to hold every frame at its offset.
     ox, oy = offsets[:, 0] - offsets[:, 0].min(), offsets[:, 1] - offsets[:, 1].min()
     h, w = infos[0][2]
     shape = (h + int(oy.max()), w + int(ox.max()))
     sources = [combine.FileSource(p, idx, s, int(dx), int(dy), zero=float(z), scale=float(sc), out_shape=shape)
                for (p, idx, s), dx, dy, sc, z in zip(infos, ox, oy, scales, zeros)]
-    try:
-        limit = parse_size(args.memory_limit)
-    except ValueError as exc:
-        raise InputError(f"--memory-limit: {exc}") from None
-    gain = rdnoise = 1.0
+    values = {p.name: flags[p.name] for p in PARAMS if p.method_param and p.name in flags}
+    values.update(method=args.method, gain=1.0, rdnoise=1.0)
     if args.method == "ccdclip":
         from tui_stack.pipeline import header_number
 
-        gain = header_number(_number_or_keyword(args.gain), paths[0], infos[0][1])
-        rdnoise = header_number(_number_or_keyword(args.rdnoise), paths[0], infos[0][1])
-    if not (0 < args.gesd_outliers < 1 and 0 < args.gesd_alpha < 1):
-        raise InputError("--gesd-outliers and --gesd-alpha must be between 0 and 1")
-    params = combine.CombineParams(args.method, args.nlow, args.nhigh, args.sigma, args.maxiters, args.lsigma,
-                                   args.hsigma, args.pclip, gain, rdnoise, args.snoise, nkeep=args.nkeep,
-                                   mclip=args.mclip, gesd_outliers=args.gesd_outliers, gesd_alpha=args.gesd_alpha)
+        values["gain"] = header_number(flags["gain"], paths[0], infos[0][1])
+        values["rdnoise"] = header_number(flags["rdnoise"], paths[0], infos[0][1])
+    params = combine.CombineParams(**values)
+    try:
+        params.check_frames(n)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
     weights = _weights(args, infos, scales)
     from tui_stack import compute
 
     scheduler = args.scheduler or ("dask" if args.address else "local")
+    workers = None
+    if args.workers is not None:
+        workers = _typed(args.workers)
+        try:
+            from tui_stack.core.combine_params import integer
+
+            integer(1)(workers)
+        except ValueError as exc:
+            raise InputError(f"--workers {exc}, got {args.workers!r}") from None
     hdr = _provenance(args, params, paths, ox, oy, scales, zeros, weights)
-    engine = compute.open_compute(scheduler, args.address, args.workers)
+    engine = compute.open_compute(scheduler, args.address, workers)
     # the image goes to disk block by block as it is combined: never whole in memory
     with io.FitsStream(out, hdr, shape) as stream:
         try:
-            result = engine.combine(sources, params, memory_limit=limit, maps=args.maps, weights=weights,
-                                    sink=lambda y0, block: stream.write(block[0]))
+            result = engine.combine(sources, params, memory_limit=args.memory_limit, maps=args.maps,
+                                    weights=weights, sink=lambda y0, block: stream.write(block[0]))
         except ValueError as exc:
             raise InputError(str(exc)) from None
         finally:

@@ -38,69 +38,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-METHODS = ("average", "median", "minmax", "sigmaclip", "sigclip", "avsigclip", "ccdclip", "pclip", "winsorized", "gesd")
-DEFAULT_MEMORY_LIMIT = 256 * 1024**2
-
-
-@dataclass
-class CombineParams:
-    method: str = "median"
-    nlow: int = 3
-    nhigh: int = 3
-    sigma: float = 3.0
-    maxiters: int = 1
-    lsigma: float | None = None  # low / high clipping limits; default: sigma
-    hsigma: float | None = None
-    pclip: float = -0.5  # pclip: rank offset of the sigma estimate, as a fraction of n/2
-    gain: float = 1.0  # ccdclip: e-/ADU
-    rdnoise: float = 0.0  # ccdclip: e-
-    snoise: float = 0.0  # ccdclip: fractional "sensitivity" noise
-    sky: float = 0.0  # ccdclip/avsigclip: sky taken out of the values (ADU), still in their noise
-    nkeep: int = 1  # IRAF: keep at least nkeep values; negative: reject at most -nkeep
-    mclip: bool = True  # IRAF: clip about the median (True) or the mean without min and max
-    gesd_outliers: float = 0.3  # Siril's GESD: at most this fraction of the values are outliers
-    gesd_alpha: float = 0.05  # GESD significance
-
-    @property
-    def low(self) -> float:
-        return self.sigma if self.lsigma is None else self.lsigma
-
-    @property
-    def high(self) -> float:
-        return self.sigma if self.hsigma is None else self.hsigma
-
-    def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"unknown combine method {self.method!r}; use one of {', '.join(METHODS)}")
-
-
-def method_parameters(params: CombineParams) -> list[tuple[str, str, object, str]]:
-    """The parameters the method used, as (FITS card, name, value, comment) for provenance."""
-    m = params.method
-    rows = [("TSMETHOD", "method", m, "combine method")]
-    if m == "minmax":
-        rows += [("TSNLOW", "nlow", params.nlow, "values dropped low"),
-                 ("TSNHIGH", "nhigh", params.nhigh, "values dropped high")]
-    if m in ("sigmaclip", "sigclip", "avsigclip", "ccdclip", "pclip", "winsorized"):
-        rows += [("TSLSIGMA", "lsigma", params.low, "low clipping limit"),
-                 ("TSHSIGMA", "hsigma", params.high, "high clipping limit")]
-    if m == "sigmaclip":
-        rows += [("TSMAXIT", "maxiters", params.maxiters, "clipping passes")]
-    if m in ("sigclip", "avsigclip", "ccdclip", "pclip", "winsorized", "gesd"):
-        rows += [("TSNKEEP", "nkeep", params.nkeep, "IRAF nkeep")]
-    if m in ("sigclip", "avsigclip", "ccdclip"):
-        rows += [("TSMCLIP", "mclip", params.mclip, "clip about the median")]
-    if m == "pclip":
-        rows += [("TSPCLIP", "pclip", params.pclip, "pclip rank parameter")]
-    if m == "ccdclip":
-        rows += [("TSGAIN", "gain", params.gain, "e-/ADU"), ("TSRDNOIS", "rdnoise", params.rdnoise, "read noise, e-"),
-                 ("TSSNOISE", "snoise", params.snoise, "sensitivity noise")]
-    if m in ("ccdclip", "avsigclip"):
-        rows += [("TSSKY", "sky", params.sky, "sky added back for the noise model, ADU")]
-    if m == "gesd":
-        rows += [("TSGESDF", "gesd_outliers", params.gesd_outliers, "GESD outlier fraction"),
-                 ("TSGESDA", "gesd_alpha", params.gesd_alpha, "GESD significance")]
-    return rows
+from tui_stack.core.combine_params import DEFAULT_MEMORY_LIMIT, METHODS, CombineParams, method_parameters  # noqa: F401
 
 
 @dataclass

@@ -55,6 +55,10 @@ class FrameInfo:
     max: float | None = None
     error: str = ""
     header: dict = field(default_factory=dict)
+    primary: dict = field(default_factory=dict)  # the primary header, when the image is in an extension
+
+    def selected_by(self, select: dict | None) -> bool:
+        return not self.error and header_selected(self.header, self.primary, select)
 
 
 def _image_hdu_index(hdul, path: Path) -> int:
@@ -239,7 +243,11 @@ def frame_info(path: Path) -> FrameInfo:
     hdr = frame.header
     info.hdu_index = frame.hdu_index
     info.shape = frame.shape
-    info.header = {k: hdr[k] for k in hdr if k and k not in ("COMMENT", "HISTORY", "")}
+    info.header = _header_dict(hdr)
+    if frame.hdu_index > 0:
+        from astropy.io import fits
+
+        info.primary = _header_dict(fits.getheader(path, 0))
     info.date_obs = str(hdr.get("DATE-OBS", ""))
     exptime = hdr.get("EXPTIME", hdr.get("EXPOSURE"))
     info.exptime = float(exptime) if isinstance(exptime, (int, float)) else None
@@ -251,6 +259,16 @@ def frame_info(path: Path) -> FrameInfo:
         info.std = float(np.std(good))
         info.max = float(np.max(good))
     return info
+
+
+def _header_dict(hdr) -> dict:
+    return {k: hdr[k] for k in hdr if k and k not in ("COMMENT", "HISTORY", "")}
+
+
+def header_selected(image_header, primary_header, select: dict | None) -> bool:
+    """The one selection rule: the image HDU's header matches, or (image in an extension)
+    the primary header does, where observatories put keywords such as PICTTYPE."""
+    return header_matches(image_header, select) or (bool(primary_header) and header_matches(primary_header, select))
 
 
 def match_files(directory: Path, pattern: str) -> list[Path]:
@@ -305,7 +323,7 @@ def select_files(directory: Path, pattern: str, select: dict | None = None, skip
             raise
         try:
             idx = _image_hdu_index(hdul, path)
-            if header_matches(hdul[idx].header, select) or (idx > 0 and header_matches(hdul[0].header, select)):
+            if header_selected(hdul[idx].header, hdul[0].header if idx > 0 else None, select):
                 kept.append(path)
         finally:
             hdul.close()

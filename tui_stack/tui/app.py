@@ -197,10 +197,13 @@ class StackApp(App):
         if config is None:
             # a fresh start: the suggested reference frame, stars picked on the screens
             # outputs go where the user is, not into the data directory (often an archive)
-            config = Config(directory=Path(directory).resolve(), out_dir=Path.cwd() / "tui-stack-out", frame="auto")
+            config = Config()
+            config.set("input", "directory", Path(directory).resolve())
+            config.set("output", "directory", Path.cwd() / "tui-stack-out")
+            config.set("reference", "frame", "auto")
         self.ws = WizardState(config=config, resume=resume)
         cfg = self.ws.config
-        self._engine = ((cfg.scheduler, cfg.address, cfg.workers), engine) if engine is not None else None
+        self._engine = ((cfg.compute.scheduler, cfg.compute.address, cfg.compute.workers), engine) if engine is not None else None
         self._given_engine = engine  # closed by whoever opened it
 
     def engine(self):
@@ -210,7 +213,7 @@ class StackApp(App):
         from tui_stack import compute
 
         cfg = self.ws.config
-        want = (cfg.scheduler, cfg.address, cfg.workers)
+        want = (cfg.compute.scheduler, cfg.compute.address, cfg.compute.workers)
         if self._engine is None or self._engine[0] != want:
             if self._engine is not None:
                 self._engine[1].close()
@@ -291,10 +294,10 @@ def run_app(directory: Path, config_path: Path | None = None, resume: bool = Fal
     else:
         config = load_config(config_path) if config_path else None  # it names its own directory
     engine = None
-    if config is not None and config.scheduler != "local":
+    if config is not None and config.compute.scheduler != "local":
         from tui_stack import compute
 
-        engine = compute.open_compute(config.scheduler, config.address, config.workers)
+        engine = compute.open_compute(config.compute.scheduler, config.compute.address, config.compute.workers)
     try:
         app = StackApp(Path(directory), config, resume=saved, engine=engine)
         app.run()

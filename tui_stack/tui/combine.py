@@ -32,19 +32,19 @@ class CombineScreen(PreviewScreen):
     def compose_body(self) -> ComposeResult:
         cfg = self.ws.config
         with Horizontal(classes="params"):
-            yield Static(f"method [b]{cfg.method}[/] (m)", id="method")
+            yield Static(f"method [b]{cfg.combine.method}[/] (m)", id="method")
             yield Label("nlow")
-            yield Input(str(cfg.nlow), id="nlow", type="integer")
+            yield Input(str(cfg.combine.nlow), id="nlow", type="integer")
             yield Label("nhigh")
-            yield Input(str(cfg.nhigh), id="nhigh", type="integer")
+            yield Input(str(cfg.combine.nhigh), id="nhigh", type="integer")
             yield Label("sigma")
-            yield Input(str(cfg.sigma), id="sigma", type="number")
+            yield Input(str(cfg.combine.sigma), id="sigma", type="number")
         with Horizontal(classes="main"):
             yield ImageView(id="preview", classes="preview")
             with Vertical(classes="side-wide"):
                 yield fixed_table("results", (("method", 9), ("n", 3), ("median", 8), ("std", 8), ("flux/ref", 8)))
                 yield fixed_table("phot", (("star", 4), ("ref flux", 10), ("combined", 10), ("ratio", 7)))
-                yield Input(str(cfg.out_dir), id="outdir", placeholder="output directory")
+                yield Input(str(cfg.output.directory), id="outdir", placeholder="output directory")
         self._cache: Path | None = None
         self._cache_key = None
 
@@ -62,11 +62,11 @@ class CombineScreen(PreviewScreen):
             self.status("m: method, c: combine (escape cancels), w: write the outputs and the config")
 
     def _method_label(self) -> None:
-        self.query_one("#method", Static).update(f"method [b]{self.ws.config.method}[/] (m)")
+        self.query_one("#method", Static).update(f"method [b]{self.ws.config.combine.method}[/] (m)")
 
     def action_method(self) -> None:
         cfg = self.ws.config
-        cfg.method = METHODS[(METHODS.index(cfg.method) + 1) % len(METHODS)]
+        cfg.combine.method = METHODS[(METHODS.index(cfg.combine.method) + 1) % len(METHODS)]
         self._method_label()
 
     def _read_params(self) -> bool:
@@ -80,8 +80,8 @@ class CombineScreen(PreviewScreen):
         if nlow < 0 or nhigh < 0 or sigma <= 0:
             self.status("nlow and nhigh must be 0 or more, sigma positive", error=True)
             return False
-        cfg.nlow, cfg.nhigh, cfg.sigma = nlow, nhigh, sigma
-        cfg.out_dir = Path(self.query_one("#outdir", Input).value).expanduser().resolve()
+        cfg.combine.nlow, cfg.combine.nhigh, cfg.combine.sigma = nlow, nhigh, sigma
+        cfg.output.directory = Path(self.query_one("#outdir", Input).value).expanduser().resolve()
         return True
 
     def _shifted_dir(self, progress):
@@ -89,7 +89,7 @@ class CombineScreen(PreviewScreen):
         from tui_stack import pipeline
 
         run = self.ws.run
-        if run.config.shift_mode == "integer":
+        if run.config.shift.mode == "integer":
             return None
         key = tuple((f.name, f.applied_shift_x, f.applied_shift_y, f.sky) for f in run.frames)
         if self._cache is None or self._cache_key != key:
@@ -108,7 +108,7 @@ class CombineScreen(PreviewScreen):
             return
         run = ws.run
         run.config = ws.config_for_run()
-        method = ws.config.method
+        method = ws.config.combine.method
 
         def work(progress):
             return pipeline.combine_frames(run, method, self._shifted_dir(progress), progress)
@@ -165,8 +165,8 @@ class CombineScreen(PreviewScreen):
             self.status("combine first (c)", error=True)
             return
         run.config = ws.config_for_run()
-        if ws.config.method not in [c.method for c in run.combined]:
-            ws.config.method = run.combined[-1].method
+        if ws.config.combine.method not in [c.method for c in run.combined]:
+            ws.config.combine.method = run.combined[-1].method
             self._method_label()
 
         def work(progress):

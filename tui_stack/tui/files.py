@@ -27,10 +27,10 @@ class FilesScreen(WizardScreen):
 
     def compose_body(self) -> ComposeResult:
         cfg = self.ws.config
-        select = ", ".join(f"{k}={v}" for k, v in cfg.select.items())
+        select = ", ".join(f"{k}={v}" for k, v in cfg.input.select.items())
         with Horizontal(classes="inputs"):
-            yield Input(str(cfg.directory), placeholder="directory", id="directory")
-            yield Input(cfg.pattern, placeholder="glob, e.g. *.fits", id="pattern")
+            yield Input(str(cfg.input.directory), placeholder="directory", id="directory")
+            yield Input(cfg.input.pattern, placeholder="glob, e.g. *.fits", id="pattern")
             yield Input(select, placeholder="header filter, e.g. PICTTYPE=1", id="filter")
         table = DataTable(id="files", cursor_type="row", zebra_stripes=False)
         table.add_columns(*COLUMNS)
@@ -72,7 +72,7 @@ class FilesScreen(WizardScreen):
         except ValueError as exc:
             self.status(f"header filter: {exc}; write KEY=VALUE, KEY2=VALUE2", error=True)
             return
-        cfg.directory, cfg.pattern, cfg.select = directory.resolve(), pattern, select
+        cfg.input.directory, cfg.input.pattern, cfg.input.select = directory.resolve(), pattern, select
         if not directory.is_dir():
             self.status(f"{directory}: no such directory; type another and press enter", error=True)
             return
@@ -82,15 +82,14 @@ class FilesScreen(WizardScreen):
         self.ws.run = None
 
         def scan(progress):
-            from tui_stack.core import io
+            from tui_stack import pipeline
 
-            files = sorted({p.resolve() for p in directory.glob(pattern) if p.is_file()})
-            for k, path in enumerate(files):
-                progress("reading headers", k, len(files))
-                info = io.frame_info(path)
-                if info.error or io.header_matches(info.header, select):
+            n = 0
+            for info in pipeline.scan(directory, pattern, progress):
+                n += 1
+                if info.error or info.selected_by(select):
                     self.app.call_from_thread(self._add, info)
-            return len(files)
+            return n
 
         self.run_task("reading frames", scan, self._scanned)
 
@@ -115,7 +114,7 @@ class FilesScreen(WizardScreen):
         self.set_timer(0.2, lambda: (table.action_cursor_down(), table.action_cursor_up()))
         bad = sum(1 for i in ws.infos if i.error)
         if n_files == 0:
-            self.status(f"no files match {ws.config.pattern!r} in {ws.config.directory}; edit the glob (/)", error=True)
+            self.status(f"no files match {ws.config.input.pattern!r} in {ws.config.input.directory}; edit the glob (/)", error=True)
             return
         msg = f"{len(ws.usable_infos())} of {n_files} files selected"
         if len(ws.infos) < n_files:

@@ -131,19 +131,18 @@ class ReferenceScreen(PreviewScreen):
         ws.suggested_ref = best
         cfg = ws.config
         start = best
-        if isinstance(cfg.frame, int) and cfg.frame < len(ws.run.files):
-            start = cfg.frame
-        elif isinstance(cfg.frame, str) and cfg.frame in [f.name for f in ws.run.files]:
-            start = [f.name for f in ws.run.files].index(cfg.frame)
+        if isinstance(cfg.reference.frame, int) and cfg.reference.frame < len(ws.run.files):
+            start = cfg.reference.frame
+        elif isinstance(cfg.reference.frame, str) and cfg.reference.frame in [f.name for f in ws.run.files]:
+            start = [f.name for f in ws.run.files].index(cfg.reference.frame)
         self.load_reference(start)
 
     def load_reference(self, index: int) -> None:
         ws = self.ws
         if index != ws.run.ref_index:
-            ws.run.frames = []  # shifts were against another frame
             ws.star_xy = None
-        ws.run.ref_index = index
-        ws.config.frame = ws.run.files[index].name
+        ws.run.set_reference_frame(index)  # another frame clears the shifts and scales
+        ws.config.reference.frame = ws.run.files[index].name
         ws.dirty = True
 
         from tui_stack.pipeline import sky_subtracted
@@ -157,8 +156,8 @@ class ReferenceScreen(PreviewScreen):
         ws.ref_image, ws.ref_noise = img, noise
         self.preview().set_image(img)
         self._show_frame_info()
-        if isinstance(ws.config.star, tuple):
-            self._locate(*ws.config.star)
+        if isinstance(ws.config.reference.star, tuple):
+            self._locate(tuple(ws.config.reference.star))
         else:
             self.status("move the cursor onto a bright isolated star and press enter, or a for automatic")
 
@@ -197,43 +196,33 @@ class ReferenceScreen(PreviewScreen):
     def action_pick(self) -> None:
         if self.ws.ref_image is None:
             return
-        self._locate(*self.preview().cursor)
+        self._locate(tuple(self.preview().cursor))
 
     def action_auto_star(self) -> None:
-        ws = self.ws
-        if ws.ref_image is None:
+        if self.ws.ref_image is None:
             return
-        from tui_stack.core import quality
+        self._locate(None)
 
-        img = np.nan_to_num(ws.ref_image)
-        mask = ~np.isfinite(ws.ref_image)
-        stars = quality.find_stars(img, mask, ws.ref_noise)
-        sky = ws.run.qualities[ws.run.ref_index].sky if ws.run.qualities else 0.0
-        picked = quality.pick_reference_star(stars, img.shape, sky, ws.config.saturation, ws.config.box)
-        if picked is None:
-            self.status("no bright, unsaturated, isolated star found; pick one by hand (enter)", error=True)
-            return
-        self._locate(*picked)
-
-    def _locate(self, x: float, y: float) -> None:
-        from tui_stack.core import registration
+    def _locate(self, at: tuple[float, float] | None) -> None:
+        """The star near `at` (None: picked automatically), as `run` would take it."""
+        from tui_stack.errors import InputError
+        from tui_stack.pipeline import reference_star
 
         ws = self.ws
         img = ws.ref_image
         mask = ~np.isfinite(img)
-        star = registration.locate_reference_star(
-            np.nan_to_num(img), mask, x, y, ws.config.box, ws.config.centroid, ws.ref_noise
-        )
-        if star is None:
-            self.status(f"no star within the {ws.config.box} px box around ({x:.0f}, {y:.0f}); move closer", error=True)
-            return
         sky = ws.run.qualities[ws.run.ref_index].sky if ws.run.qualities else 0.0
-        sat = ws.config.saturation
-        saturated = sat is not None and star.peak + sky >= sat
-        if ws.star_xy is None or np.hypot(ws.star_xy[0] - star.x, ws.star_xy[1] - star.y) > 0.01:
-            ws.run.frames = []  # another star: the shifts must be measured again
+        cfg = ws.config.copy()
+        cfg.reference.star = "auto"
+        try:
+            star = reference_star(np.nan_to_num(img), mask, ws.ref_noise, sky, cfg, ws.run.files[ws.run.ref_index].name,
+                                  at=at)
+        except InputError as exc:
+            self.status(str(exc).split(": ", 1)[-1], error=True)
+            return
+        ws.run.set_reference_star(star)  # another star: the shifts must be measured again
         ws.star_xy = (star.x, star.y)
-        ws.config.star = (round(star.x, 2), round(star.y, 2))
+        ws.config.reference.star = (round(star.x, 2), round(star.y, 2))
         ws.dirty = True
         view = self.preview()
         view.set_markers({(int(round(star.x)), int(round(star.y))): ("x", "green")})
@@ -244,13 +233,10 @@ class ReferenceScreen(PreviewScreen):
         info = [
             f"[b]star[/] x {star.x:.2f}  y {star.y:.2f}",
             f"peak {star.peak + sky:.0f}  FWHM {star.fwhm:.1f}",
-            f"centroid {ws.config.centroid}",
+            f"centroid {ws.config.reference.centroid}",
         ]
-        if saturated:
-            info.append("[red]saturated: pick a fainter star[/]")
-            ws.star_xy = None
         self.query_one("#starinfo", Static).update("\n".join(info))
-        self.status("star chosen; n: measure the shifts" if not saturated else "that star is saturated", saturated)
+        self.status("star chosen; n: measure the shifts")
 
     def can_leave(self) -> bool:
         if self.ws.star_xy is None:

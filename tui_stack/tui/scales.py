@@ -50,7 +50,7 @@ class ScalesScreen(PreviewScreen):
             self._fill()
 
     def action_auto(self) -> None:
-        self.ws.config.stars = "auto"
+        self.ws.config.scale.stars = "auto"
         self.action_measure()
 
     def action_measure(self) -> None:
@@ -58,7 +58,7 @@ class ScalesScreen(PreviewScreen):
 
         run = self.ws.run
         run.config = self.ws.config_for_run()
-        if run.config.stars != "auto" and not run.config.stars:
+        if run.config.scale.stars != "auto" and not run.config.scale.stars:
             self.status("no comparison stars: enter adds the star at the cursor, a picks automatically", error=True)
             return
 
@@ -69,7 +69,7 @@ class ScalesScreen(PreviewScreen):
 
     def _measured(self, _=None) -> None:
         ws = self.ws
-        ws.config.stars = [[round(x, 2), round(y, 2)] for x, y in ws.run.comparison_stars]
+        ws.config.scale.stars = [[round(x, 2), round(y, 2)] for x, y in ws.run.comparison_stars]
         ws.dirty = True
         self._fill()
 
@@ -126,7 +126,7 @@ class ScalesScreen(PreviewScreen):
             self.status(f"no star near ({x}, {y}); move the cursor onto one", error=True)
             return
         stars = [list(s) for s in ws.run.comparison_stars] + [[round(star.x, 2), round(star.y, 2)]]
-        ws.config.stars = stars
+        ws.config.scale.stars = stars
         self.action_measure()
 
     def action_remove_star(self) -> None:
@@ -135,11 +135,11 @@ class ScalesScreen(PreviewScreen):
         if not ws.run.comparison_stars or table.cursor_row is None:
             return
         stars = [list(s) for k, s in enumerate(ws.run.comparison_stars) if k != table.cursor_row]
-        ws.config.stars = stars
+        ws.config.scale.stars = stars
         if stars:
             self.action_measure()
         else:
-            ws.run.comparison_stars = []
+            ws.run.set_comparison_stars([])
             self._fill_stars()
 
     def can_leave(self) -> bool:

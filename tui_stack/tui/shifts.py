@@ -159,16 +159,10 @@ class ShiftsScreen(WizardScreen):
         i = table.cursor_row
         fr = run.frames[i]
         info_index = next(k for k, info in enumerate(self.ws.infos) if info.path == fr.path)
-        if "excluded" in fr.flags:
+        if run.set_used(i, "excluded" in fr.flags):
             self.ws.included.add(info_index)
-            fr.flags.remove("excluded")
-            from tui_stack.pipeline import UNMEASURABLE
-
-            fr.used = not any(f in fr.flags for f in UNMEASURABLE + ("no_comparison_star",))
         else:
             self.ws.included.discard(info_index)
-            fr.flags.append("excluded")
-            fr.used = False
         run.config = self.ws.config_for_run()
         self._fill()
 

@@ -40,7 +40,7 @@ class WizardState:
         """
         cfg = self.config
         chosen = set(self.selected_files())
-        cfg.exclude = [info.path.name for info in self.infos if info.path not in chosen]
+        cfg.input.exclude = [info.path.name for info in self.infos if info.path not in chosen]
         return cfg
 
     def config_toml(self) -> str:

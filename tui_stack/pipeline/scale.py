@@ -1,0 +1,121 @@
+"""Step 4, scale: comparison-star photometry in every frame and the scale against the reference
+(median of reference flux / frame flux), then the quality flags of the whole set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tui_stack import compute
+from tui_stack.core import photometry, quality, registration
+from tui_stack.errors import InputError
+from tui_stack.pipeline.reference import measure_frame
+from tui_stack.pipeline.shift import prepared_frame, write_shifted
+from tui_stack.pipeline.state import FrameResult, Progress, RunState, measurable, noop
+
+
+def comparison_stars(state: RunState, ref_sky: float) -> list:
+    """The config's comparison stars, or (stars = "auto") those picked on the reference frame.
+    No margin for the shifts: a star off one frame is flagged there and left out of that
+    frame's scale only."""
+    cfg = state.config
+    if cfg.scale.stars != "auto":
+        return [tuple(s) for s in cfg.scale.stars]
+    stars = quality.pick_comparison_stars(state.ref_stars, state.shape, ref_sky, cfg.scale.saturation, cfg.scale.radius)
+    if not stars:
+        raise InputError(
+            f"{state.files[state.ref_index].name}: no bright, unsaturated, isolated comparison star found for "
+            '[scale].stars = "auto"; give a list of [x, y] or a smaller [scale].radius'
+        )
+    return stars
+
+def _photometry_key(state: RunState, fr: FrameResult) -> tuple:
+    """What a frame's comparison-star fluxes depend on besides its pixels."""
+    cfg = state.config
+    return (tuple(map(tuple, state.comparison_stars)), cfg.scale.radius, cfg.scale.annulus_radii(), cfg.scale.saturation, cfg.scale.sky,
+            fr.applied_shift_x, fr.applied_shift_y, fr.sky, fr.flipped, tuple(fr.transform or ()))
+
+def early_photometry(state: RunState, fr: FrameResult, sub: np.ndarray, mask: np.ndarray) -> None:
+    """Measure the comparison stars in the frame as it is, at where the registration puts
+    them, while it is in memory for registration: the scale pass need not read it again.
+    Integer shifts: the same apertures on the same pixels as in the shifted frame (an
+    aperture off the frame is off the shifted frame too). Subpixel shifts and rotations:
+    the apertures sit at fractional positions (photutils' exact overlap) on pixels never
+    interpolated, so a resampling's smoothing cannot bias the flux ratios."""
+    cfg = state.config
+    if not state.comparison_stars or not fr.used:
+        return
+    ref_xy = np.array(state.comparison_stars, float)
+    if fr.transform is not None and cfg.shift.mode == "subpixel":
+        at = registration.SimilarityFit.from_list(fr.transform).apply(ref_xy)
+    else:
+        at = ref_xy - [fr.applied_shift_x, fr.applied_shift_y]
+    at = [tuple(p) for p in at]
+    fluxes = photometry.measure_stars(sub, mask, at, cfg.scale.radius, fr.sky, cfg.scale.saturation, cfg.scale.annulus_radii())
+    fr.early_fluxes = (_photometry_key(state, fr), fluxes)
+
+def measure_scales(state: RunState, progress: Progress = noop, shifted_dir: Path | None = None) -> None:
+    """Comparison-star photometry in each shifted frame and the scale against the reference.
+
+    With `shifted_dir`, each prepared frame is also written there as s<name>.
+    """
+    cfg = state.config
+    ref_fr = state.frames[state.ref_index]
+    if cfg.scale.stars == "auto" and state.ref_stars is None:  # a resumed session keeps tables, not star lists
+        _, _, _, state.ref_stars, _ = measure_frame(ref_fr.path, cfg)
+    state.set_comparison_stars(comparison_stars(state, ref_fr.sky))
+    annulus = cfg.scale.annulus_radii()
+    n = len(state.frames)
+
+    def photometry_of(i: int):
+        fr = state.frames[i]
+        if not measurable(fr):
+            return None
+        early = getattr(fr, "early_fluxes", None)
+        fluxes = early[1] if early is not None and early[0] == _photometry_key(state, fr) else None
+        if fluxes is not None and shifted_dir is None:
+            return fluxes  # measured in the registration pass: nothing to read
+        data, mask, header = prepared_frame(state, i)
+        if fluxes is None:
+            fluxes = photometry.measure_stars(data, mask, state.comparison_stars, cfg.scale.radius, fr.sky, cfg.scale.saturation,
+                                              annulus)
+        if shifted_dir is not None:
+            write_shifted(state, i, data, mask, header, shifted_dir / f"s{fr.name}")
+        return fluxes
+
+    ref_fluxes = photometry_of(state.ref_index)
+    ref_fr = state.frames[state.ref_index]
+    if ref_fluxes is None or not photometry.usable(ref_fluxes).any():
+        reasons = sorted({f for flags in (ref_fluxes.flags if ref_fluxes else []) for f in flags}) or ["no flux"]
+        raise InputError(
+            f"{ref_fr.name}: no usable comparison star in the reference frame "
+            f"({', '.join(reasons)}); choose other [scale].stars"
+        )
+    others = [i for i in range(n) if i != state.ref_index]
+    measured = [(state.ref_index, ref_fluxes)]
+    measured += zip(others, compute.current().map_in_order(photometry_of, others,
+                                                           lambda st, k, t: progress("scale", k + 1, n), "scale"))
+    for i, fluxes in measured:
+        if fluxes is None:
+            continue
+        fr = state.frames[i]
+        fr.star_flux = fluxes.flux.tolist()
+        fr.star_flags = fluxes.flags
+        sc = photometry.frame_scale(ref_fluxes, fluxes)
+        fr.scale, fr.scale_mad, fr.n_scale_stars = sc.scale, sc.mad, sc.n_used
+        if sc.n_used == 0:
+            fr.used = False
+            fr.flags.append("no_comparison_star")
+    progress("scale", n, n)
+    _flag_transparency(state)
+
+def _flag_transparency(state: RunState) -> None:
+    """Quality flags from the whole set (clouded, trailed, ...) onto the frames' flags."""
+    qs = [fr.quality for fr in state.frames]
+    if any(q is None for q in qs):
+        return
+    quality.flag_qualities(qs, [fr.scale for fr in state.frames])
+    for fr in state.frames:
+        fr.flags = [f for f in fr.flags if f not in quality.QUALITY_FLAGS] + fr.quality.flags
+

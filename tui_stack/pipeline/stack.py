@@ -1,0 +1,123 @@
+"""Step 6, stack: the used frames combined by the chosen method, weighted and scaled, in row
+blocks on the configured engine; then the result's statistics and photometry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tui_stack import compute
+from tui_stack.config import Config
+from tui_stack.core import combine, photometry, stats
+from tui_stack.core.combine_params import PARAMS
+from tui_stack.errors import InputError
+from tui_stack.pipeline.state import CombinedResult, Progress, RunState, noop
+
+
+def combine_sources(state: RunState, shifted_dir: Path | None) -> list:
+    """Row-block sources of the used frames: original files with the integer shift as a slice
+    offset, or (subpixel mode) the shifted frames written to `shifted_dir`."""
+    sources = []
+    for fr in state.frames:
+        if not fr.used:
+            continue
+        if state.config.shift.mode == "integer":
+            sources.append(
+                combine.FileSource(
+                    fr.path, fr.hdu_index, state.shape, fr.applied_shift_x, fr.applied_shift_y, fr.sky, fr.scale,
+                    flip=fr.flipped,
+                )
+            )
+        else:
+            sources.append(combine.FileSource(shifted_dir / f"s{fr.name}", 0, state.shape, 0, 0, 0.0, fr.scale))
+    return sources
+
+
+def header_number(value, path: Path, hdu_index: int = 0) -> float:
+    """A number from the config, or the value of the header keyword it names."""
+    if not isinstance(value, str):
+        return float(value)
+    from astropy.io import fits
+
+    hdr = fits.getheader(path, hdu_index)
+    if value not in hdr or not isinstance(hdr[value], (int, float)):
+        raise InputError(f"{path.name}: header keyword {value} (for ccdclip) is missing or not a number; "
+                         "give the value in [combine]")
+    return float(hdr[value])
+
+
+def combine_params(cfg: Config, method: str, ref_path: Path, sky: float = 0.0) -> combine.CombineParams:
+    """The engine's parameters from [combine] (a header keyword named for gain or read noise
+    read from the reference frame)."""
+    values = {p.name: getattr(cfg.combine, p.name) for p in PARAMS if p.method_param and p.name != "sky"}
+    values.update(method=method, sky=float(sky), gain=1.0, rdnoise=1.0)
+    if method == "ccdclip":
+        values["gain"] = header_number(cfg.combine.gain, ref_path)
+        values["rdnoise"] = header_number(cfg.combine.rdnoise, ref_path)
+    return combine.CombineParams(**values)
+
+
+def exposure_times(paths, key: str) -> np.ndarray:
+    """The exposure time of each frame from its header (primary or image HDU)."""
+    from astropy.io import fits
+
+    values = []
+    for path, idx in paths:
+        hdr = fits.getheader(path, idx)
+        v = hdr.get(key, fits.getheader(path, 0).get(key) if idx else None)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+            raise InputError(f"{Path(path).name}: header keyword {key} is missing or not a positive number")
+        values.append(float(v))
+    return np.array(values)
+
+
+def frame_weights(state: RunState, method: str) -> np.ndarray | None:
+    """Weights of the used frames for the averaging methods (median takes none): the exposure
+    time, or the inverse variance of the sky noise after scaling, 1 / (noise x scale)^2."""
+    cfg = state.config
+    used = [fr for fr in state.frames if fr.used]
+    if cfg.combine.weights == "none" or method == "median":
+        return None
+    if cfg.combine.weights == "exposure":
+        return exposure_times([(fr.path, fr.hdu_index) for fr in used], cfg.combine.exposure_key)
+    noise = np.array([fr.noise * fr.scale for fr in used])
+    if not np.all(np.isfinite(noise) & (noise > 0)):
+        raise InputError("weights = \"noise\" needs the sky noise of every frame (measure the shifts first)")
+    return 1.0 / noise**2
+
+
+def combine_frames(
+    state: RunState, method: str | None = None, shifted_dir: Path | None = None, progress: Progress = noop
+) -> CombinedResult:
+    cfg = state.config
+    method = method or cfg.combine.method
+    used = [fr for fr in state.frames if fr.used]
+    if not used:
+        raise InputError("no usable frames left to combine (see the flags of each frame)")
+    params = combine_params(cfg, method, state.files[state.ref_index], np.median([fr.sky for fr in used]))
+    try:
+        params.check_frames(len(used))
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    weights = frame_weights(state, method)
+    result = compute.current().combine(
+        combine_sources(state, shifted_dir),
+        params,
+        memory_limit=cfg.combine.memory_limit,
+        progress=lambda d, t: progress(f"combine {method}", d, t),
+        maps=cfg.combine.maps,
+        weights=weights,
+    )
+    st = stats.image_stats(result.data)
+    comb_mask = ~np.isfinite(result.data)
+    comb_flux = photometry.measure_stars(
+        np.where(comb_mask, 0.0, result.data), comb_mask, state.comparison_stars, cfg.scale.radius, 0.0, None, cfg.scale.annulus_radii()
+    )
+    ref_flux = state.frames[state.ref_index].star_flux
+    phot = stats.compare_photometry(ref_flux, comb_flux.flux, state.comparison_stars)
+    combined = CombinedResult(method, None, result.data, len(used), st, phot, result, params,
+                              None if weights is None else list(weights / weights.sum()))
+    state.combined = [c for c in state.combined if c.method != method] + [combined]
+    return combined
+
