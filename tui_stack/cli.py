@@ -176,6 +176,8 @@ def _console(stderr=False):
 
 def apply_overrides(cfg, args) -> None:
     """Command-line overrides of the config, through the config's own validators."""
+    from tui_stack.config import parse_value
+
     if getattr(args, "out", None):
         cfg.set("output", "directory", args.out.resolve())
     if getattr(args, "memory_limit", None):
@@ -185,15 +187,8 @@ def apply_overrides(cfg, args) -> None:
     for key in ("scheduler", "address", "workers"):
         value = getattr(args, key)
         if value is not None:
-            cfg.set("compute", key, _int_text(value) if key == "workers" else value)
+            cfg.set("compute", key, parse_value(value) if key == "workers" else value)
     cfg.check()
-
-
-def _int_text(text: str):
-    try:
-        return int(text)
-    except ValueError:
-        return text  # the validator names the key and the value
 
 
 def cmd_run(args) -> int:

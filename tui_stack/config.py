@@ -216,6 +216,17 @@ def _param(p: cp.Param):
     return validate
 
 
+def parse_value(text):
+    """A value typed as text (a flag, a wizard field) as TOML would read it: 3, 2.5, nan, true;
+    anything else stays text (a keyword, a size, a path). The key's validator judges it."""
+    if not isinstance(text, str):
+        return text
+    try:
+        return tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text.strip().strip("'\"")
+
+
 def parse_select(text: str) -> dict:
     """'PICTTYPE=1, FILTER=V' -> {'PICTTYPE': 1, 'FILTER': 'V'} (numbers and booleans typed)."""
     out = {}
@@ -227,10 +238,7 @@ def parse_select(text: str) -> dict:
         key, value = (p.strip() for p in part.split("=", 1))
         if not key:
             raise ValueError(f"{part.strip()!r} has no keyword")
-        try:
-            out[key.upper()] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key.upper()] = value.strip("'\"")
+        out[key.upper()] = parse_value(value)
     return out
 
 

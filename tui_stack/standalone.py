@@ -59,20 +59,9 @@ def _weights(args, infos, scales) -> np.ndarray | None:
     return w / w.max()  # only their ratios count; 1e308 x n would overflow the sum
 
 
-def _typed(text):
-    """A flag's text as the number it spells, else as it is (the table's check judges it)."""
-    if not isinstance(text, str):
-        return text
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def checked_flags(args) -> dict:
     """Every [combine] flag through the check the config uses for the same key."""
+    from tui_stack.config import parse_value
     from tui_stack.core.combine_params import PARAMS, WEIGHTS
 
     values = {}
@@ -84,7 +73,7 @@ def checked_flags(args) -> dict:
             values[p.name] = str(raw)  # a file of weights, read and checked with the frames
             continue
         try:
-            values[p.name] = p.validate(p.flag, _typed(raw))
+            values[p.name] = p.validate(p.flag, parse_value(raw))
         except ValueError as exc:
             raise InputError(str(exc)) from None
     return values
@@ -154,9 +143,11 @@ def combine_files(args, console) -> Path:
     scheduler = args.scheduler or ("dask" if args.address else "local")
     workers = None
     if args.workers is not None:
-        workers = _typed(args.workers)
+        from tui_stack.config import parse_value
+        from tui_stack.core.combine_params import integer
+
+        workers = parse_value(args.workers)
         try:
-            from tui_stack.core.combine_params import integer
 
             integer(1)(workers)
         except ValueError as exc:

@@ -21,7 +21,7 @@ from tui_stack.pipeline.reference import assess, choose_reference, measure_frame
     suggested_reference
 from tui_stack.pipeline.register import register
 from tui_stack.pipeline.report import report_dict
-from tui_stack.pipeline.scale import comparison_stars, measure_scales
+from tui_stack.pipeline.scale import comparison_star_at, comparison_stars, measure_scales
 from tui_stack.pipeline.select import excluded_indices, resolve_reference, scan, select
 from tui_stack.pipeline.shift import prepared_frame, write_shifted, write_shifted_frames
 from tui_stack.pipeline.stack import combine_frames, combine_params, exposure_times, frame_weights, header_number
@@ -29,7 +29,7 @@ from tui_stack.pipeline.state import UNMEASURABLE, CombinedResult, FrameResult, 
 
 __all__ = [
     "CombinedResult", "FrameResult", "Progress", "RunState", "UNMEASURABLE", "assess", "choose_reference",
-    "combine_frames", "combine_params", "comparison_stars", "excluded_indices", "exposure_times", "frame_weights",
+    "combine_frames", "combine_params", "comparison_star_at", "comparison_stars", "excluded_indices", "exposure_times", "frame_weights",
     "header_number", "measurable", "measure_frame", "measure_scales", "noop", "prepare_output_dir", "prepared_frame",
     "reference_star", "register", "report_dict", "resolve_reference", "run", "scan", "select", "sky_subtracted",
     "suggested_reference", "write_combined", "write_outputs", "write_shifted", "write_shifted_frames",

@@ -30,6 +30,13 @@ def comparison_stars(state: RunState, ref_sky: float) -> list:
         )
     return stars
 
+def comparison_star_at(sub: np.ndarray, noise: float, x: float, y: float) -> tuple[float, float] | None:
+    """The star nearest (x, y) within a small box on the sky-subtracted reference (NaN: no data),
+    as a comparison star chosen by hand; None where there is none."""
+    star = registration.locate_reference_star(np.nan_to_num(sub), ~np.isfinite(sub), x, y, 15, "com", noise)
+    return None if star is None else (round(star.x, 2), round(star.y, 2))
+
+
 def _photometry_key(state: RunState, fr: FrameResult) -> tuple:
     """What a frame's comparison-star fluxes depend on besides its pixels."""
     cfg = state.config

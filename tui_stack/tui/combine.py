@@ -70,17 +70,16 @@ class CombineScreen(PreviewScreen):
         self._method_label()
 
     def _read_params(self) -> bool:
+        from tui_stack.config import parse_value
+        from tui_stack.errors import ConfigError
+
         cfg = self.ws.config
-        try:
-            nlow, nhigh = int(self.query_one("#nlow", Input).value), int(self.query_one("#nhigh", Input).value)
-            sigma = float(self.query_one("#sigma", Input).value)
-        except ValueError:
-            self.status("nlow and nhigh must be whole numbers, sigma a number", error=True)
+        try:  # the config's own checks, as for a config file
+            for key in ("nlow", "nhigh", "sigma"):
+                cfg.set("combine", key, parse_value(self.query_one(f"#{key}", Input).value))
+        except ConfigError as exc:
+            self.status(str(exc).removeprefix("config: "), error=True)
             return False
-        if nlow < 0 or nhigh < 0 or sigma <= 0:
-            self.status("nlow and nhigh must be 0 or more, sigma positive", error=True)
-            return False
-        cfg.combine.nlow, cfg.combine.nhigh, cfg.combine.sigma = nlow, nhigh, sigma
         cfg.output.directory = Path(self.query_one("#outdir", Input).value).expanduser().resolve()
         return True
 

@@ -120,11 +120,8 @@ class ReferenceScreen(PreviewScreen):
 
     def _assess(self, progress):
         from tui_stack import pipeline
-        from tui_stack.core import quality
 
-        run = self.ws.run
-        qs = pipeline.assess(run, progress)
-        return quality.best_reference(qs)
+        return pipeline.suggested_reference(self.ws.run, progress)
 
     def _assessed(self, best: int) -> None:
         ws = self.ws

@@ -113,19 +113,17 @@ class ScalesScreen(PreviewScreen):
             self._fill_stars()
 
     def action_add_star(self) -> None:
-        from tui_stack.core import registration
+        from tui_stack.pipeline import comparison_star_at
 
         ws = self.ws
         if ws.ref_image is None:
             return
         x, y = self.preview().cursor
-        img = ws.ref_image
-        star = registration.locate_reference_star(np.nan_to_num(img), ~np.isfinite(img), x, y, 15, "com",
-                                                  ws.ref_noise)
+        star = comparison_star_at(ws.ref_image, ws.ref_noise, x, y)
         if star is None:
             self.status(f"no star near ({x}, {y}); move the cursor onto one", error=True)
             return
-        stars = [list(s) for s in ws.run.comparison_stars] + [[round(star.x, 2), round(star.y, 2)]]
+        stars = [list(s) for s in ws.run.comparison_stars] + [list(star)]
         ws.config.scale.stars = stars
         self.action_measure()
 
