@@ -9,7 +9,8 @@ from pathlib import Path
 
 from tui_stack import __version__
 
-EXIT_OK, EXIT_BUG, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+from tui_stack.errors import EXIT_BUG, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK  # noqa: F401 (re-exported)
+
 SUBCOMMANDS = ("run", "demo", "combine")
 
 
@@ -90,18 +91,38 @@ def _combine_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _say(line: str) -> None:
+    """One line on stderr, made safe for the terminal (a file name can hold escape sequences);
+    a terminal that is gone (hang-up) is not an error of its own."""
+    from tui_stack import safetext
+
+    try:
+        sys.stderr.write(safetext.terminal(line) + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
 def _error(msg: str) -> int:
-    sys.stderr.write(f"tui-stack: error: {msg}\n")
+    _say(f"tui-stack: error: {msg}")
     return EXIT_INPUT
 
 
-def _crash_log(exc: BaseException) -> Path:
-    import tempfile
-    import traceback
+def _crash_log(exc: BaseException) -> Path | None:
+    """The traceback in a new file of the user's state directory (tui_stack.crashlog)."""
+    from tui_stack import crashlog
 
-    log = Path(tempfile.gettempdir()) / f"tui-stack-crash-{os.getpid()}.log"
-    log.write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
-    return log
+    return crashlog.write(exc)
+
+
+def _one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """argparse prints the whole usage (17 lines for combine) before its error: one line instead."""
+    def error(message):
+        _say(f"tui-stack: error: {message} (see {parser.prog} --help)")
+        raise SystemExit(EXIT_INPUT)
+
+    parser.error = error
+    return parser
 
 
 def _quiet_astropy() -> None:
@@ -117,28 +138,39 @@ def _quiet_astropy() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    from tui_stack.errors import InputError
+    from tui_stack import signals
+    from tui_stack.errors import InputError, exit_code_of
 
     try:
-        if argv and argv[0] in SUBCOMMANDS:
-            cmd = argv[0]
-            handler = {"run": cmd_run, "demo": cmd_demo, "combine": cmd_combine}[cmd]
-            parser = {"run": _run_parser, "demo": _demo_parser, "combine": _combine_parser}[cmd]()
-            args = parser.parse_args(argv[1:])
-            _quiet_astropy()
-            return handler(args)
-        return cmd_wizard(_parser().parse_args(argv))
+        with signals.handled():
+            if argv and argv[0] in SUBCOMMANDS:
+                cmd = argv[0]
+                handler = {"run": cmd_run, "demo": cmd_demo, "combine": cmd_combine}[cmd]
+                parser = {"run": _run_parser, "demo": _demo_parser, "combine": _combine_parser}[cmd]()
+                args = _one_line_errors(parser).parse_args(argv[1:])
+                _quiet_astropy()
+                return handler(args)
+            return cmd_wizard(_one_line_errors(_parser()).parse_args(argv))
     except InputError as exc:
         return _error(str(exc))
-    except KeyboardInterrupt:
-        sys.stderr.write("tui-stack: interrupted; no partial output was left behind\n")
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:  # Ctrl-C, and SIGHUP / SIGTERM (errors.Interrupted)
+        what = getattr(exc, "what", "interrupted")
+        _say(f"tui-stack: {what}; the output directory was left as it was before this run")
+        if getattr(exc, "signum", None) == signals.signal.SIGHUP:
+            signals.detach_stdio()
+        return exit_code_of(exc)
     except BrokenPipeError:
+        signals.detach_stdio()
         return EXIT_OK
     except Exception as exc:  # a bug: say where the details are, not a wall of traceback
-        log = _crash_log(exc)
-        sys.stderr.write(f"tui-stack: internal error ({type(exc).__name__}: {exc}); details in {log}\n")
-        return EXIT_BUG
+        return _bug(exc)
+
+
+def _bug(exc: BaseException) -> int:
+    log = _crash_log(exc)
+    where = f"details in {log}" if log else "no log could be written to the state directory"
+    _say(f"tui-stack: internal error ({type(exc).__name__}: {exc}); {where}")
+    return EXIT_BUG
 
 
 def _progress_runner(quiet: bool):

@@ -94,7 +94,33 @@ def open_fits(path: Path, memmap: bool = True):
         raise InputError(f"{path}: not a readable FITS file ({exc})") from None
     except Exception as exc:  # astropy raises many kinds on garbage input
         raise InputError(f"{path}: not a readable FITS file ({type(exc).__name__}: {exc})") from None
+    for hdu in hdul:
+        sanitize_header(hdu.header)
     return hdul
+
+
+def sanitize_header(hdr) -> int:
+    """Cards holding control or non-ASCII bytes (astropy refuses to read their value, and
+    they would reach a terminal raw) rewritten with escapes (tui_stack.safetext.header);
+    returns how many. Checks the raw card images: ~1 us a card."""
+    from tui_stack import safetext
+
+    bad = []
+    for i, card in enumerate(getattr(hdr, "_cards", ())):
+        img = getattr(card, "_image", None)
+        if img is not None and not (img.isascii() and img.isprintable()):
+            bad.append((i, card.keyword, img))
+    for i, key, img in bad:
+        body = img[8:]
+        if key in ("HISTORY", "COMMENT", "") or not body.startswith("= "):
+            hdr[i] = safetext.header(body.rstrip())
+            continue
+        value, _, comment = body[2:].partition(" /")
+        value = value.strip()
+        if value.startswith("'"):
+            value = value[1:].rstrip().removesuffix("'").replace("''", "'").rstrip()
+        hdr[i] = (safetext.header(value), safetext.header(comment.strip()))
+    return len(bad)
 
 
 def read_frame(path: Path) -> Frame:
@@ -145,8 +171,8 @@ def _read_float32(hdu) -> np.ndarray | None:
             or hdr.get("BZERO", 0) != 0 or hdr.get("NAXIS") != 2):
         return None
     info = hdu.fileinfo()
-    if info is None or info.get("file") is None:
-        return None
+    if info is None or info.get("file") is None or getattr(info["file"], "compression", None):
+        return None  # gzip/bzip2: the offsets are in the uncompressed stream; astropy reads it
     shape = (int(hdr["NAXIS2"]), int(hdr["NAXIS1"]))
     name, start = info["file"].name, info["datLoc"]
     need = shape[0] * shape[1] * 4
@@ -345,10 +371,36 @@ def check_shapes(infos: list[tuple[Path, tuple[int, int]]]) -> tuple[int, int]:
     return tuple(first_shape)
 
 
+def _read_umask() -> int:
+    try:  # Linux: read without setting it (os.umask sets it, racing other threads)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a new output gets: 0666 less the user's umask, as any program's files."""
+    return 0o666 & ~_read_umask()
+
+
+def _compression_suffix(name: str) -> str:
+    """astropy compresses by the name's ending: the temporary name keeps it."""
+    return ".gz" if name.endswith(".gz") else ".bz2" if name.endswith(".bz2") else ""
+
+
 def _atomic_target(path: Path):
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + _compression_suffix(path.name),
+                               dir=path.parent)
+    try:
+        os.fchmod(fd, file_mode())  # mkstemp makes 0600: the group could not read the stacks
+    finally:
+        os.close(fd)
     return Path(tmp)
 
 
@@ -400,6 +452,7 @@ class FitsStream:
             raise _output_error(self.path, exc) from None
         hdr = fits.Header([("SIMPLE", True), ("BITPIX", -32), ("NAXIS", 2), ("NAXIS1", shape[1]),
                            ("NAXIS2", shape[0])])
+        sanitize_header(header)
         hdr.extend([c for c in header.cards if c.keyword not in hdr], unique=True)
         try:
             self._hdu = fits.StreamingHDU(str(self._tmp), hdr)
@@ -445,7 +498,25 @@ class FitsStream:
         return False
 
 
+def _tile_compressed(hdul):
+    """A `.fz` name promises a tile-compressed image: lossless (GZIP_2, no quantisation)."""
+    from astropy.io import fits
+
+    first = hdul[0]
+    if isinstance(first, fits.CompImageHDU) or first.data is None:
+        return hdul
+    hdr = first.header.copy()
+    for key in ("SIMPLE", "EXTEND"):
+        hdr.remove(key, ignore_missing=True)
+    comp = fits.CompImageHDU(first.data, hdr, compression_type="GZIP_2", quantize_level=0)
+    return fits.HDUList([fits.PrimaryHDU(), comp, *hdul[1:]])
+
+
 def write_fits_atomic(path: Path, hdul) -> None:
+    for hdu in hdul:
+        sanitize_header(hdu.header)
+    if Path(path).name.endswith(".fz"):
+        hdul = _tile_compressed(hdul)
     _atomically(path, lambda tmp: hdul.writeto(tmp, overwrite=True, output_verify="silentfix"))
 
 

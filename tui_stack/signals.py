@@ -1,0 +1,73 @@
+"""SIGHUP (a dropped SSH link) and SIGTERM (kill, a batch system's time limit) handled as Ctrl-C is.
+
+Each raises errors.Interrupted in the main thread, a KeyboardInterrupt, so the same clean-up
+runs (staged outputs removed, workers stopped) and the command exits 129 or 143. While a run
+puts its outputs in place (a few renames), `deferred()` holds the signals back so the
+directory never holds half the set; they are delivered when it is done.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from contextlib import contextmanager
+
+from tui_stack.errors import Interrupted
+
+HANDLED = (signal.SIGHUP, signal.SIGTERM)
+
+
+def _raise(signum, frame):
+    # Only the first signal interrupts: a second during the clean-up would cut it short.
+    for s in HANDLED:
+        signal.signal(s, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+@contextmanager
+def handled():
+    """SIGHUP and SIGTERM raise Interrupted inside the block (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, _raise) for s in HANDLED}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextmanager
+def deferred():
+    """SIGINT, SIGHUP and SIGTERM held back inside the block, delivered at its end."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, *HANDLED}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def detach_stdio() -> None:
+    """After a hang-up the terminal is gone: writes to it fail (EIO), and Python would fail
+    flushing at exit (rc 120). Point stdout and stderr at /dev/null."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+        try:
+            os.dup2(null, stream.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+    os.close(null)
