@@ -485,7 +485,7 @@ class OutputFile:
 
     @property
     def path(self) -> Path:
-        return self._dir.staging / "out.fits"
+        return self._dir.staging / self.target.name
 
     def commit(self) -> None:
         od = self._dir
