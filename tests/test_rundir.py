@@ -227,3 +227,20 @@ def test_output_file_lock_is_per_name(tmp_path):
     finally:
         a.__exit__(None, None, None)
     assert listing(tmp_path) == {"a.fits": b"a", "b.fits": b"b"}
+
+
+def test_scratch_dirs_of_dead_owners_are_removed(tmp_path):
+    code = ("import sys; from tui_stack import rundir; s = rundir.ScratchDir(sys.argv[1]); "
+            "(s.path / 'x.fits').write_bytes(b'0' * 4096); print(s.path, flush=True); import time; time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "cache")], stdout=subprocess.PIPE, text=True)
+    dead = proc.stdout.readline().strip()
+    mine = rundir.ScratchDir(tmp_path / "cache")
+    assert os.path.exists(dead)  # its owner is alive: kept
+    proc.kill()
+    proc.wait()
+    other = rundir.ScratchDir(tmp_path / "cache")
+    assert not os.path.exists(dead) and mine.path.exists()
+    assert os.stat(other.path).st_mode & 0o777 == 0o700
+    mine.close()
+    other.close()
+    assert os.listdir(tmp_path / "cache") == []

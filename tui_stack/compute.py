@@ -100,6 +100,8 @@ class DaskCompute:
                 self.client = Client(self.cluster)
         except (OSError, TimeoutError) as exc:
             raise InputError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+        except ValueError as exc:  # an address Dask cannot parse ('notaurl:::')
+            raise InputError(f"--address {address!r}: not a Dask scheduler address ({exc})") from None
         self.dashboard = self.client.dashboard_link
 
     @property

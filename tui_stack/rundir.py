@@ -510,3 +510,37 @@ def directory_listing(directory: Path) -> dict:
 if __name__ == "__main__":  # pragma: no cover - `python -m tui_stack.rundir DIR` shows the state
     d = Path(sys.argv[1])
     print(json.dumps({"previous_set": previous_set(d)}, indent=1))
+
+
+# ---------------------------------------------------------------- private scratch space
+
+
+def cache_dir() -> Path:
+    """$XDG_CACHE_HOME/tui-stack, else ~/.cache/tui-stack: the user's own, not a shared /tmp."""
+    base = os.environ.get("XDG_CACHE_HOME")
+    return (Path(base) if base else Path.home() / ".cache") / "tui-stack"
+
+
+class ScratchDir:
+    """A private temporary folder (0700) in the user's cache directory, flocked while in use;
+    making one removes those whose owner died (SIGKILL, power cut), so none stays for good.
+    The wizard keeps its shifted frames for the subpixel combine in one."""
+
+    def __init__(self, root: Path | None = None):
+        import tempfile
+
+        from tui_stack import crashlog
+
+        self.root = Path(root) if root is not None else cache_dir()
+        fd = crashlog.open_private_dir(self.root)
+        os.close(fd)
+        recover(self.root)
+        self.path = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.root))
+        self._fd = _open_nofollow(self.path / _OWNER, os.O_RDWR | os.O_CREAT, 0o600)
+        _flock(self._fd)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            _remove_tree(self.path)
+            os.close(self._fd)
+            self._fd = None

@@ -81,6 +81,8 @@ def open_fits(path: Path, memmap: bool = True):
 
     path = Path(path)
     if not path.exists():
+        if os.path.lexists(path):
+            raise InputError(f"{path}: symbolic link to nothing (dangling or a loop)")
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a directory, not a FITS file")
@@ -357,6 +359,14 @@ def select_files(directory: Path, pattern: str, select: dict | None = None, skip
         wanted = ", ".join(f"{k}={v!r}" for k, v in select.items())
         raise InputError(f"no files in {directory} matching {pattern!r} have {wanted}")
     return kept
+
+
+def resolved(path: Path) -> Path:
+    """path.resolve(), a symbolic link loop being the user's to fix (RuntimeError before 3.13)."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError):
+        raise InputError(f"{path}: symbolic link loop") from None
 
 
 def check_shapes(infos: list[tuple[Path, tuple[int, int]]]) -> tuple[int, int]:
