@@ -1,0 +1,441 @@
+"""Issue 20's cases, one test each: a dropped link, a shared machine, a hostile file name.
+
+Every test asserts the exit code, the one line on stderr, the inputs' checksums and what the
+output directory holds before and after. The signals are sent to a real `tui-stack run`.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from tui_stack import rundir
+from tui_stack.core import synthetic
+
+from conftest import checksums, make_config, small_spec
+from test_cli import assert_one_line_error, run_cli, write_config
+
+STAGING = rundir.STAGING_PREFIX
+
+
+def snapshot(d: Path) -> dict:
+    """name -> sha256 (files) or 'dir' of everything in `d`, one level, hidden files too."""
+    if not d.exists():
+        return {}
+    return {p.name: "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest() for p in d.iterdir()}
+
+
+def outputs(d: Path) -> dict:
+    """The snapshot without the manifest (its contents name mtimes)."""
+    snap = snapshot(d)
+    snap.pop(rundir.MANIFEST, None)
+    return snap
+
+
+@pytest.fixture()
+def field(tmp_path):
+    truth = synthetic.write_field(tmp_path / "frames", small_spec(n_frames=5, seed=17, subpixel=False))
+    return truth, tmp_path / "frames"
+
+
+def inputs(frames: Path) -> dict:
+    return checksums(p for p in frames.iterdir() if p.is_file())
+
+
+def run_in_process(truth, frames, tmp_path, capsys, out=None, **over):
+    out = out or tmp_path / "out"
+    cfg = make_config(truth, out, **over)
+    cfg.directory = frames
+    before = inputs(frames)
+    code, stdout, err = run_cli(["run", write_config(cfg, tmp_path / "c.toml"), "--quiet"], capsys)
+    assert inputs(frames) == before
+    return code, stdout, err
+
+
+# ---------------------------------------------------------------- 1. crash logs
+
+
+def test_1_crash_log_is_private_and_never_follows_a_planted_link(field, tmp_path, capsys, monkeypatch):
+    from tui_stack import pipeline
+
+    truth, frames = field
+    state = tmp_path / "state"
+    monkeypatch.setenv("TUI_STACK_STATE_DIR", str(state))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    planted = Path("/tmp") / f"tui-stack-crash-{os.getpid()}.log"  # where the old version wrote
+    planted.unlink(missing_ok=True)
+    planted.symlink_to(victim)
+    try:
+        def bug(*a, **kw):
+            raise ZeroDivisionError("a bug")
+
+        monkeypatch.setattr(pipeline, "choose_reference", bug)
+        code, _, err = run_in_process(truth, frames, tmp_path, capsys)
+    finally:
+        planted.unlink()
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "ZeroDivisionError" in err
+    log = Path(err.strip().rsplit("details in ", 1)[1])
+    assert log.parent == state / "crash" and "ZeroDivisionError: a bug" in log.read_text()
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    assert victim.read_text() == "precious"
+    assert snapshot(tmp_path / "out") == {}
+
+
+# ---------------------------------------------------------------- 2. nobody else's file
+
+
+def test_2_interrupted_run_touches_no_other_file_and_a_new_subfolder_is_fine(field, tmp_path, capsys, monkeypatch):
+    from tui_stack.core import combine
+
+    truth, frames = field
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "seeing_log.txt").write_text("a colleague's notes")
+    fits.PrimaryHDU(np.ones((8, 8), np.float32)).writeto(out / "sci_0001.fits")  # the telescope's
+    (out / "sdemo_x.txt").write_text("starts with s")
+    (out / "combined_mine.fits").write_text("someone's own combine")
+    before = snapshot(out)
+
+    def interrupted(*a, **kw):
+        (out / "night2").mkdir()  # a subfolder appears during the run
+        (out / "sci_0002.fits").write_text("a new frame from the telescope")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(combine, "combine_rows", interrupted)
+    code, _, err = run_in_process(truth, frames, tmp_path, capsys)
+    assert code == 130 and len(err.strip().splitlines()) == 1 and "interrupted" in err
+    after = snapshot(out)
+    assert after.pop("night2") == "dir" and after.pop("sci_0002.fits")
+    assert after == before
+
+
+def test_2_a_second_concurrent_run_exits_2_naming_the_holder(tmp_path, capsys):
+    truth = synthetic.write_field(tmp_path / "frames", small_spec(n_frames=10, shape=(768, 768), n_stars=200))
+    first = start_run(truth, tmp_path, "first.toml")
+    try:
+        wait_for_staging(tmp_path / "out", first)
+        cfg = make_config(truth, tmp_path / "out")
+        before = inputs(tmp_path / "frames")
+        code, _, err = run_cli(["run", write_config(cfg, tmp_path / "second.toml"), "--quiet"], capsys)
+        assert_one_line_error(code, err, "another tui-stack run is writing there", f"pid {first.pid}",
+                              "first.toml")
+        assert inputs(tmp_path / "frames") == before
+    finally:
+        _, ferr = first.communicate(timeout=120)
+    assert first.returncode == 0, ferr  # the first run was not disturbed
+    assert {"report.json", "combined_median.fits"} <= set(os.listdir(tmp_path / "out"))
+    assert not [n for n in os.listdir(tmp_path / "out") if n.startswith((STAGING, rundir.LOCK))]
+
+
+# ---------------------------------------------------------------- 3 and 4. signals, reruns
+
+
+def start_run(truth, tmp_path, name="c.toml", out=None, **over):
+    cfg = make_config(truth, out or tmp_path / "out", **over)
+    path = write_config(cfg, tmp_path / name)
+    return subprocess.Popen([sys.executable, "-m", "tui_stack", "run", str(path), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_staging(out: Path, proc, what="sdemo_*.fits") -> bool:
+    """Until the run has written part of its outputs into its staging folder."""
+    deadline = time.time() + 90
+    while time.time() < deadline and proc.poll() is None:
+        if out.exists() and any(out.glob(f"{STAGING}*/{what}")):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.fixture(scope="module")
+def big_field(tmp_path_factory):
+    d = tmp_path_factory.mktemp("big")
+    return synthetic.write_field(d / "frames", small_spec(n_frames=12, shape=(1024, 1024), n_stars=300))
+
+
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGHUP, 129, "hang-up"), (signal.SIGTERM, 143, "terminated"),
+                                             (signal.SIGINT, 130, "interrupted")])
+def test_3_4_signal_mid_rerun_leaves_the_previous_complete_set(big_field, tmp_path, sig, code, word):
+    frames = big_field.files[0].parent
+    out = tmp_path / "out"
+    first = start_run(big_field, tmp_path, "first.toml", method="median")
+    assert first.wait(timeout=180) == 0, first.stderr.read()
+    (out / "seeing_log.txt").write_text("a colleague's notes")
+    before, before_inputs = snapshot(out), inputs(frames)
+    proc = start_run(big_field, tmp_path, "second.toml", method="average")  # another set over the first
+    reached = wait_for_staging(out, proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    if not reached or proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived (machine too fast)")
+    assert proc.returncode == code, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and word in lines[0] and "Traceback" not in err
+    assert snapshot(out) == before  # the previous complete set, byte for byte, nothing else
+    assert inputs(frames) == before_inputs
+
+
+def test_4_leftovers_of_a_killed_run_are_cleaned_by_the_next(big_field, tmp_path, capsys):
+    out = tmp_path / "out"
+    proc = start_run(big_field, tmp_path)
+    reached = wait_for_staging(out, proc)
+    proc.kill()  # SIGKILL: no handler runs
+    proc.wait()
+    if not reached:
+        pytest.skip("the run finished before the kill")
+    left = [n for n in os.listdir(out) if n.startswith(STAGING)]
+    assert left  # what a power cut leaves
+    before_inputs = inputs(big_field.files[0].parent)
+    cfg = make_config(big_field, out, write_shifted=False)
+    code, _, err = run_cli(["run", write_config(cfg, tmp_path / "again.toml"), "--quiet"], capsys)
+    assert code == 0, err
+    assert sorted(os.listdir(out)) == sorted([rundir.MANIFEST, "combined_median.fits", "report.json"])
+    assert inputs(big_field.files[0].parent) == before_inputs
+
+
+def test_3_failing_rerun_keeps_the_previous_set_and_does_not_claim_otherwise(field, tmp_path, capsys, monkeypatch):
+    import errno
+
+    truth, frames = field
+    code, _, err = run_in_process(truth, frames, tmp_path, capsys)
+    assert code == 0, err
+    before = snapshot(tmp_path / "out")
+    real = fits.HDUList.writeto
+
+    def full_disk(self, name, *a, **kw):
+        if "combined_" in str(name):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, name, *a, **kw)
+
+    monkeypatch.setattr(fits.HDUList, "writeto", full_disk)
+    code, _, err = run_in_process(truth, frames, tmp_path, capsys, method="average")
+    assert_one_line_error(code, err, "combined_average.fits", "no space left")
+    assert snapshot(tmp_path / "out") == before
+
+
+# ---------------------------------------------------------------- 5. limits
+
+
+@pytest.mark.parametrize("over, words", [
+    ({"radius": 1e9}, ["radius = 1e+09 px", "320x320"]),
+    ({"annulus": (25.0, 1e7)}, ["annulus", "outer radius 1e+07 px"]),
+])
+def test_5_huge_apertures_are_refused_before_any_allocation(field, tmp_path, capsys, over, words):
+    import resource
+
+    truth, frames = field
+    t0, rss0 = time.time(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    code, _, err = run_in_process(truth, frames, tmp_path, capsys, **over)
+    assert_one_line_error(code, err, *words)
+    assert time.time() - t0 < 20 and resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0 < 200_000  # KB
+    assert snapshot(tmp_path / "out") == {}
+
+
+def test_5_offsets_that_would_write_41_gb_are_refused(field, tmp_path, capsys):
+    truth, frames = field
+    offs = tmp_path / "offs.txt"
+    offs.write_text("0 0\n10000000 0\n0 0\n0 0\n0 0\n")
+    before = inputs(frames)
+    code, _, err = run_cli(["combine", *truth.files, "--method", "median", "--out", tmp_path / "o" / "c.fits",
+                            "--offsets", offs], capsys)
+    assert_one_line_error(code, err, "--offsets", "10000000 px in x")
+    assert inputs(frames) == before and not (tmp_path / "o").exists()
+
+
+def test_5_output_larger_than_the_free_disk_is_refused(field, tmp_path, capsys, monkeypatch):
+    from collections import namedtuple
+
+    truth, frames = field
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 10**6, 10**6))
+    code, _, err = run_in_process(truth, frames, tmp_path, capsys)
+    assert_one_line_error(code, err, "need", "MB", "but only 976.6 KB are free")
+    assert snapshot(tmp_path / "out") == {}
+
+
+# ---------------------------------------------------------------- 6. umask
+
+
+@pytest.mark.parametrize("umask, mode", [(0o002, 0o664), (0o022, 0o644), (0o077, 0o600)])
+def test_6_outputs_honour_the_umask(field, tmp_path, capsys, umask, mode):
+    truth, frames = field
+    old = os.umask(umask)
+    try:
+        code, _, err = run_in_process(truth, frames, tmp_path, capsys)
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    for p in (tmp_path / "out").iterdir():
+        if not p.name.startswith("."):
+            assert stat.S_IMODE(p.stat().st_mode) == mode, p.name
+
+
+# ---------------------------------------------------------------- 7. minmax
+
+
+def test_7_minmax_rejecting_every_frame_is_exit_2(field, tmp_path, capsys):
+    truth, frames = field
+    code, _, err = run_in_process(truth, frames, tmp_path, capsys, method="minmax", nlow=3, nhigh=2)
+    assert_one_line_error(code, err, "nlow", "nhigh", "5")
+    assert snapshot(tmp_path / "out") == {}
+    before = inputs(frames)
+    code, _, err = run_cli(["combine", *truth.files, "--method", "minmax", "--nlow", "3", "--nhigh", "2",
+                            "--out", tmp_path / "c.fits"], capsys)
+    assert_one_line_error(code, err, "nlow", "nhigh")
+    assert inputs(frames) == before and not (tmp_path / "c.fits").exists()
+
+
+# ---------------------------------------------------------------- 8 and 9. hostile names
+
+
+def rename_all(frames: Path, new_name) -> None:
+    for i, p in enumerate(sorted(frames.glob("demo_*.fits"))):
+        p.rename(p.with_name(new_name(i)))
+
+
+def test_8_control_characters_in_names_never_reach_the_terminal(field, tmp_path, capsys):
+    truth, frames = field
+    rename_all(frames, lambda i: f"demo_{i:03d}\x1b]0;pwned\x07\x1b[2J.fits")
+    code, out, err = run_in_process(truth, frames, tmp_path, capsys)
+    assert code == 0, err
+    assert "\x1b" not in out + err and "\x07" not in out + err
+    assert "demo_000\\x1b]0;pwned\\x07\\x1b[2J.fits" in out
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert rep["frames"][0]["file"] == "demo_000\x1b]0;pwned\x07\x1b[2J.fits"  # the real name
+    (frames / "demo_000\x1b]0;pwned\x07\x1b[2J.fits").write_bytes(b"")  # an error names it safely
+    code, out, err = run_in_process(truth, frames, tmp_path, capsys)
+    assert_one_line_error(code, err, "demo_000\\x1b]0;pwned\\x07\\x1b[2J.fits", "empty")
+    assert "\x1b" not in err
+
+
+def test_8_control_characters_in_header_values(field, tmp_path, capsys):
+    from tui_stack.core import io
+
+    truth, frames = field
+    for p in frames.glob("demo_*.fits"):
+        with fits.open(p, mode="update") as h:
+            h[0].header["OBJECT"] = "NGC_2362"
+        p.write_bytes(p.read_bytes().replace(b"NGC_2362", b"N\x1b[2J\x07C"))
+    code, out, err = run_in_process(truth, frames, tmp_path, capsys)
+    assert code == 0, err
+    assert fits.getheader(tmp_path / "out" / "combined_median.fits")["OBJECT"] == "N\\x1b[2J\\x07C"
+    info = io.frame_info(sorted(frames.glob("demo_*.fits"))[0])  # the wizard's scan
+    assert not info.error and info.header["OBJECT"] == "N\\x1b[2J\\x07C"
+
+
+@pytest.mark.parametrize("name", ["f ☃ {:03d}.fits", "ñandú_{:03d}.fits"])
+def test_9_any_name_works_in_run_and_combine(field, tmp_path, capsys, name):
+    truth, frames = field
+    rename_all(frames, name.format)
+    cfg_pattern = "*.fits"
+    code, out, err = run_in_process(truth, frames, tmp_path, capsys, pattern=cfg_pattern)
+    assert code == 0, err
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert rep["frames"][0]["file"] == name.format(0)
+    hdr = fits.getheader(tmp_path / "out" / f"combined_median.fits")
+    assert name.format(0).encode("ascii", "backslashreplace").decode() in "".join(hdr["HISTORY"]) + str(
+        hdr.get("IMCMB001"))
+    assert (tmp_path / "out" / ("s" + name.format(0))).exists()
+    files = sorted(frames.glob("*.fits"))
+    code, out, err = run_cli(["combine", *files, "--method", "average", "--out", tmp_path / "c ☃.fits"], capsys)
+    assert code == 0, err
+    assert fits.getheader(tmp_path / "c ☃.fits")["IMCMB001"] == name.format(0).encode(
+        "ascii", "backslashreplace").decode()
+
+
+# ---------------------------------------------------------------- 12. smaller cases
+
+
+def test_12_gz_frames_are_read(field, tmp_path, capsys):
+    import gzip
+
+    truth, frames = field
+    for p in frames.glob("demo_*.fits"):
+        p.with_name(p.name + ".gz").write_bytes(gzip.compress(p.read_bytes()))
+        p.unlink()
+    code, _, err = run_in_process(truth, frames, tmp_path, capsys, pattern="demo_*.fits.gz")
+    assert code == 0, err
+    assert (tmp_path / "out" / "sdemo_001.fits.gz").read_bytes()[:2] == b"\x1f\x8b"
+
+
+def test_12_fz_frames_give_compressed_fz_outputs(field, tmp_path, capsys):
+    truth, frames = field
+    for p in frames.glob("demo_*.fits"):
+        with fits.open(p) as h:
+            fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(h[0].data, h[0].header, quantize_level=0,
+                                                               compression_type="GZIP_2")]).writeto(
+                p.with_name(p.name + ".fz"))
+        p.unlink()
+    code, _, err = run_in_process(truth, frames, tmp_path, capsys, pattern="demo_*.fits.fz")
+    assert code == 0, err
+    with fits.open(tmp_path / "out" / "sdemo_001.fits.fz") as h:
+        assert isinstance(h[1], fits.CompImageHDU)
+
+
+def test_12_out_naming_a_directory_is_exit_2(field, tmp_path, capsys):
+    truth, frames = field
+    (tmp_path / "d").mkdir()
+    for out in (f"{tmp_path / 'd'}/", str(tmp_path / "d"), f"{tmp_path / 'new'}/"):
+        code, _, err = run_cli(["combine", *truth.files, "--method", "median", "--out", out], capsys)
+        assert_one_line_error(code, err, "--out", "directory")
+    assert snapshot(tmp_path / "d") == {} and not (tmp_path / "new").exists()
+
+
+def test_12_bom_in_the_config_is_read(field, tmp_path, capsys):
+    truth, frames = field
+    cfg = make_config(truth, tmp_path / "out")
+    path = write_config(cfg, tmp_path / "c.toml")
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    code, _, err = run_cli(["run", path, "--quiet"], capsys)
+    assert code == 0, err
+
+
+def test_12_bad_dask_address_and_symlink_loop_are_exit_2(field, tmp_path, capsys):
+    truth, frames = field
+    pytest.importorskip("distributed")
+    code, _, err = run_cli(["combine", *truth.files, "--method", "median", "--out", tmp_path / "c.fits",
+                            "--address", "notaurl:::"], capsys)
+    assert_one_line_error(code, err, "notaurl:::")
+    loop = tmp_path / "loop.fits"
+    loop.symlink_to(loop)
+    code, _, err = run_cli(["combine", loop, *truth.files, "--method", "median", "--out", tmp_path / "c.fits"],
+                           capsys)
+    assert_one_line_error(code, err, "loop.fits", "loop")
+    assert not (tmp_path / "c.fits").exists()
+
+
+def test_12_argparse_errors_are_one_line(capsys):
+    code, _, err = run_cli_exit(["combine", "a.fits", "--method", "nope", "--out", "x.fits"], capsys)
+    assert_one_line_error(code, err, "--method", "nope", "tui-stack combine --help")
+    code, _, err = run_cli_exit(["run"], capsys)
+    assert_one_line_error(code, err, "config")
+
+
+def run_cli_exit(args, capsys):
+    from tui_stack import cli
+
+    try:
+        code = cli.main([str(a) for a in args])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_12_exit_2_leaves_no_empty_output_folder(field, tmp_path, capsys):
+    truth, frames = field
+    code, _, err = run_in_process(truth, frames, tmp_path, capsys, out=tmp_path / "a" / "b" / "out",
+                                  star=(5000.0, 160.0))
+    assert_one_line_error(code, err, "outside")
+    assert not (tmp_path / "a").exists()
