@@ -55,7 +55,7 @@ def inputs(frames: Path) -> dict:
 def run_in_process(truth, frames, tmp_path, capsys, out=None, **over):
     out = out or tmp_path / "out"
     cfg = make_config(truth, out, **over)
-    cfg.directory = frames
+    cfg.input.directory = frames
     before = inputs(frames)
     code, stdout, err = run_cli(["run", write_config(cfg, tmp_path / "c.toml"), "--quiet"], capsys)
     assert inputs(frames) == before
@@ -169,11 +169,11 @@ def big_field(tmp_path_factory):
 def test_3_4_signal_mid_rerun_leaves_the_previous_complete_set(big_field, tmp_path, sig, code, word):
     frames = big_field.files[0].parent
     out = tmp_path / "out"
-    first = start_run(big_field, tmp_path, "first.toml", method="median")
+    first = start_run(big_field, tmp_path, "first.toml", combine__method="median")
     assert first.wait(timeout=180) == 0, first.stderr.read()
     (out / "seeing_log.txt").write_text("a colleague's notes")
     before, before_inputs = snapshot(out), inputs(frames)
-    proc = start_run(big_field, tmp_path, "second.toml", method="average")  # another set over the first
+    proc = start_run(big_field, tmp_path, "second.toml", combine__method="average")  # another set over the first
     reached = wait_for_staging(out, proc)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
@@ -197,7 +197,7 @@ def test_4_leftovers_of_a_killed_run_are_cleaned_by_the_next(big_field, tmp_path
     left = [n for n in os.listdir(out) if n.startswith(STAGING)]
     assert left  # what a power cut leaves
     before_inputs = inputs(big_field.files[0].parent)
-    cfg = make_config(big_field, out, write_shifted=False)
+    cfg = make_config(big_field, out, output__write_shifted=False)
     code, _, err = run_cli(["run", write_config(cfg, tmp_path / "again.toml"), "--quiet"], capsys)
     assert code == 0, err
     assert sorted(os.listdir(out)) == sorted([rundir.MANIFEST, "combined_median.fits", "report.json"])
@@ -219,7 +219,7 @@ def test_3_failing_rerun_keeps_the_previous_set_and_does_not_claim_otherwise(fie
         return real(self, name, *a, **kw)
 
     monkeypatch.setattr(fits.HDUList, "writeto", full_disk)
-    code, _, err = run_in_process(truth, frames, tmp_path, capsys, method="average")
+    code, _, err = run_in_process(truth, frames, tmp_path, capsys, combine__combine__method="average")
     assert_one_line_error(code, err, "combined_average.fits", "no space left")
     assert snapshot(tmp_path / "out") == before
 
@@ -228,8 +228,8 @@ def test_3_failing_rerun_keeps_the_previous_set_and_does_not_claim_otherwise(fie
 
 
 @pytest.mark.parametrize("over, words", [
-    ({"radius": 1e9}, ["radius = 1e+09 px", "320x320"]),
-    ({"annulus": (25.0, 1e7)}, ["annulus", "outer radius 1e+07 px"]),
+    ({"scale__radius": 1e9}, ["radius = 1e+09 px", "320x320"]),
+    ({"scale__annulus": (25.0, 1e7)}, ["annulus", "outer radius 1e+07 px"]),
 ])
 def test_5_huge_apertures_are_refused_before_any_allocation(field, tmp_path, capsys, over, words):
     import resource
@@ -286,7 +286,7 @@ def test_6_outputs_honour_the_umask(field, tmp_path, capsys, umask, mode):
 
 def test_7_minmax_rejecting_every_frame_is_exit_2(field, tmp_path, capsys):
     truth, frames = field
-    code, _, err = run_in_process(truth, frames, tmp_path, capsys, method="minmax", nlow=3, nhigh=2)
+    code, _, err = run_in_process(truth, frames, tmp_path, capsys, combine__method="minmax", combine__nlow=3, combine__nhigh=2)
     assert_one_line_error(code, err, "nlow", "nhigh", "5")
     assert snapshot(tmp_path / "out") == {}
     before = inputs(frames)
@@ -326,12 +326,12 @@ def test_8_control_characters_in_header_values(field, tmp_path, capsys):
     for p in frames.glob("demo_*.fits"):
         with fits.open(p, mode="update") as h:
             h[0].header["OBJECT"] = "NGC_2362"
-        p.write_bytes(p.read_bytes().replace(b"NGC_2362", b"N\x1b[2J\x07C"))
+        p.write_bytes(p.read_bytes().replace(b"NGC_2362", b"N\x1b[2J\x07CC"))
     code, out, err = run_in_process(truth, frames, tmp_path, capsys)
     assert code == 0, err
-    assert fits.getheader(tmp_path / "out" / "combined_median.fits")["OBJECT"] == "N\\x1b[2J\\x07C"
+    assert fits.getheader(tmp_path / "out" / "combined_median.fits")["OBJECT"] == "N\\x1b[2J\\x07CC"
     info = io.frame_info(sorted(frames.glob("demo_*.fits"))[0])  # the wizard's scan
-    assert not info.error and info.header["OBJECT"] == "N\\x1b[2J\\x07C"
+    assert not info.error and info.header["OBJECT"] == "N\\x1b[2J\\x07CC"
 
 
 @pytest.mark.parametrize("name", ["f ☃ {:03d}.fits", "ñandú_{:03d}.fits"])
@@ -339,7 +339,7 @@ def test_9_any_name_works_in_run_and_combine(field, tmp_path, capsys, name):
     truth, frames = field
     rename_all(frames, name.format)
     cfg_pattern = "*.fits"
-    code, out, err = run_in_process(truth, frames, tmp_path, capsys, pattern=cfg_pattern)
+    code, out, err = run_in_process(truth, frames, tmp_path, capsys, input__pattern=cfg_pattern)
     assert code == 0, err
     rep = json.loads((tmp_path / "out" / "report.json").read_text())
     assert rep["frames"][0]["file"] == name.format(0)
@@ -364,7 +364,7 @@ def test_12_gz_frames_are_read(field, tmp_path, capsys):
     for p in frames.glob("demo_*.fits"):
         p.with_name(p.name + ".gz").write_bytes(gzip.compress(p.read_bytes()))
         p.unlink()
-    code, _, err = run_in_process(truth, frames, tmp_path, capsys, pattern="demo_*.fits.gz")
+    code, _, err = run_in_process(truth, frames, tmp_path, capsys, input__pattern="demo_*.fits.gz")
     assert code == 0, err
     assert (tmp_path / "out" / "sdemo_001.fits.gz").read_bytes()[:2] == b"\x1f\x8b"
 
@@ -377,7 +377,7 @@ def test_12_fz_frames_give_compressed_fz_outputs(field, tmp_path, capsys):
                                                                compression_type="GZIP_2")]).writeto(
                 p.with_name(p.name + ".fz"))
         p.unlink()
-    code, _, err = run_in_process(truth, frames, tmp_path, capsys, pattern="demo_*.fits.fz")
+    code, _, err = run_in_process(truth, frames, tmp_path, capsys, input__pattern="demo_*.fits.fz")
     assert code == 0, err
     with fits.open(tmp_path / "out" / "sdemo_001.fits.fz") as h:
         assert isinstance(h[1], fits.CompImageHDU)
@@ -436,6 +436,156 @@ def run_cli_exit(args, capsys):
 def test_12_exit_2_leaves_no_empty_output_folder(field, tmp_path, capsys):
     truth, frames = field
     code, _, err = run_in_process(truth, frames, tmp_path, capsys, out=tmp_path / "a" / "b" / "out",
-                                  star=(5000.0, 160.0))
+                                  reference__star=(5000.0, 160.0))
     assert_one_line_error(code, err, "outside")
     assert not (tmp_path / "a").exists()
+
+
+# ---------------------------------------------------------------- 4. the wizard
+
+
+def wizard_in_pty(directory: Path, env: dict):
+    import pty
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the wizard on a terminal of its own
+        os.environ.update(env)
+        os.execv(sys.executable, [sys.executable, "-m", "tui_stack", str(directory)])
+    return pid, fd
+
+
+def read_until(fd, want: bytes, timeout=60.0) -> bytes:
+    import select
+
+    seen = b""
+    deadline = time.time() + timeout
+    while time.time() < deadline and want not in seen:
+        r, _, _ = select.select([fd], [], [], 0.2)
+        if r:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    return seen
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGHUP, 129), (signal.SIGTERM, 143)])
+def test_4_wizard_ends_on_hangup_and_term_and_leaves_no_cache(field, tmp_path, sig, code):
+    truth, frames = field
+    cache = tmp_path / "cache"
+    env = {"TUI_STACK_STATE_DIR": str(tmp_path / "state"), "XDG_CACHE_HOME": str(cache),
+           "TERM": "xterm-256color", "COLUMNS": "100", "LINES": "30"}
+    # what a wizard killed mid-combine (SIGKILL) left: its private scratch folder
+    dead = subprocess.run([sys.executable, "-c", "import sys; from tui_stack import rundir; "
+                           "s = rundir.ScratchDir(); (s.path / 'sdemo_001.fits').write_bytes(b'0' * 8192); "
+                           "print(s.path)"], env={**os.environ, **env}, capture_output=True, text=True, check=True)
+    assert Path(dead.stdout.strip()).exists()
+    before = inputs(frames)
+    pid, fd = wizard_in_pty(frames, env)
+    try:
+        shown = read_until(fd, b"files selected")
+        assert b"files selected" in shown, shown[-500:]
+        os.kill(pid, sig)
+        if sig == signal.SIGHUP:
+            os.close(fd)  # the link is gone: nothing reads the terminal any more
+            fd = None
+        else:
+            read_until(fd, b"\x00", timeout=5)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            pytest.fail("the wizard did not end")
+    finally:
+        if fd is not None:
+            os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == code
+    assert os.listdir(cache / "tui-stack") == []  # the dead wizard's scratch folder went at start
+    assert inputs(frames) == before
+
+
+# ---------------------------------------------------------------- 10. resume
+
+
+@pytest.fixture()
+def saved_session(field, tmp_path, monkeypatch, capsys):
+    """A session saved after the pipeline measured the field (as the wizard saves it)."""
+    from tui_stack import pipeline
+    from tui_stack.tui import session
+    from tui_stack.tui.state import WizardState
+
+    truth, frames = field
+    monkeypatch.setenv("TUI_STACK_STATE_DIR", str(tmp_path / "state"))
+    cfg = make_config(truth, tmp_path / "out")
+    cfg.input.directory = frames
+    state = pipeline.run(cfg)
+    ws = WizardState(config=cfg, run=state)
+    path = session.save(ws, 3)
+    return truth, frames, path, cfg
+
+
+def test_10_resume_redoes_what_changed_and_keeps_what_did_not(saved_session):
+    from tui_stack.tui import session
+    from tui_stack.tui.state import WizardState
+
+    truth, frames, path, cfg = saved_session
+    data = session.load()
+    ws = WizardState(config=cfg)
+    assert session.restore_run(ws, data) == "" and ws.run is not None  # the same frames: tables kept
+    assert [f.shift_x for f in ws.run.frames]
+    # another night's frame under the same name, same size, same mtime but for a second
+    victim = sorted(frames.glob("demo_*.fits"))[2]
+    st = victim.stat()
+    with fits.open(victim, mode="update") as h:
+        h[0].data[100:110, 100:110] += 500
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    ws = WizardState(config=cfg)
+    msg = session.restore_run(ws, session.load())
+    assert ws.run is None and msg.startswith(f"{victim.name}: contents changed") and "redone" in msg
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda p: p.write_text("{\"step\": 3, "), ["session.json", "not valid JSON"]),
+    (lambda p: p.write_text("[1, 2]"), ["session.json", "malformed", "not a JSON object"]),
+    (lambda p: p.write_text(p.read_text().replace('"ref_index": ', '"ref_index": 99 + ').replace("99 + ", "99, \"x\": ")),
+     ["session.json", "malformed"]),
+    (lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "run": {
+        **json.loads(p.read_text())["run"], "files": ["/etc/passwd"] * len(json.loads(p.read_text())["run"]["files"]),
+    }})), ["session.json", "malformed"]),
+])
+def test_10_malformed_session_is_exit_2_with_its_path(saved_session, capsys, damage, words):
+    truth, frames, path, cfg = saved_session
+    damage(path)
+    before = inputs(frames)
+    code, _, err = run_cli(["--resume"], capsys)
+    assert_one_line_error(code, err, *words)
+    assert str(path) in err and "not found" not in err
+    assert inputs(frames) == before
+
+
+# ---------------------------------------------------------------- 11. open files
+
+
+def test_11_more_frames_than_open_files_allowed(tmp_path):
+    """`ulimit -n 64` and 80 frames: the combine opens frames as it reads them."""
+    d = tmp_path / "many"
+    d.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(80):
+        fits.PrimaryHDU(rng.normal(100, 5, (48, 40)).astype(np.float32)).writeto(d / f"f{i:03d}.fits")
+    before = inputs(d)
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64)); "
+            "from tui_stack import cli; sys.exit(cli.main(sys.argv[1:]))")
+    proc = subprocess.run([sys.executable, "-c", code, "combine", *sorted(map(str, d.iterdir())), "--method",
+                           "median", "--out", str(tmp_path / "c.fits")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    want = np.median([fits.getdata(p) for p in sorted(d.iterdir())], axis=0)
+    np.testing.assert_allclose(fits.getdata(tmp_path / "c.fits"), want, rtol=1e-6)
+    assert inputs(d) == before

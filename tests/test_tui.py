@@ -226,10 +226,9 @@ def test_dropped_session_resumes_at_the_same_step(demo_dir, tmp_path, monkeypatc
 def test_a_crash_writes_a_log_and_says_where(demo_dir, monkeypatch, tmp_path, capfd):
     import asyncio
 
-    from tui_stack.tui import app as app_module
     from tui_stack.tui.files import FilesScreen
 
-    monkeypatch.setattr(app_module.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setenv("TUI_STACK_STATE_DIR", str(tmp_path / "state"))  # logs: the user's own state dir
 
     def boom(self):
         raise RuntimeError("a bug")
@@ -246,8 +245,9 @@ def test_a_crash_writes_a_log_and_says_where(demo_dir, monkeypatch, tmp_path, ca
 
     with pytest.raises(RuntimeError, match="a bug"):  # the test pilot re-raises what the app caught
         asyncio.run(go())
-    logs = list(tmp_path.glob("tui-stack-crash-*.log"))
+    logs = list((tmp_path / "state" / "crash").glob("crash-*.log"))
     assert len(logs) == 1 and "RuntimeError: a bug" in logs[0].read_text()
+    assert logs[0].stat().st_mode & 0o777 == 0o600
     assert app.return_code == 1
     out, err = capfd.readouterr()
     assert f"details in {logs[0]}" in (out + err).replace("\n", "")

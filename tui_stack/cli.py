@@ -64,7 +64,7 @@ def _combine_parser() -> argparse.ArgumentParser:
         description="Combine frames that are already aligned (as IRAF imcombine / ccdproc.combine).",
     )
     p.add_argument("files", nargs="+", type=Path)
-    p.add_argument("--out", type=Path, required=True, help="output FITS file")
+    p.add_argument("--out", required=True, help="output FITS file")  # a str: 'dir/' keeps its slash
     # one flag per [combine] key, from the table that declares them; checked by standalone
     for param in PARAMS:
         if not param.cli and param.name != "method":
@@ -141,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     from tui_stack import signals
     from tui_stack.errors import InputError, exit_code_of
 
+    from tui_stack import rundir
+
+    rundir.COMMITTED.clear()
     try:
         with signals.handled():
             if argv and argv[0] in SUBCOMMANDS:
@@ -155,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         return _error(str(exc))
     except KeyboardInterrupt as exc:  # Ctrl-C, and SIGHUP / SIGTERM (errors.Interrupted)
         what = getattr(exc, "what", "interrupted")
-        _say(f"tui-stack: {what}; the output directory was left as it was before this run")
+        if rundir.COMMITTED:  # the signal came as the outputs were put in place: they are complete
+            _say(f"tui-stack: {what} after the outputs were complete in {rundir.COMMITTED[-1]}")
+        else:
+            _say(f"tui-stack: {what}; the output directory was left as it was before this run")
         if getattr(exc, "signum", None) == signals.signal.SIGHUP:
             signals.detach_stdio()
         return exit_code_of(exc)

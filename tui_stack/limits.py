@@ -102,3 +102,31 @@ def check_disk(directory: Path, nbytes: int, what: str = "the outputs") -> None:
         return  # cannot tell: the write itself reports a full disk
     if nbytes + DISK_MARGIN > free:
         raise InputError(f"{directory}: {what} need {human(nbytes)} but only {human(free)} are free there")
+
+
+def frame_shape(path: Path) -> tuple[int, int]:
+    """(h, w) of a frame from its header alone."""
+    from tui_stack.core import io
+
+    hdul = io.open_fits(path)
+    try:
+        return tuple(hdul[io._image_hdu_index(hdul, Path(path))].shape)
+    finally:
+        hdul.close()
+
+
+AUTO_STARS = 30  # at most this many comparison stars with stars = "auto"
+
+
+def check_run(cfg, files: list[Path], ref_path: Path) -> int:
+    """A run's sizes before it reads a pixel: apertures against the frame and the memory limit.
+    Returns the bytes its outputs will take (for check_disk)."""
+    shape = frame_shape(ref_path)
+    stars = cfg.scale.stars
+    n_stars = AUTO_STARS if isinstance(stars, str) else len(stars)
+    check_photometry(float(cfg.scale.radius), cfg.scale.annulus_radii(), shape, n_stars,
+                     int(cfg.combine.memory_limit))
+    need = image_bytes(shape, bool(cfg.combine.maps))
+    if cfg.output.write_shifted:
+        need += len(files) * image_bytes(shape)
+    return need

@@ -39,6 +39,7 @@ STAGING_PREFIX = ".tui-stack-staging-"
 JOURNAL = ".commit.json"  # in a staging folder: the set is complete, put it in place
 SCRATCH = ".scratch"  # in a staging folder: temporary files that are not outputs
 _OWNER = ".owner"  # in a staging folder: flocked by the run writing it
+COMMITTED: list = []  # outputs this process put in place: a signal after that did not undo them
 _OLD_TMP_PREFIXES = (".tui-stack-tmp-", ".tui-stack-probe-")  # left by versions before this one
 
 
@@ -62,6 +63,10 @@ def _holder_text(command: str) -> str:
     except Exception:
         user = str(os.getuid())
     since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    args = " ".join(sys.argv[1:])
+    argv0 = sys.argv[0] if sys.argv else ""
+    if args and (Path(argv0).name == "tui-stack" or "tui_stack" in argv0):  # its command line, as ps shows it
+        command = f"{command.split()[0]} {args}"[:240]
     return f"{command}, pid {os.getpid()} on {socket.gethostname()}, user {user}, since {since}"
 
 
@@ -325,6 +330,8 @@ class OutputDir:
         import tempfile
 
         self._make_dirs()
+        if not os.access(self.directory, os.W_OK | os.X_OK):
+            raise InputError(f"{self.directory}: output directory is not writable")
         try:
             self.lock = DirLock(self.directory, self.command).acquire()
         except BaseException:
@@ -414,6 +421,7 @@ class OutputDir:
             os.replace(tmp, staging / JOURNAL)
             _put_in_place(self.directory, staging, journal)
             self.committed = True
+            COMMITTED.append(self.directory)
             self._release()
         return names
 
@@ -495,6 +503,7 @@ class OutputFile:
             os.replace(self.path, self.target)
             _fsync_dir(od.directory)
             od.committed = True
+            COMMITTED.append(self.target)
             od._release()
 
     def __exit__(self, exc_type, exc, tb):
@@ -544,3 +553,17 @@ class ScratchDir:
             _remove_tree(self.path)
             os.close(self._fd)
             self._fd = None
+
+
+def clean_scratch(root: Path | None = None) -> None:
+    """Remove the scratch folders of wizards that were killed (run at the wizard's start)."""
+    from tui_stack import crashlog
+
+    root = Path(root) if root is not None else cache_dir()
+    if not root.is_dir():
+        return
+    try:
+        os.close(crashlog.open_private_dir(root))
+    except OSError:
+        return  # not the user's own: leave it alone
+    recover(root)

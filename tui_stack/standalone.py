@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tui_stack import __version__
+from tui_stack import __version__, safetext
 from tui_stack.errors import InputError
 
 
@@ -86,11 +86,17 @@ def combine_files(args, console) -> Path:
     flags = checked_flags(args)
     for key, value in flags.items():
         setattr(args, key, value)
+    from tui_stack import limits, rundir
+
     paths = [Path(p) for p in args.files]
-    if len({p.resolve() for p in paths}) != len(paths):
+    resolved = {io.resolved(p) for p in paths}
+    if len(resolved) != len(paths):
         raise InputError("the same file is given twice")
     out = Path(args.out)
-    if out.resolve() in {p.resolve() for p in paths}:
+    if out.is_dir() or str(args.out).endswith("/"):
+        raise InputError(f"--out {out}: is a directory; give the output file's name, "
+                         f"e.g. {out / f'combined_{args.method}.fits'}")
+    if io.resolved(out) in resolved:
         raise InputError(f"{out}: output would overwrite an input file")
     if out.exists() and not args.overwrite:
         raise InputError(f"{out}: exists; pass --overwrite to replace it")
@@ -120,9 +126,8 @@ def combine_files(args, console) -> Path:
         raise InputError(f"{args.offsets}: offsets must be whole numbers of pixels")
     offsets = offsets.astype(int)
     # IRAF style: the output grows to hold every frame at its offset.
+    shape = limits.check_offsets(offsets, infos[0][2])
     ox, oy = offsets[:, 0] - offsets[:, 0].min(), offsets[:, 1] - offsets[:, 1].min()
-    h, w = infos[0][2]
-    shape = (h + int(oy.max()), w + int(ox.max()))
     sources = [combine.FileSource(p, idx, s, int(dx), int(dy), zero=float(z), scale=float(sc), out_shape=shape)
                for (p, idx, s), dx, dy, sc, z in zip(infos, ox, oy, scales, zeros)]
     values = {p.name: flags[p.name] for p in PARAMS if p.method_param and p.name in flags}
@@ -138,6 +143,8 @@ def combine_files(args, console) -> Path:
     except ValueError as exc:
         raise InputError(str(exc)) from None
     weights = _weights(args, infos, scales)
+    limits.check_combine_memory(n, shape[1], args.method, args.memory_limit, weights is not None)
+    limits.check_disk(out.parent, limits.image_bytes(shape, args.maps), f"{out.name} ({shape[1]}x{shape[0]} px)")
     from tui_stack import compute
 
     scheduler = args.scheduler or ("dask" if args.address else "local")
@@ -153,17 +160,20 @@ def combine_files(args, console) -> Path:
         except ValueError as exc:
             raise InputError(f"--workers {exc}, got {args.workers!r}") from None
     hdr = _provenance(args, params, paths, ox, oy, scales, zeros, weights)
-    engine = compute.open_compute(scheduler, args.address, workers)
-    # the image goes to disk block by block as it is combined: never whole in memory
-    with io.FitsStream(out, hdr, shape) as stream:
-        try:
-            result = engine.combine(sources, params, memory_limit=args.memory_limit, maps=args.maps,
-                                    weights=weights, sink=lambda y0, block: stream.write(block[0]))
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
-        finally:
-            engine.close()
-        stream.finish(io.map_hdus(result))
+    # the image goes to disk block by block as it is combined (never whole in memory), into a
+    # staging folder beside OUT, renamed over it at the end (tui_stack.rundir.OutputFile)
+    with rundir.OutputFile(out) as target:
+        engine = compute.open_compute(scheduler, args.address, workers)
+        with io.FitsStream(target.path, hdr, shape) as stream:
+            try:
+                result = engine.combine(sources, params, memory_limit=args.memory_limit, maps=args.maps, weights=weights,
+                                        sink=lambda y0, block: stream.write(block[0]))
+            except ValueError as exc:
+                raise InputError(str(exc)) from None
+            finally:
+                engine.close()
+            stream.finish(io.map_hdus(result))
+        target.commit()
     console.print(f"{args.method} of {n} frames -> {out}")
     return out
 
@@ -182,7 +192,7 @@ def _provenance(args, params, paths, ox, oy, scales, zeros, weights):
     hdr["TSWEIGHT"] = (args.weights if weights is not None else "none", "weights of the average")
     wnorm = weights / weights.sum() if weights is not None else [None] * n
     for k, (p, dx, dy, sc, z, wt) in enumerate(zip(paths, ox, oy, scales, zeros, wnorm), 1):
-        hdr[f"IMCMB{k:03d}"] = p.name
-        hdr.add_history(f"{p.name} offset=({dx},{dy}) zero={z:g} scale={sc:g}"
+        hdr[f"IMCMB{k:03d}"] = safetext.header(p.name)
+        hdr.add_history(f"{safetext.header(p.name)} offset=({dx},{dy}) zero={z:g} scale={sc:g}"
                         + (f" weight={wt:.5f}" if wt is not None else ""))
     return hdr

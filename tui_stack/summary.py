@@ -6,18 +6,28 @@ from __future__ import annotations
 from tui_stack.fmt import fmt as _fmt
 
 
+def _safe(text) -> str:
+    """A name shown as it is (no rich markup: '[red]' in a name is a name) with control
+    characters escaped (tui_stack.safetext)."""
+    from rich.markup import escape
+
+    from tui_stack import safetext
+
+    return escape(safetext.terminal(text))
+
+
 def print_summary(state, console) -> None:
     from rich import box
     from rich.table import Table
 
-    t = Table(title=f"{len(state.frames)} frames, reference {state.files[state.ref_index].name}",
+    t = Table(title=f"{len(state.frames)} frames, reference {_safe(state.files[state.ref_index].name)}",
               title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False)
     for col in ("#", "file", "shift x", "shift y", "sky", "scale", "used"):
         t.add_column(col, no_wrap=True, justify="left" if col == "file" else "right")
     t.add_column("flags", ratio=1)
     for i, fr in enumerate(state.frames):
         t.add_row(
-            str(i), fr.name, _fmt(fr.shift_x), _fmt(fr.shift_y), _fmt(fr.sky, ".0f"), _fmt(fr.scale, ".4f"), "yes" if fr.used else "no", " ".join(fr.flags),
+            str(i), _safe(fr.name), _fmt(fr.shift_x), _fmt(fr.shift_y), _fmt(fr.sky, ".0f"), _fmt(fr.scale, ".4f"), "yes" if fr.used else "no", " ".join(fr.flags),
         )
     console.print(t)
     for c in state.combined:
@@ -25,9 +35,9 @@ def print_summary(state, console) -> None:
         for col in ("file", "frames", "median", "std [{}:{},{}:{}]".format(*c.stats.region), "flux / ref"):
             r.add_column(col, no_wrap=True)
         r.add_row(
-            str(c.path.name if c.path else "-"), str(c.n_frames), _fmt(c.stats.median, ".3f"),
+            _safe(c.path.name if c.path else "-"), str(c.n_frames), _fmt(c.stats.median, ".3f"),
             _fmt(c.stats.std, ".3f"), _fmt(c.photometry.ratio_median, ".4f"),
         )
         console.print(r)
     if state.combined and state.combined[-1].path is not None:
-        console.print(f"outputs in {state.combined[-1].path.parent}")
+        console.print(f"outputs in {_safe(state.combined[-1].path.parent)}")

@@ -101,6 +101,15 @@ def open_fits(path: Path, memmap: bool = True):
     return hdul
 
 
+def read_header(path: Path, hdu_index: int = 0):
+    """One HDU's header, cards with control or non-ASCII bytes escaped (sanitize_header)."""
+    from astropy.io import fits
+
+    hdr = fits.getheader(path, hdu_index)
+    sanitize_header(hdr)
+    return hdr
+
+
 def sanitize_header(hdr) -> int:
     """Cards holding control or non-ASCII bytes (astropy refuses to read their value, and
     they would reach a terminal raw) rewritten with escapes (tui_stack.safetext.header);
@@ -210,7 +219,8 @@ class RowReader:
         with fits.open(self.path, memmap=False, lazy_load_hdus=True) as hdul:
             hdu = hdul[hdu_index]
             hdr = hdu.header
-            compressed = isinstance(hdu, fits.CompImageHDU)
+            # tile-compressed, or a gzip/bzip2 file (offsets in the uncompressed stream): astropy's section
+            compressed = isinstance(hdu, fits.CompImageHDU) or bool(getattr(hdul._file, "compression", None))
             if not compressed:
                 self._offset = hdu.fileinfo()["datLoc"]
         if compressed:

@@ -10,13 +10,9 @@ and `tui-stack combine` the stack step's parameters and weights, so every decisi
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
-
 from tui_stack import compute
 from tui_stack.config import Config
-from tui_stack.pipeline.outputs import prepare_output_dir, write_combined, write_outputs
+from tui_stack.pipeline.outputs import planned_outputs, write_combined, write_outputs
 from tui_stack.pipeline.reference import assess, choose_reference, measure_frame, reference_star, sky_subtracted, \
     suggested_reference
 from tui_stack.pipeline.register import register
@@ -30,65 +26,55 @@ from tui_stack.pipeline.state import UNMEASURABLE, CombinedResult, FrameResult, 
 __all__ = [
     "CombinedResult", "FrameResult", "Progress", "RunState", "UNMEASURABLE", "assess", "choose_reference",
     "combine_frames", "combine_params", "comparison_star_at", "comparison_stars", "excluded_indices", "exposure_times", "frame_weights",
-    "header_number", "measurable", "measure_frame", "measure_scales", "noop", "prepare_output_dir", "prepared_frame",
+    "header_number", "measurable", "measure_frame", "measure_scales", "noop", "planned_outputs", "prepared_frame",
     "reference_star", "register", "report_dict", "resolve_reference", "run", "scan", "select", "sky_subtracted",
     "suggested_reference", "write_combined", "write_outputs", "write_shifted", "write_shifted_frames",
 ]
 
 
-def _output_names(out: Path) -> set:
-    return {p.name for p in out.iterdir() if p.name.startswith(("s", "combined_", "report.json"))}
-
-
 def run(cfg: Config, progress: Progress = noop) -> RunState:
     """The whole pipeline, writing the outputs of SPEC.md.
 
-    If it stops half-way (Ctrl-C, disk full, bad frame), the outputs it had written are
-    removed again: what is left in the output directory is a whole run or nothing new.
+    Sizes are checked before a pixel is read (tui_stack.limits). The outputs are staged inside
+    the output directory, under its lock, and put in place as one set at the end
+    (tui_stack.rundir): if the run stops half-way (a signal, disk full, a bad frame) the
+    directory holds what it held before, and no other file in it is touched.
     """
+    from tui_stack import limits, rundir
+
     state = RunState(config=cfg)
     state.set_files(select(cfg))
-    out = prepare_output_dir(state)
-    before = _output_names(out)
-    inputs = {p.name for p in state.files if p.parent == out}
-    tmp = None
-    engine = None
-    if cfg.compute.scheduler != compute.current().name:
-        engine = compute.open_compute(cfg.compute.scheduler, cfg.compute.address, cfg.compute.workers)
-    try:
-        with compute.using(engine or compute.current()):
-            tmp = _run_steps(state, out, progress)
-    except BaseException:
-        for name in _output_names(out) - before - inputs:
-            (out / name).unlink(missing_ok=True)
-        raise
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        if engine is not None:
-            engine.close()
+    ref = resolve_reference(cfg, state.files) if cfg.reference.frame != "auto" else 0
+    need = limits.check_run(cfg, state.files, state.files[ref])
+    with rundir.OutputDir(cfg.output.directory, "tui-stack run", protect=state.files) as od:
+        od.check_names(planned_outputs(state))
+        od.check_space(need)
+        engine = None
+        if cfg.compute.scheduler != compute.current().name:
+            engine = compute.open_compute(cfg.compute.scheduler, cfg.compute.address, cfg.compute.workers)
+        try:
+            with compute.using(engine or compute.current()):
+                _run_steps(state, od, progress)
+        finally:
+            if engine is not None:
+                engine.close()  # before the staging folder goes: no worker still writing into it
+        od.commit()
+    for c in state.combined:
+        c.path = od.final(c.path.name)
     return state
 
 
-def _run_steps(state: RunState, out: Path, progress: Progress):
+def _run_steps(state: RunState, od, progress: Progress) -> None:
     cfg = state.config
-    tmp = None
-    try:
-        choose_reference(state, progress)
-        register(state, progress)
-        if cfg.output.write_shifted:
-            shifted_dir = out
-        elif cfg.shift.mode == "subpixel":
-            tmp = Path(tempfile.mkdtemp(prefix=".tui-stack-tmp-", dir=out))
-            shifted_dir = tmp
-        else:
-            shifted_dir = None
-        # Shifted frames are written in the photometry pass: one read of each frame, not two.
-        measure_scales(state, progress, shifted_dir)
-        combine_frames(state, cfg.combine.method, shifted_dir, progress)
-        write_outputs(state, out, progress, shifted_written=True)
-    except BaseException:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return tmp
+    choose_reference(state, progress)
+    register(state, progress)
+    if cfg.output.write_shifted:
+        shifted_dir = od.staging
+    elif cfg.shift.mode == "subpixel":
+        shifted_dir = od.scratch()  # frames the combine reads, not outputs
+    else:
+        shifted_dir = None
+    # Shifted frames are written in the photometry pass: one read of each frame, not two.
+    measure_scales(state, progress, shifted_dir)
+    combine_frames(state, cfg.combine.method, shifted_dir, progress)
+    write_outputs(state, od.staging, progress, shifted_written=True)

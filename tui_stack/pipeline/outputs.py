@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from tui_stack import __version__
+from tui_stack import __version__, safetext
 from tui_stack.core import combine, io
-from tui_stack.errors import InputError
 from tui_stack.pipeline.report import report_dict
 from tui_stack.pipeline.shift import reference_header, write_shifted_frames
 from tui_stack.pipeline.stack import combine_params
@@ -29,15 +27,15 @@ def write_combined(state: RunState, combined: CombinedResult, out_dir: Path) -> 
     for key, _, value, comment in combine.method_parameters(params):
         hdr[key] = (value, comment)
     hdr["NCOMBINE"] = (combined.n_frames, "frames combined")
-    hdr["TSREF"] = (state.files[state.ref_index].name, "reference frame")
+    hdr["TSREF"] = (safetext.header(state.files[state.ref_index].name), "reference frame")
     hdr["TSMODE"] = (state.config.shift.mode, "shift mode")
     hdr["TSWEIGHT"] = (state.config.combine.weights if combined.weights else "none", "weights of the average")
     used = [fr for fr in state.frames if fr.used]
     weights = combined.weights or [None] * len(used)
     for k, (fr, wt) in enumerate(zip(used, weights), 1):
-        hdr[f"IMCMB{k:03d}"] = fr.name
+        hdr[f"IMCMB{k:03d}"] = safetext.header(fr.name)  # cards are ASCII: report.json has the real name
         hdr.add_history(
-            f"{fr.name} shift=({fr.applied_shift_x:g},{fr.applied_shift_y:g}) sky={fr.sky:.2f} scale={fr.scale:.5f}"
+            f"{safetext.header(fr.name)} shift=({fr.applied_shift_x:g},{fr.applied_shift_y:g}) sky={fr.sky:.2f} scale={fr.scale:.5f}"
             + (f" weight={wt:.5f}" if wt is not None else "")
         )
     path = out_dir / f"combined_{combined.method}.fits"
@@ -48,27 +46,13 @@ def write_combined(state: RunState, combined: CombinedResult, out_dir: Path) -> 
 
 
 
-def prepare_output_dir(state: RunState) -> Path:
+def planned_outputs(state: RunState, methods=None) -> list[str]:
+    """The names a run writes into its output directory (rundir.OutputDir checks them first)."""
     cfg = state.config
-    out = cfg.output.directory
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"{out}: cannot create the output directory ({exc.strerror})") from None
-    try:
-        probe = tempfile.NamedTemporaryFile(dir=out, prefix=".tui-stack-probe-")
-        probe.close()
-    except OSError as exc:
-        raise InputError(f"{out}: output directory is not writable ({exc.strerror})") from None
-    inputs = {p.resolve() for p in state.files}
-    planned = [out / f"combined_{cfg.combine.method}.fits", out / "report.json"]
+    names = [f"combined_{m}.fits" for m in (methods or [cfg.combine.method])] + ["report.json"]
     if cfg.output.write_shifted:
-        planned += [out / f"s{p.name}" for p in state.files]
-    for p in planned:
-        if p.resolve() in inputs:
-            raise InputError(f"{p}: output would overwrite an input file; choose another [output].directory")
-    return out
-
+        names += [f"s{p.name}" for p in state.files]
+    return names
 
 
 def write_outputs(state: RunState, out: Path, progress: Progress = noop, shifted_written: bool = False) -> None:

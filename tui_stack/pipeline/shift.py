@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tui_stack import __version__
+from tui_stack import __version__, safetext
 from tui_stack.core import io, shifting
 from tui_stack.pipeline.state import FrameResult, Progress, RunState, measurable, noop
 
@@ -56,12 +56,13 @@ def _shifted_header(header, fr: FrameResult, state: RunState):
         hdr["CRPIX1"] = hdr["CRPIX1"] + fr.applied_shift_x
         hdr["CRPIX2"] = hdr["CRPIX2"] + fr.applied_shift_y
     hdr["TSVERS"] = (__version__, "tui-stack version")
-    hdr["TSREF"] = (state.files[state.ref_index].name, "reference frame")
+    hdr["TSREF"] = (safetext.header(state.files[state.ref_index].name), "reference frame")
     hdr["TSSKY"] = (float(fr.sky), "sky level subtracted (ADU)")
     hdr["TSDX"] = (float(fr.applied_shift_x), "x shift applied (px)")
     hdr["TSDY"] = (float(fr.applied_shift_y), "y shift applied (px)")
     hdr["TSMODE"] = (state.config.shift.mode, "shift mode")
-    hdr.add_history(f"tui-stack {__version__}: sky-subtracted and shifted from {fr.name}; NaN = no data")
+    hdr.add_history(f"tui-stack {__version__}: sky-subtracted and shifted from {safetext.header(fr.name)}; "
+                    "NaN = no data")
     return hdr
 
 def _turn_wcs(hdr, shape) -> None:
@@ -109,7 +110,7 @@ def reference_header(state: RunState):
 def _reference_header_of(path: Path, hdu_index: int, mtime_ns: int):
     from astropy.io import fits
 
-    with fits.open(path) as hdul:
+    with io.open_fits(path, memmap=False) as hdul:  # header cards made readable (control characters)
         src = hdul[hdu_index].header
         keep = fits.Header()
         for key in ("OBJECT", "TELESCOP", "INSTRUME", "FILTER", "DATE-OBS", "EXPTIME", "GAIN", "RDNOISE"):

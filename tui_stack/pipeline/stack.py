@@ -9,7 +9,7 @@ import numpy as np
 
 from tui_stack import compute
 from tui_stack.config import Config
-from tui_stack.core import combine, photometry, stats
+from tui_stack.core import combine, io, photometry, stats
 from tui_stack.core.combine_params import PARAMS
 from tui_stack.errors import InputError
 from tui_stack.pipeline.state import CombinedResult, Progress, RunState, noop
@@ -38,9 +38,7 @@ def header_number(value, path: Path, hdu_index: int = 0) -> float:
     """A number from the config, or the value of the header keyword it names."""
     if not isinstance(value, str):
         return float(value)
-    from astropy.io import fits
-
-    hdr = fits.getheader(path, hdu_index)
+    hdr = io.read_header(path, hdu_index)
     if value not in hdr or not isinstance(hdr[value], (int, float)):
         raise InputError(f"{path.name}: header keyword {value} (for ccdclip) is missing or not a number; "
                          "give the value in [combine]")
@@ -60,12 +58,10 @@ def combine_params(cfg: Config, method: str, ref_path: Path, sky: float = 0.0) -
 
 def exposure_times(paths, key: str) -> np.ndarray:
     """The exposure time of each frame from its header (primary or image HDU)."""
-    from astropy.io import fits
-
     values = []
     for path, idx in paths:
-        hdr = fits.getheader(path, idx)
-        v = hdr.get(key, fits.getheader(path, 0).get(key) if idx else None)
+        hdr = io.read_header(path, idx)
+        v = hdr.get(key, io.read_header(path, 0).get(key) if idx else None)
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
             raise InputError(f"{Path(path).name}: header keyword {key} is missing or not a positive number")
         values.append(float(v))

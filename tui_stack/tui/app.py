@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-import traceback
 from pathlib import Path
 from typing import Callable
 
@@ -21,10 +18,11 @@ from tui_stack.tui.state import WizardState
 STEPS = ("Files", "Reference", "Shifts", "Scales", "Combine")
 
 
-def crash_log(exc: BaseException) -> Path:
-    log = Path(tempfile.gettempdir()) / f"tui-stack-crash-{os.getpid()}.log"
-    log.write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
-    return log
+def crash_log(exc: BaseException) -> Path | str:
+    """The traceback in a new private file of the user's state directory (tui_stack.crashlog)."""
+    from tui_stack import crashlog
+
+    return crashlog.write(exc) or "nowhere (the state directory is not writable)"
 
 
 def fixed_table(id: str, columns):
@@ -230,10 +228,32 @@ class StackApp(App):
 
 
     def on_mount(self) -> None:
+        import asyncio
+
+        from tui_stack import signals
         from tui_stack.tui.files import FilesScreen
+
+        # A dropped SSH link (SIGHUP) or a kill (SIGTERM) ends the wizard as `q` would: the
+        # session is already saved, the screens' scratch files go; exit 129 / 143.
+        loop = asyncio.get_running_loop()
+        for sig in signals.HANDLED:
+            loop.add_signal_handler(sig, self._signalled, sig)
 
         self.install_screen(FilesScreen(), name=STEPS[0])
         self.push_screen(STEPS[0])
+
+    def _signalled(self, sig: int) -> None:
+        import asyncio
+
+        from tui_stack import signals
+
+        loop = asyncio.get_running_loop()
+        for s in signals.HANDLED:
+            loop.remove_signal_handler(s)
+        self.signalled = sig
+        self.exit(return_code=128 + sig)
+
+    signalled = None
 
     def _screen_for(self, step: int) -> str:
         """Screens are built when first visited: the first one paints without numpy's import."""
@@ -280,6 +300,9 @@ class StackApp(App):
 
 
 def run_app(directory: Path, config_path: Path | None = None, resume: bool = False) -> int:
+    from tui_stack import rundir
+
+    rundir.clean_scratch()
     saved = None
     if resume:
         import tomllib
@@ -290,7 +313,10 @@ def run_app(directory: Path, config_path: Path | None = None, resume: bool = Fal
         saved = session.load()
         if saved is None:
             raise InputError(f"no saved session to resume ({session.session_path()} not found)")
-        config = config_from_dict(tomllib.loads(saved["config"]))
+        try:
+            config = config_from_dict(tomllib.loads(saved["config"]))
+        except InputError as exc:
+            raise InputError(f"{session.session_path()}: saved session's config: {exc}") from None
     else:
         config = load_config(config_path) if config_path else None  # it names its own directory
     engine = None

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 from textual.app import ComposeResult
@@ -92,12 +90,16 @@ class CombineScreen(PreviewScreen):
             return None
         key = tuple((f.name, f.applied_shift_x, f.applied_shift_y, f.sky) for f in run.frames)
         if self._cache is None or self._cache_key != key:
+            from tui_stack import rundir
+
             if self._cache is not None:
-                shutil.rmtree(self._cache, ignore_errors=True)
-            self._cache = Path(tempfile.mkdtemp(prefix="tui-stack-cache-"))
-            pipeline.write_shifted_frames(run, self._cache, progress)
+                self._cache.close()
+            # private (0700, the user's cache directory), and removed by the next wizard if this
+            # one is killed: never left in a shared /tmp
+            self._cache = rundir.ScratchDir()
+            pipeline.write_shifted_frames(run, self._cache.path, progress)
             self._cache_key = key
-        return self._cache
+        return self._cache.path
 
     def action_combine(self) -> None:
         from tui_stack import pipeline
@@ -169,11 +171,18 @@ class CombineScreen(PreviewScreen):
             self._method_label()
 
         def work(progress):
-            out = pipeline.prepare_output_dir(run)
-            pipeline.write_outputs(run, out, progress)
-            path = out / "tui-stack.toml"
-            write_text_atomic(path, ws.config_toml())
-            return out
+            from tui_stack import rundir
+
+            # staged and put in place as one set, under the output directory's lock (as `run`)
+            with rundir.OutputDir(run.config.output.directory, "tui-stack wizard", protect=run.files) as od:
+                methods = [c.method for c in run.combined]
+                od.check_names(pipeline.planned_outputs(run, methods) + ["tui-stack.toml"])
+                pipeline.write_outputs(run, od.staging, progress)
+                write_text_atomic(od.path("tui-stack.toml"), ws.config_toml())
+                od.commit()
+            for c in run.combined:
+                c.path = od.final(c.path.name)
+            return od.directory
 
         self.run_task("writing outputs", work, self._written)
 
@@ -185,4 +194,4 @@ class CombineScreen(PreviewScreen):
 
     def on_unmount(self) -> None:
         if self._cache is not None:
-            shutil.rmtree(self._cache, ignore_errors=True)
+            self._cache.close()

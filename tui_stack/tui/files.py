@@ -134,8 +134,10 @@ class FilesScreen(WizardScreen):
         names = set(data.get("included", []))
         for i, info in enumerate(ws.infos):
             self._set_use(i, info.path.name in names and not info.error)
-        session.restore_run(ws, data)
+        stale = session.restore_run(ws, data)
         step = int(data.get("step", 0))
+        if stale:
+            self.status(stale, error=True)
         if ws.run is None or step == 0:
             return
 

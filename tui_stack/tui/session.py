@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from tui_stack import __version__
+from tui_stack.errors import InputError
 
 
 def session_path() -> Path:
@@ -68,6 +69,7 @@ def save(ws, step: int) -> Path | None:
                 for c in run.combined
             ],
         }
+        data["run"]["fingerprints"] = [_fingerprint(p) for p in run.files]
     path = session_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,25 +79,48 @@ def save(ws, step: int) -> Path | None:
     return path
 
 
-def load() -> dict | None:
-    path = session_path()
-    if not path.exists():
-        return None
+_PRINTS: dict = {}
+
+
+def _fingerprint(path: Path) -> dict | None:
+    """Size, mtime and digest of a measured frame (tui_stack.resume), kept per file version."""
+    from tui_stack import resume
+
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        st = os.stat(path)
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        if key not in _PRINTS:
+            _PRINTS[key] = resume.fingerprint(path)
+        return _PRINTS[key]
+    except OSError:
         return None
 
 
-def restore_run(ws, data: dict) -> None:
-    """Rebuild the pipeline state from the saved tables (frames are re-read only when needed)."""
+def load() -> dict | None:
+    """The saved session; None if there is none. A session that is not valid JSON or not what
+    `save` writes is an InputError naming its path (exit 2), never a crash or 'not found'."""
+    from tui_stack import resume
+
+    path = session_path()
+    data = resume.load_session(path)
+    if data is not None:
+        try:
+            _build_run(data, None)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise InputError(f"{path}: saved session is malformed ({type(exc).__name__}: {exc}); "
+                             "start without --resume to make a new one") from None
+    return data
+
+
+def _build_run(data: dict, config):
+    """The pipeline state of the saved tables."""
     from tui_stack import pipeline
     from tui_stack.core import quality, registration
 
     saved = data.get("run")
     if not saved:
-        return
-    run = pipeline.RunState(config=ws.config, files=[Path(p) for p in saved["files"]])
+        return None
+    run = pipeline.RunState(config=config, files=[Path(p) for p in saved["files"]])
     run.ref_index = saved["ref_index"]
     run.shape = tuple(saved.get("shape", (0, 0)))
     if saved.get("ref_star"):
@@ -115,8 +140,27 @@ def restore_run(ws, data: dict) -> None:
         fr.quality = quality.FrameQuality(**{k: _nan(v) if k != "flags" else v for k, v in q.items()}) if q else None
         frames.append(fr)
     run.frames = frames
-    ws.run = run
-    ws.restored_combined = saved.get("combined", [])
+    return run
+
+
+def restore_run(ws, data: dict) -> str:
+    """Rebuild the pipeline state from the saved tables (frames are re-read only when needed).
+    If a frame is not the one measured any more (size, mtime, digest: tui_stack.resume), the
+    tables are not used - they are measured again - and the reason is returned."""
+    from tui_stack import resume, safetext
+
     if data.get("star_xy"):
         ws.star_xy = tuple(data["star_xy"])
     ws.suggested_ref = data.get("suggested_ref")
+    if not data.get("run"):
+        return ""
+    stale = resume.stale_frames(data)
+    if stale:
+        i, why = stale[0]
+        name = Path(data["run"]["files"][i]).name
+        more = f" and {len(stale) - 1} more" if len(stale) > 1 else ""
+        return (f"{safetext.terminal(name)}{more}: {why} since the session was saved; "
+                "its measurements are redone")
+    ws.run = _build_run(data, ws.config)
+    ws.restored_combined = data["run"].get("combined", [])
+    return ""
