@@ -219,7 +219,7 @@ def test_3_failing_rerun_keeps_the_previous_set_and_does_not_claim_otherwise(fie
         return real(self, name, *a, **kw)
 
     monkeypatch.setattr(fits.HDUList, "writeto", full_disk)
-    code, _, err = run_in_process(truth, frames, tmp_path, capsys, combine__combine__method="average")
+    code, _, err = run_in_process(truth, frames, tmp_path, capsys, combine__method="average")
     assert_one_line_error(code, err, "combined_average.fits", "no space left")
     assert snapshot(tmp_path / "out") == before
 
@@ -589,3 +589,42 @@ def test_11_more_frames_than_open_files_allowed(tmp_path):
     want = np.median([fits.getdata(p) for p in sorted(d.iterdir())], axis=0)
     np.testing.assert_allclose(fits.getdata(tmp_path / "c.fits"), want, rtol=1e-6)
     assert inputs(d) == before
+
+
+def test_8_hostile_names_in_the_wizard(field, tmp_path, monkeypatch):
+    """A name with escape sequences and markup: shown escaped on the Files and Shifts screens,
+    the wizard neither crashes nor passes the bytes through."""
+    import asyncio
+
+    from test_tui import SIZE, press, settle
+    from textual.widgets import DataTable
+
+    from tui_stack.tui.app import StackApp
+
+    truth, frames = field
+    monkeypatch.setenv("TUI_STACK_STATE_DIR", str(tmp_path / "state"))
+    rename_all(frames, lambda i: f"demo_{i:03d}[red]\x1b]0;t\x07[b].fits")
+    cfg = make_config(truth, tmp_path / "out")
+    cfg.input.directory = frames
+    app = StackApp(frames, cfg)
+    shown = {}
+
+    async def go():
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            table = app.screen.query_one(DataTable)
+            shown["files"] = [shown_text(table.get_row_at(r)[1]) for r in range(table.row_count)]
+            await press(pilot, "n", 2)
+            assert app.screen.STEP == 2
+            table = app.screen.query_one("#shifts", DataTable)
+            shown["shifts"] = [shown_text(table.get_row_at(r)[1]) for r in range(table.row_count)]
+
+    def shown_text(cell) -> str:  # what the table paints for the cell
+        from textual.widgets._data_table import default_cell_formatter
+
+        return default_cell_formatter(cell).plain
+
+    asyncio.run(go())
+    assert len(shown["files"]) == 5 and len(shown["shifts"]) == 5
+    for cell in shown["files"] + shown["shifts"]:
+        assert "\x1b" not in cell and "\x07" not in cell and "[red]\\x1b]0;t\\x07[b]" in cell

@@ -59,7 +59,8 @@ def test_outputs_written_and_inputs_untouched(run_subpixel, field_subpixel):
     assert checksums(field_subpixel.files) == before
     for f in field_subpixel.files:
         assert (out / f"s{f.name}").exists()
-    assert not list(out.glob(".*part")) and not list(out.glob(".tui-stack-*"))
+    # no temporary file or staging folder left; the one hidden file is the record of this set
+    assert not list(out.glob(".*part")) and [p.name for p in out.glob(".tui-stack-*")] == [".tui-stack-outputs.json"]
     with fits.open(out / "combined_average.fits") as h:
         hdr, data = h[0].header, h[0].data
     assert data.dtype == np.dtype(">f4")

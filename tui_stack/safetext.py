@@ -51,3 +51,11 @@ def header(text) -> str:
 
 def is_header_safe(text: str) -> bool:
     return all(" " <= ch <= "~" for ch in text)
+
+
+def markup(text) -> str:
+    """terminal(text) for a place that reads rich / Textual markup: a name holding '[b]' or
+    '[/]' is shown as it is, not taken as a style (or a markup error)."""
+    from rich.markup import escape
+
+    return escape(terminal(text))

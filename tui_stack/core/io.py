@@ -533,10 +533,13 @@ def _tile_compressed(hdul):
 
 
 def write_fits_atomic(path: Path, hdul) -> None:
-    for hdu in hdul:
-        sanitize_header(hdu.header)
-    if Path(path).name.endswith(".fz"):
-        hdul = _tile_compressed(hdul)
+    from astropy.io import fits
+
+    if isinstance(hdul, fits.HDUList):
+        for hdu in hdul:
+            sanitize_header(hdu.header)  # a value copied from an input may hold control characters
+        if Path(path).name.endswith(".fz"):
+            hdul = _tile_compressed(hdul)
     _atomically(path, lambda tmp: hdul.writeto(tmp, overwrite=True, output_verify="silentfix"))
 
 

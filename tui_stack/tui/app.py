@@ -11,6 +11,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, ProgressBar, Static
 
+from tui_stack import safetext
 from tui_stack.config import Config, load_config
 from tui_stack.errors import InputError
 from tui_stack.tui.state import WizardState
@@ -88,7 +89,7 @@ class WizardScreen(Screen):
 
     def status(self, text: str, error: bool = False) -> None:
         st = self.query_one("#status", Static)
-        st.update(text)
+        st.update(safetext.markup(text))  # messages name files: any name is shown as it is
         st.set_class(error, "error")
 
     # ------------------------------------------------------------ long work in a thread
@@ -149,7 +150,7 @@ class WizardScreen(Screen):
         self.query_one("#progress", ProgressBar).add_class("idle")
         self.status(message, error)
         if error:
-            self.notify(message, severity="error", timeout=12, markup=False)
+            self.notify(safetext.terminal(message), severity="error", timeout=12, markup=False)
         if payload is not None:
             done, result = payload
             if done is not None:

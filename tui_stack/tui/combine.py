@@ -15,6 +15,7 @@ from tui_stack.core.combine import METHODS
 from tui_stack.tui.app import fixed_table
 from tui_stack.tui.preview import ImageView
 from tui_stack.tui.reference import PreviewScreen
+from tui_stack import safetext
 
 
 
@@ -190,7 +191,7 @@ class CombineScreen(PreviewScreen):
         self.ws.dirty = False
         self.ws.written_to = out
         self.status(f"written to {out} (config: tui-stack.toml; tui-stack run reproduces it). q: quit")
-        self.notify(f"outputs and config written to {out}", timeout=8, markup=False)
+        self.notify(safetext.terminal(f"outputs and config written to {out}"), timeout=8, markup=False)
 
     def on_unmount(self) -> None:
         if self._cache is not None:

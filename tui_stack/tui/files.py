@@ -11,6 +11,7 @@ from textual.widgets import DataTable, Input
 
 from tui_stack.fmt import fmt
 from tui_stack.tui.app import WizardScreen
+from tui_stack import safetext
 
 COLUMNS = ("use", "file", "DATE-OBS", "EXPTIME", "FILTER", "type", "shape", "median", "std", "max", "note")
 
@@ -101,7 +102,7 @@ class FilesScreen(WizardScreen):
             ws.included.add(i)
         shape = f"{info.shape[1]}x{info.shape[0]}" if info.shape else ""
         self.query_one(DataTable).add_row(
-            "✓" if i in ws.included else "·", info.path.name, info.date_obs[:19], fmt(info.exptime, "g", missing=""),
+            "✓" if i in ws.included else "·", safetext.markup(info.path.name), safetext.markup(info.date_obs[:19]), fmt(info.exptime, "g", missing=""),
             info.filter, info.imagetyp, shape, fmt(info.median, ".1f", ""), fmt(info.std, ".1f", ""), fmt(info.max, ".0f", missing=""),
             info.error, key=str(i),
         )

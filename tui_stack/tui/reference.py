@@ -10,6 +10,7 @@ from textual.widgets import Static
 
 from tui_stack.tui.app import WizardScreen
 from tui_stack.tui.preview import ImageView
+from tui_stack import safetext
 
 CUTOUT = 19  # px: one pixel per half-cell in a 12-row box
 
@@ -163,14 +164,14 @@ class ReferenceScreen(PreviewScreen):
         run = ws.run
         i = run.ref_index
         q = run.qualities[i] if run.qualities else None
-        lines = [f"[b]reference {i + 1}/{len(run.files)}[/]", run.files[i].name]
+        lines = [f"[b]reference {i + 1}/{len(run.files)}[/]", safetext.markup(run.files[i].name)]
         if q is not None:
             lines.append(f"FWHM {q.fwhm:.2f}  stars {q.n_stars}")
             lines.append(f"signal {q.signal:.0f}  sky {q.sky:.0f}")
             if q.flags:
                 lines.append(f"[yellow]{' '.join(q.flags)}[/]")
         if ws.suggested_ref is not None:
-            mark = "this one" if ws.suggested_ref == i else run.files[ws.suggested_ref].name
+            mark = "this one" if ws.suggested_ref == i else safetext.markup(run.files[ws.suggested_ref].name)
             lines.append(f"best (sharp, clear): {mark}")
         self.query_one("#frameinfo", Static).update("\n".join(lines))
 

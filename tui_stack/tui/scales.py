@@ -14,6 +14,7 @@ from tui_stack.tui import plot
 from tui_stack.tui.app import fixed_table
 from tui_stack.tui.preview import ImageView
 from tui_stack.tui.reference import PreviewScreen
+from tui_stack import safetext
 
 
 
@@ -78,7 +79,7 @@ class ScalesScreen(PreviewScreen):
         frames = self.query_one("#frames", DataTable)
         frames.clear()
         for i, fr in enumerate(run.frames):
-            frames.add_row(fr.name, fmt(fr.scale, ".4f"), fmt(fr.scale_mad, ".4f"), str(fr.n_scale_stars),
+            frames.add_row(safetext.markup(fr.name), fmt(fr.scale, ".4f"), fmt(fr.scale_mad, ".4f"), str(fr.n_scale_stars),
                            " ".join(fr.flags), key=str(i))
         self._fill_stars()
         markers = {}

@@ -14,6 +14,7 @@ from tui_stack.tui import plot
 from tui_stack.tui.app import WizardScreen
 from tui_stack.tui.preview import ImageView
 from tui_stack.tui.reference import cutout, stamp_limits
+from tui_stack import safetext
 
 COLUMNS = ("#", "file", "use", "shift x", "shift y", "stars", "rms", "rot°", "applied", "x", "y", "flags")
 
@@ -71,7 +72,7 @@ class ShiftsScreen(WizardScreen):
         table.clear()
         for i, fr in enumerate(run.frames):
             table.add_row(
-                str(i), fr.name, "✓" if fr.used else "·", fmt(fr.shift_x, ".3f"), fmt(fr.shift_y, ".3f"),
+                str(i), safetext.markup(fr.name), "✓" if fr.used else "·", fmt(fr.shift_x, ".3f"), fmt(fr.shift_y, ".3f"),
                 str(fr.n_matched or "-"), fmt(fr.fit_rms, ".3f"), fmt(fr.rotation, ".3f"),
                 f"{fmt(fr.applied_shift_x, 'g')},{fmt(fr.applied_shift_y, 'g')}",
                 fmt(fr.centroid_x, ".1f"), fmt(fr.centroid_y, ".1f"), " ".join(fr.flags), key=str(i),
@@ -91,7 +92,7 @@ class ShiftsScreen(WizardScreen):
         if self._residuals and run.frames and table.cursor_row is not None:
             fr = run.frames[min(table.cursor_row, len(run.frames) - 1)]
             res = np.array(fr.residuals, float).reshape(-1, 4)
-            view.title = f"{fr.name}: star - fit (px), {len(res)} stars, rms {fmt(fr.fit_rms, '.3f')}"
+            view.title = f"{safetext.terminal(fr.name)}: star - fit (px), {len(res)} stars, rms {fmt(fr.fit_rms, '.3f')}"
             view.xlabel, view.ylabel = "dx", "dy"
             view.set_data(res[:, 2], res[:, 3])
             return
@@ -114,7 +115,7 @@ class ShiftsScreen(WizardScreen):
         fr = run.frames[i]
         if self._residuals:
             self._plot()
-        self.query_one("#cutinfo", Static).update(f"[b]{fr.name}[/]\nafter shift ({fmt(fr.applied_shift_x, 'g')}, "
+        self.query_one("#cutinfo", Static).update(f"[b]{safetext.markup(fr.name)}[/]\nafter shift ({fmt(fr.applied_shift_x, 'g')}, "
                                                   f"{fmt(fr.applied_shift_y, 'g')})")
         if not np.isfinite(fr.shift_x):
             return
