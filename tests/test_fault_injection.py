@@ -573,6 +573,16 @@ def test_10_malformed_session_is_exit_2_with_its_path(saved_session, capsys, dam
 # ---------------------------------------------------------------- 11. open files
 
 
+def _opens_frames_on_demand() -> bool:
+    import inspect
+
+    from tui_stack.core import io
+
+    return "keep_open" in inspect.signature(io.RowReader).parameters
+
+
+@pytest.mark.skipif(not _opens_frames_on_demand(), reason="frames opened on demand come with issue 18 "
+                    "(io.RowReader keep_open); this test runs once that is merged")
 def test_11_more_frames_than_open_files_allowed(tmp_path):
     """`ulimit -n 64` and 80 frames: the combine opens frames as it reads them."""
     d = tmp_path / "many"

@@ -244,3 +244,32 @@ def test_scratch_dirs_of_dead_owners_are_removed(tmp_path):
     mine.close()
     other.close()
     assert os.listdir(tmp_path / "cache") == []
+
+
+def test_a_signal_during_the_commit_waits_for_it(tmp_path, monkeypatch):
+    """SIGTERM arriving while the set is being renamed into place is delivered after it: the
+    directory holds the whole new set, then the run ends with 143."""
+    import signal
+
+    from tui_stack import signals
+    from tui_stack.errors import Interrupted
+
+    out = tmp_path / "out"
+    write_set(out, ["report.json", "sa.fits", "sb.fits"], "old")
+    real = rundir._put_in_place
+
+    def signalled(*a):
+        os.kill(os.getpid(), signal.SIGTERM)  # mid-commit
+        return real(*a)
+
+    monkeypatch.setattr(rundir, "_put_in_place", signalled)
+    with pytest.raises(Interrupted) as err:
+        with signals.handled():
+            with rundir.OutputDir(out) as od:
+                for n in ("report.json", "sa.fits", "sc.fits"):
+                    od.path(n).write_text("new")
+                od.commit()
+    assert err.value.exit_code == 143
+    got = listing(out)
+    got.pop(rundir.MANIFEST)
+    assert got == {"report.json": b"new", "sa.fits": b"new", "sc.fits": b"new"}

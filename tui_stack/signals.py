@@ -42,16 +42,27 @@ def handled():
 
 @contextmanager
 def deferred():
-    """SIGINT, SIGHUP and SIGTERM held back inside the block, delivered at its end."""
+    """SIGINT, SIGHUP and SIGTERM held back inside the block, delivered at its end.
+
+    Python handlers run in the main thread whichever thread the kernel hands the signal to, so
+    masking the main thread (pthread_sigmask) is not enough while worker threads live: the
+    handlers are swapped for one that only records the signal, then raised again."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    held = {signal.SIGINT, *HANDLED}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    pending: list[int] = []
+
+    def record(signum, frame):
+        pending.append(signum)
+
+    old = {s: signal.signal(s, record) for s in (signal.SIGINT, *HANDLED)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s, h in old.items():
+            signal.signal(s, h)
+        if pending:
+            signal.raise_signal(pending[0])
 
 
 def detach_stdio() -> None:
