@@ -638,3 +638,24 @@ def test_8_hostile_names_in_the_wizard(field, tmp_path, monkeypatch):
     assert len(shown["files"]) == 5 and len(shown["shifts"]) == 5
     for cell in shown["files"] + shown["shifts"]:
         assert "\x1b" not in cell and "\x07" not in cell and "[red]\\x1b]0;t\\x07[b]" in cell
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGHUP, 129), (signal.SIGTERM, 143)])
+def test_4_signal_mid_combine_keeps_the_previous_output(big_field, tmp_path, sig, code):
+    frames = big_field.files
+    out = tmp_path / "c.fits"
+    fits.PrimaryHDU(np.zeros((4, 4), np.float32)).writeto(out)  # the previous result
+    (tmp_path / "notes.txt").write_text("mine")
+    before, before_inputs = snapshot(tmp_path), inputs(frames[0].parent)
+    proc = subprocess.Popen([sys.executable, "-m", "tui_stack", "combine", *map(str, frames), "--method", "gesd",
+                             "--out", str(out), "--overwrite", "--memory-limit", "16MB"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reached = wait_for_staging(tmp_path, proc, ".c.fits.*.part")  # the stream being written
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    if not reached or proc.returncode == 0:
+        pytest.skip("the combine finished before the signal arrived")
+    assert proc.returncode == code, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert snapshot(tmp_path) == before  # the old c.fits, byte for byte; no staging folder, no lock
+    assert inputs(frames[0].parent) == before_inputs
