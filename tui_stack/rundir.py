@@ -547,12 +547,23 @@ class ScratchDir:
         self.path = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.root))
         self._fd = _open_nofollow(self.path / _OWNER, os.O_RDWR | os.O_CREAT, 0o600)
         _flock(self._fd)
+        _SCRATCH.add(self)
 
     def close(self) -> None:
+        _SCRATCH.discard(self)
         if self._fd is not None:
             _remove_tree(self.path)
             os.close(self._fd)
             self._fd = None
+
+
+_SCRATCH: set = set()  # open ScratchDirs, for close_scratch
+
+
+def close_scratch() -> None:
+    """Remove every scratch folder this process still has (before a forced exit)."""
+    for s in list(_SCRATCH):
+        s.close()
 
 
 def clean_scratch(root: Path | None = None) -> None:

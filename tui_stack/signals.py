@@ -82,3 +82,18 @@ def detach_stdio() -> None:
         except (OSError, ValueError, AttributeError):
             pass
     os.close(null)
+
+
+def exit_soon(code: int, grace: float = 5.0) -> None:
+    """A last resort after a signal: if the process has not ended `grace` seconds from now (a
+    UI stuck on a terminal that is gone), remove the scratch folders and exit with `code`."""
+    def watchdog():
+        import time
+
+        time.sleep(grace)
+        from tui_stack import rundir
+
+        rundir.close_scratch()
+        os._exit(code)
+
+    threading.Thread(target=watchdog, name="tui-stack-exit", daemon=True).start()

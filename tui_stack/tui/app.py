@@ -252,6 +252,9 @@ class StackApp(App):
         for s in signals.HANDLED:
             loop.remove_signal_handler(s)
         self.signalled = sig
+        if sig == signals.signal.SIGHUP:
+            signals.detach_stdio()  # the terminal is gone: Textual's last writes go nowhere, not to EIO
+        signals.exit_soon(128 + sig)
         self.exit(return_code=128 + sig)
 
     signalled = None
