@@ -659,3 +659,28 @@ def test_4_signal_mid_combine_keeps_the_previous_output(big_field, tmp_path, sig
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert snapshot(tmp_path) == before  # the old c.fits, byte for byte; no staging folder, no lock
     assert inputs(frames[0].parent) == before_inputs
+
+
+def test_12_interrupted_dask_run_leaves_no_worker_written_frame(field, tmp_path, capsys, monkeypatch):
+    """The workers write the shifted frames into the staging folder; Ctrl-C after they did closes
+    the cluster first, then removes the folder: nothing of theirs stays."""
+    pytest.importorskip("distributed")
+    from tui_stack import compute
+
+    truth, frames = field
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "seeing_log.txt").write_text("mine")
+    before = snapshot(out)
+    staged = []
+
+    def interrupted(self, *a, **kw):
+        staged.extend(out.glob(f"{STAGING}*/sdemo_*.fits"))  # what the workers wrote
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compute.DaskCompute, "combine", interrupted)
+    code, _, err = run_in_process(truth, frames, tmp_path, capsys, compute__scheduler="dask", compute__workers=2,
+                                  shift__mode="subpixel")
+    assert code == 130 and len(err.strip().splitlines()) == 1 and "interrupted" in err
+    assert len(staged) == 5
+    assert snapshot(out) == before
