@@ -411,14 +411,15 @@ class OutputDir:
             files[name] = entry
         journal = {"files": files, "remove": {k: v for k, v in self.previous.items() if k not in files}}
         with signals.deferred():
-            for name in names:
-                with open(staging / name, "rb") as fh:
-                    os.fsync(fh.fileno())
+            # every writer (core.io) fsyncs its file before naming it: the names are made
+            # durable here, then the journal that says the set is complete
+            _fsync_dir(staging)
             tmp = staging / (JOURNAL + ".new")
             tmp.write_text(json.dumps(journal), encoding="utf-8")
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
             os.replace(tmp, staging / JOURNAL)
+            _fsync_dir(staging)
             _put_in_place(self.directory, staging, journal)
             self.committed = True
             COMMITTED.append(self.directory)
