@@ -177,12 +177,14 @@ class CombineScreen(PreviewScreen):
             # staged and put in place as one set, under the output directory's lock (as `run`)
             with rundir.OutputDir(run.config.output.directory, "tui-stack wizard", protect=run.files) as od:
                 methods = [c.method for c in run.combined]
-                od.check_names(pipeline.planned_outputs(run, methods) + ["tui-stack.toml"])
+                od.check_names(pipeline.planned_outputs(run, methods))
                 pipeline.write_outputs(run, od.staging, progress)
-                write_text_atomic(od.path("tui-stack.toml"), ws.config_toml())
                 od.commit()
             for c in run.combined:
                 c.path = od.final(c.path.name)
+            # the config is not one of the outputs: `tui-stack run` from it must not remove it
+            # when it puts its own set in place; a new `w` replaces it, as a save does
+            write_text_atomic(od.directory / "tui-stack.toml", ws.config_toml())
             return od.directory
 
         self.run_task("writing outputs", work, self._written)
