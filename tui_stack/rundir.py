@@ -298,7 +298,7 @@ class OutputDir:
     def __init__(self, directory: Path, command: str = "tui-stack run", protect: set | frozenset = frozenset()):
         self.directory = Path(directory)
         self.command = command
-        self.protect = {Path(p).resolve() for p in protect}  # inputs: never an output
+        self.protect = {os.path.realpath(p) for p in protect}  # inputs: never an output
         self.created: list[Path] = []
         self.lock: DirLock | None = None
         self.staging: Path | None = None
@@ -380,7 +380,7 @@ class OutputDir:
         one of the previous run's outputs here."""
         for name in names:
             target = self.final(name)
-            if target.resolve() in self.protect:
+            if os.path.realpath(target) in self.protect:  # realpath: a link loop is no error here
                 raise InputError(f"{safetext.terminal(target)}: output would overwrite an input file; "
                                  "choose another output directory")
             if os.path.lexists(target) and name not in self.previous:
