@@ -684,3 +684,23 @@ def test_12_interrupted_dask_run_leaves_no_worker_written_frame(field, tmp_path,
     assert code == 130 and len(err.strip().splitlines()) == 1 and "interrupted" in err
     assert len(staged) == 5
     assert snapshot(out) == before
+
+
+def test_5_the_wizard_steps_check_the_aperture_too(field, tmp_path):
+    """The wizard calls the steps, not `run`: a radius typed there is refused the same way."""
+    from tui_stack import pipeline
+    from tui_stack.errors import InputError
+
+    truth, frames = field
+    cfg = make_config(truth, tmp_path / "out")
+    state = pipeline.RunState(config=cfg)
+    state.set_files(pipeline.select(cfg))
+    pipeline.choose_reference(state)
+    pipeline.register(state)
+    cfg.set("scale", "radius", 1e9)
+    with pytest.raises(InputError, match=r"radius = 1e\+09 px: an aperture must fit"):
+        pipeline.measure_scales(state)
+    cfg.set("scale", "radius", 12.0)
+    cfg.set("scale", "annulus", [15.0, 900.0])
+    with pytest.raises(InputError, match="outer radius 900 px is larger than the 320x320 frame"):
+        pipeline.register(state)

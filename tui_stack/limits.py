@@ -118,14 +118,21 @@ def frame_shape(path: Path) -> tuple[int, int]:
 AUTO_STARS = 30  # at most this many comparison stars with stars = "auto"
 
 
+def check_scale(cfg, shape: tuple[int, int], n_stars: int | None = None) -> None:
+    """[scale] radius and annulus of a config against frames of `shape` (the wizard's steps call
+    this as well as `run`: a radius typed there must not take the machine's memory either)."""
+    stars = cfg.scale.stars
+    if n_stars is None:
+        n_stars = AUTO_STARS if isinstance(stars, str) else len(stars)
+    check_photometry(float(cfg.scale.radius), cfg.scale.annulus_radii(), shape, n_stars,
+                     int(cfg.combine.memory_limit))
+
+
 def check_run(cfg, files: list[Path], ref_path: Path) -> int:
     """A run's sizes before it reads a pixel: apertures against the frame and the memory limit.
     Returns the bytes its outputs will take (for check_disk)."""
     shape = frame_shape(ref_path)
-    stars = cfg.scale.stars
-    n_stars = AUTO_STARS if isinstance(stars, str) else len(stars)
-    check_photometry(float(cfg.scale.radius), cfg.scale.annulus_radii(), shape, n_stars,
-                     int(cfg.combine.memory_limit))
+    check_scale(cfg, shape)
     need = image_bytes(shape, bool(cfg.combine.maps))
     if cfg.output.write_shifted:
         need += len(files) * image_bytes(shape)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tui_stack import compute
+from tui_stack import compute, limits
 from tui_stack.config import Config
 from tui_stack.core import quality, registration, shifting
 from tui_stack.errors import InputError
@@ -92,6 +92,7 @@ def _prepare_reference(state: RunState) -> _Reference:
     ref_frame, ref_sky, ref_sub, ref_stars, ref_q = measure_frame(state.files[state.ref_index], cfg)
     name = ref_frame.path.name
     state.shape = ref_frame.shape
+    limits.check_scale(cfg, state.shape)  # apertures measured in this pass: sizes checked first
     if not np.isfinite(ref_sky.level) or ref_stars is None or len(ref_stars) == 0:
         raise InputError(f"{name}: the reference frame has no stars; choose another reference frame")
     state.ref_stars = ref_stars

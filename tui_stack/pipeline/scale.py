@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tui_stack import compute
+from tui_stack import compute, limits
 from tui_stack.core import photometry, quality, registration
 from tui_stack.errors import InputError
 from tui_stack.pipeline.reference import measure_frame
@@ -72,6 +72,7 @@ def measure_scales(state: RunState, progress: Progress = noop, shifted_dir: Path
     if cfg.scale.stars == "auto" and state.ref_stars is None:  # a resumed session keeps tables, not star lists
         _, _, _, state.ref_stars, _ = measure_frame(ref_fr.path, cfg)
     state.set_comparison_stars(comparison_stars(state, ref_fr.sky))
+    limits.check_scale(cfg, state.shape, len(state.comparison_stars))
     annulus = cfg.scale.annulus_radii()
     n = len(state.frames)
 
