@@ -704,3 +704,13 @@ def test_5_the_wizard_steps_check_the_aperture_too(field, tmp_path):
     cfg.set("scale", "annulus", [15.0, 900.0])
     with pytest.raises(InputError, match="outer radius 900 px is larger than the 320x320 frame"):
         pipeline.register(state)
+
+
+def test_9_a_folder_name_with_glob_and_markup_characters(field, tmp_path, capsys):
+    truth, frames = field
+    odd = tmp_path / "night [1] *"
+    frames.rename(odd)
+    code, out, err = run_in_process(truth, odd, tmp_path, capsys, out=tmp_path / "out [red]")
+    assert code == 0, err
+    assert "out [red]" in out.replace("\n", "")  # shown as it is (rich wraps long lines), not as a style
+    assert json.loads((tmp_path / "out [red]" / "report.json").read_text())["frames"][0]["file"] == "demo_001.fits"

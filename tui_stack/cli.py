@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from tui_stack import __version__
-
 from tui_stack.errors import EXIT_BUG, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK  # noqa: F401 (re-exported)
 
 SUBCOMMANDS = ("run", "demo", "combine")
@@ -249,7 +248,7 @@ def cmd_demo(args) -> int:
         raise InputError("demo: use at least 3 frames and a size of at least 256 px")
     config_path = demo.write_demo(args.out, n_frames=args.frames, size=args.size)
     if args.headless:
-        from tui_stack import pipeline, summary
+        from tui_stack import pipeline, safetext, summary
         from tui_stack.config import load_config
 
         cfg = load_config(config_path)
@@ -257,7 +256,8 @@ def cmd_demo(args) -> int:
             state = pipeline.run(cfg, cb)
         console = _console()
         summary.print_summary(state, console)
-        console.print(f"demo frames and config in {args.out}/ ; truth in {args.out}/frames/truth.csv")
+        out = safetext.markup(args.out)
+        console.print(f"demo frames and config in {out}/ ; truth in {out}/frames/truth.csv")
         return EXIT_OK
     return _open_wizard(config_path.parent / "frames", config_path)
 

@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import getpass
-import hashlib
 import json
 import os
 import shutil
-import socket
 import stat
 import sys
 import time
@@ -58,6 +55,9 @@ def _open_nofollow(path: Path, flags: int, mode: int = 0o666) -> int:
 
 
 def _holder_text(command: str) -> str:
+    import getpass
+    import socket
+
     try:
         user = getpass.getuser()
     except Exception:
@@ -460,6 +460,8 @@ class OutputFile:
     written in a staging folder beside it and renamed into place at the end."""
 
     def __init__(self, target: Path, command: str = "tui-stack combine"):
+        import hashlib
+
         self.target = Path(target)
         key = hashlib.blake2b(self.target.name.encode("utf-8", "surrogateescape"), digest_size=6).hexdigest()
         self._dir = OutputDir(self.target.parent, command)

@@ -174,7 +174,7 @@ def combine_files(args, console) -> Path:
                 engine.close()
             stream.finish(io.map_hdus(result))
         target.commit()
-    console.print(f"{args.method} of {n} frames -> {out}")
+    console.print(f"{args.method} of {n} frames -> {safetext.markup(out)}")
     return out
 
 

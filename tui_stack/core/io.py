@@ -314,7 +314,9 @@ def match_files(directory: Path, pattern: str) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         raise InputError(f"{directory}: input directory does not exist")
-    found = sorted({Path(p).resolve() for p in glob.glob(str(directory / pattern)) if Path(p).is_file()})
+    # the directory is a name, not a pattern: '[' in it would otherwise be a character class
+    found = sorted({Path(p).resolve() for p in glob.glob(str(Path(glob.escape(str(directory))) / pattern))
+                    if Path(p).is_file()})
     if not found:
         raise InputError(f"no files match {pattern!r} in {directory}")
     return found
