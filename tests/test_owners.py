@@ -99,7 +99,7 @@ def test_the_files_screen_lists_frames_selected_through_the_primary_header(tmp_p
 
     async def go():
         async with app.run_test(size=(100, 30)) as pilot:
-            for _ in range(50):
+            for _ in range(300):  # up to 30 s on a busy machine
                 await pilot.pause(0.1)
                 if len(app.ws.infos) == 3:
                     break
