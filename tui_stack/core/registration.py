@@ -517,3 +517,280 @@ def star_box(fwhm: float) -> int:
         return 7
     size = int(np.clip(round(2.0 * fwhm), 5, 21))
     return size if size % 2 else size + 1
+
+
+# ---------------------------------------------------------------- general transforms (#17)
+
+
+@dataclass
+class Affine:
+    """Reference pixel (x, y) -> the frame's own pixel (x', y'), 0-based, as read from disk:
+    x' = a x + b y + c, y' = d x + e y + f (the transform contract, notes/TRANSFORM_CONTRACT).
+
+    A mirrored frame has a negative determinant. Its rotation is read as: the reference
+    flipped top to bottom (y -> -y), then turned by `rotation`, then scaled."""
+
+    m: np.ndarray  # (2, 2) [[a, b], [d, e]]
+    t: np.ndarray  # (2,) [c, f]
+
+    @classmethod
+    def from_list(cls, v) -> "Affine":
+        """The contract's 6 numbers, or a SimilarityFit's 4 ([a, b, tx, ty])."""
+        v = [float(x) for x in v]
+        if len(v) == 4:
+            a, b, tx, ty = v
+            v = [a, -b, tx, b, a, ty]
+        if len(v) != 6:
+            raise ValueError(f"a transform has 6 numbers (or a similarity's 4), not {len(v)}")
+        return cls(np.array([[v[0], v[1]], [v[3], v[4]]]), np.array([v[2], v[5]]))
+
+    @classmethod
+    def shift(cls, dx: float, dy: float) -> "Affine":
+        """A pure shift as SPEC defines it (frame pixel = reference pixel - shift)."""
+        return cls(np.eye(2), np.array([-dx, -dy], float))
+
+    @classmethod
+    def similarity(cls, c: complex, t: complex, mirrored: bool = False) -> "Affine":
+        """frame = c * ref + t in complex form (x + iy); mirrored: c * conj(ref) + t."""
+        m = np.array([[c.real, -c.imag], [c.imag, c.real]])
+        if mirrored:
+            m = m @ np.diag([1.0, -1.0])
+        return cls(m, np.array([t.real, t.imag]))
+
+    def as_list(self) -> list[float]:
+        (a, b), (d, e) = self.m
+        return [float(a), float(b), float(self.t[0]), float(d), float(e), float(self.t[1])]
+
+    def apply(self, xy) -> np.ndarray:
+        xy = np.asarray(xy, float).reshape(-1, 2)
+        return xy @ self.m.T + self.t
+
+    def inverse(self) -> "Affine":
+        mi = np.linalg.inv(self.m)
+        return Affine(mi, -mi @ self.t)
+
+    def then(self, other: "Affine") -> "Affine":
+        """This transform followed by `other`."""
+        return Affine(other.m @ self.m, other.m @ self.t + other.t)
+
+    @property
+    def mirrored(self) -> bool:
+        return bool(np.linalg.det(self.m) < 0)
+
+    def _unmirrored(self) -> np.ndarray:
+        return self.m @ np.diag([1.0, -1.0]) if self.mirrored else self.m
+
+    @property
+    def scale(self) -> float:
+        """Frame px per reference px (geometric mean over the axes)."""
+        return float(np.sqrt(abs(np.linalg.det(self.m))))
+
+    @property
+    def rotation(self) -> float:
+        """Degrees, in (-180, 180], of the nearest similarity."""
+        (a, b), (d, e) = self._unmirrored()
+        return float(np.degrees(np.arctan2(d - b, a + e)))
+
+    @property
+    def axis_ratio(self) -> float:
+        """Largest / smallest scale along any direction: 1 for a similarity."""
+        s = np.linalg.svd(self.m, compute_uv=False)
+        return float(s[0] / s[1])
+
+    def moved(self, xy) -> np.ndarray:
+        """The shift (reference - frame position) at each point."""
+        xy = np.asarray(xy, float).reshape(-1, 2)
+        return xy - self.apply(xy)
+
+
+@dataclass
+class TransformFit:
+    transform: Affine
+    n_matched: int
+    n_used: int
+    rms: float  # residual RMS of the stars used, frame px
+    used: np.ndarray = field(repr=False, default=None)  # bool per matched pair
+
+    @property
+    def ok(self) -> bool:
+        return bool(np.isfinite(self.rms))
+
+
+def _solve_transform(a: np.ndarray, b: np.ndarray, w: np.ndarray, kind: str, mirrored: bool) -> Affine:
+    """Weighted least squares: reference points a -> frame points b, (n, 2) each."""
+    am, bm = np.average(a, axis=0, weights=w), np.average(b, axis=0, weights=w)
+    a0, b0 = a - am, b - bm
+    if kind == "affine":
+        sw = np.sqrt(w)[:, None]
+        m = np.linalg.lstsq(a0 * sw, b0 * sw, rcond=None)[0].T
+    elif kind == "similarity":
+        za = a0[:, 0] + 1j * a0[:, 1]
+        if mirrored:
+            za = np.conj(za)
+        zb = b0[:, 0] + 1j * b0[:, 1]
+        c = np.sum(w * np.conj(za) * zb) / np.sum(w * np.abs(za) ** 2)
+        m = Affine.similarity(complex(c), 0j, mirrored).m
+    elif kind == "translation":
+        m = np.eye(2)
+    else:
+        raise ValueError(f"unknown transform kind {kind!r}; use translation, similarity or affine")
+    return Affine(m, bm - m @ am)
+
+
+def fit_transform(ref_pts, pts, weights=None, kind: str = "similarity", mirrored: bool = False) -> TransformFit:
+    """A similarity (rotation, scale, shift; `mirrored` for the other parity) or a full affine
+    transform taking reference positions to the frame's, refitted without stars over 3 robust
+    sigma from the fit (as fit_similarity). NaN transform with too few stars."""
+    a = np.asarray(ref_pts, float).reshape(-1, 2)
+    b = np.asarray(pts, float).reshape(-1, 2)
+    n = len(a)
+    need = 3 if kind == "affine" else 2
+    nan = TransformFit(Affine(np.full((2, 2), np.nan), np.full(2, np.nan)), n, 0, float("nan"), np.zeros(n, bool))
+    if n < need + 1:
+        return nan
+    w = np.ones(n) if weights is None else np.asarray(weights, float)
+    keep = np.ones(n, bool)
+    tr = None
+    for _ in range(6):
+        if keep.sum() < need + 1:
+            return nan
+        tr = _solve_transform(a[keep], b[keep], w[keep], kind, mirrored)
+        r = np.hypot(*(b - tr.apply(a)).T)
+        sigma = 1.4826 * np.median(r[keep]) + 1e-4
+        new_keep = r < max(3 * sigma, 0.01)
+        if np.array_equal(new_keep, keep):
+            break
+        keep = new_keep
+    r = np.hypot(*(b - tr.apply(a)).T)[keep]
+    return TransformFit(tr, n, int(keep.sum()), float(np.sqrt(np.mean(r**2))), keep)
+
+
+def pair_stars(ref_xy, frame_xy, transform: Affine, tolerance: float) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (i_ref, i_frame) of reference stars that the transform puts within `tolerance`
+    frame px of a frame star, each frame star used once (the nearest)."""
+    from scipy.spatial import cKDTree
+
+    ref_xy = np.asarray(ref_xy, float).reshape(-1, 2)
+    frame_xy = np.asarray(frame_xy, float).reshape(-1, 2)
+    if not len(ref_xy) or not len(frame_xy):
+        return np.array([], int), np.array([], int)
+    d, j = cKDTree(frame_xy).query(transform.apply(ref_xy), distance_upper_bound=tolerance)
+    i = np.flatnonzero(np.isfinite(d))
+    if not len(i):
+        return i, i
+    j, d = j[i], d[i]
+    order = np.lexsort((d, j))  # per frame star, the nearest reference star first
+    i, j = i[order], j[order]
+    first = np.r_[True, j[1:] != j[:-1]]
+    return i[first], j[first]
+
+
+def refine_transform(data: np.ndarray, mask: np.ndarray | None, noise: float, ref_xy, guess: Affine,
+                     kind: str = "similarity", weights=None, search: int = 7, box: int = 7, method: str = "2dg",
+                     iterations: int = 2) -> TransformFit:
+    """The many-star fit from a first guess: each reference star centroided in the frame where
+    the transform so far puts it, then the transform refitted to them all (twice: the second
+    pass finds the stars the guess put just outside the search box)."""
+    ref_xy = np.asarray(ref_xy, float).reshape(-1, 2)
+    w_of = None if weights is None else dict(zip(map(tuple, ref_xy), np.asarray(weights, float)))
+    h, w = data.shape
+    fit = TransformFit(guess, 0, 0, float("nan"))
+    mirrored = guess.mirrored
+    for _ in range(iterations):
+        pred = guess.apply(ref_xy)
+        inside = (pred[:, 0] >= 0) & (pred[:, 0] < w) & (pred[:, 1] >= 0) & (pred[:, 1] < h)
+        if inside.sum() < 4:
+            break
+        ref_pts, pts = match_stars(data, mask, noise, ref_xy[inside], 0.0, 0.0, search=search, box=box,
+                                   method=method, predicted=pred[inside])
+        wts = None if w_of is None else [w_of[tuple(p)] for p in ref_pts]
+        new = fit_transform(ref_pts, pts, wts, kind, mirrored)
+        if not new.ok:
+            break
+        fit, guess = new, new.transform
+    return fit
+
+
+# ---------------------------------------------------------------- lossless turns and mirrors
+
+DIHEDRAL = tuple(np.array(m, float) for m in (
+    [[1, 0], [0, 1]], [[-1, 0], [0, -1]], [[0, -1], [1, 0]], [[0, 1], [-1, 0]],  # turns by 0, 180, +-90
+    [[-1, 0], [0, 1]], [[1, 0], [0, -1]], [[0, 1], [1, 0]], [[0, -1], [-1, 0]],  # mirrors
+))
+
+
+def dihedral_part(transform: Affine, max_angle: float = 0.05, max_scale: float = 1e-3) -> np.ndarray | None:
+    """The exact quarter-turn and/or mirror (a 2x2 matrix of 0 and +-1) that the transform is,
+    up to a shift, within `max_angle` degrees and `max_scale` of scale; None if it is not one."""
+    if abs(transform.scale - 1) > max_scale or transform.axis_ratio - 1 > max_scale:
+        return None
+    for d in DIHEDRAL:
+        rest = Affine(transform.m @ d.T, np.zeros(2))  # d is orthogonal: d^-1 = d^T
+        if not rest.mirrored and abs(rest.rotation) <= max_angle:
+            return d.copy()
+    return None
+
+
+def reorient_offset(matrix: np.ndarray, frame_shape) -> np.ndarray:
+    """o in: frame pixel = matrix @ reoriented pixel + o (what reorient does)."""
+    h, w = frame_shape
+    return np.array([(w - 1) if (matrix[0] < 0).any() else 0, (h - 1) if (matrix[1] < 0).any() else 0], float)
+
+
+def reorient(arr: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """The frame turned by quarter turns and/or mirrored, exactly (views of the array, no
+    resampling): out[y, x] = arr[y', x'] with (x', y') = matrix @ (x, y) + reorient_offset."""
+    m = np.rint(matrix).astype(int)
+    if m[0, 0] != 0:  # no swap of axes
+        return arr[:: m[1, 1], :: m[0, 0]]
+    # x' = m01 y + ox, y' = m10 x + oy: out[y, x] = arr[m10 x + oy, m01 y + ox] = (flipped arr).T[y, x]
+    return arr[:: m[1, 0], :: m[0, 1]].T
+
+
+def reoriented_transform(transform: Affine, matrix: np.ndarray, frame_shape) -> Affine:
+    """The transform from the reference to the reoriented frame (reorient(frame, matrix))."""
+    to_frame = Affine(np.asarray(matrix, float), reorient_offset(matrix, frame_shape))
+    return transform.then(to_frame.inverse())
+
+
+@dataclass
+class GeometryResult:
+    """A frame's registration when a shift alone does not do: the first guess and its refinement."""
+
+    transform: Affine | None  # reference -> frame; None: no match
+    fit: TransformFit | None
+    source: str  # "pattern", "wcs" or "" (none found)
+    votes: int = 0
+    n_pattern: int = 0  # stars the first guess put on stars
+
+
+def solve_geometry(data: np.ndarray, mask: np.ndarray | None, noise: float, ref_list, frame_list, reg_xy,
+                   reg_weights=None, kind: str = "similarity", box: int = 7, method: str = "2dg",
+                   guess: Affine | None = None, source: str = "wcs") -> GeometryResult:
+    """First guess (`guess`, e.g. from the two WCSs, checked against the star lists; else
+    star-pattern matching of the two star lists, brightest first) refined by the many-star
+    fit on the reference's registration stars `reg_xy`. `data` is the sky-subtracted frame."""
+    from tui_stack.core import patterns
+
+    ref_list = np.asarray(ref_list, float).reshape(-1, 2)
+    frame_list = np.asarray(frame_list, float).reshape(-1, 2)
+    found = None
+    if guess is not None:
+        # a WCS can be off by a few px: the stars correct it before it is trusted
+        i, j = pair_stars(ref_list[: patterns.N_VERIFY], frame_list[: patterns.N_VERIFY], guess, 10.0)
+        if len(i) >= patterns.MIN_MATCHED:
+            fit = fit_transform(ref_list[i], frame_list[j], kind="similarity", mirrored=guess.mirrored)
+            if fit.ok:
+                found = (fit.transform, 0, fit.n_used, source)
+    if found is None:
+        m = patterns.match_patterns(ref_list, frame_list)
+        if m is None:
+            return GeometryResult(None, None, "")
+        found = (m.transform, m.votes, m.n_matched, "pattern")
+    first, votes, n_first, src = found
+    fit = refine_transform(data, mask, noise, reg_xy, first, kind="similarity", weights=reg_weights, box=box,
+                           method=method)
+    if kind == "affine" and fit.ok:
+        fit = refine_transform(data, mask, noise, reg_xy, fit.transform, kind="affine", weights=reg_weights,
+                               box=box, method=method, iterations=1)
+    return GeometryResult(fit.transform if fit.ok else first, fit if fit.ok else None, src, votes, n_first)

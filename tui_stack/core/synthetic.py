@@ -198,3 +198,113 @@ def write_field(directory: Path, spec: FieldSpec = FieldSpec(), prefix: str = "d
         hdr = fits.Header({"PICTTYPE": 2, "IMAGETYP": "flat", "EXPTIME": 2.0, "FILTER": "V"})
         fits.PrimaryHDU(flat, hdr).writeto(directory / f"{prefix}flat.fits", overwrite=True)
     return FieldTruth(files, shifts, transp, ref_index, ref_star, comps, stars)
+
+
+# ---------------------------------------------------------------- turned, mirrored, rescaled frames (#17)
+
+
+@dataclass
+class FrameGeometry:
+    """How one frame lies on the sky relative to the reference frame: frame position =
+    scale * R(rotation) * M (reference position - reference centre) + frame centre - shift,
+    with M a top-bottom mirror when `mirror`; `binning` then sums b x b pixels (scale / b)."""
+
+    rotation: float = 0.0  # degrees
+    scale: float = 1.0  # plate-scale ratio, frame px per reference px before binning
+    mirror: bool = False
+    shift: tuple[float, float] = (0.0, 0.0)
+    binning: int = 1
+    field_offset: tuple[float, float] | None = None  # another field: the sky this far away (ref px)
+
+    def transform(self, ref_shape, frame_shape):
+        """[a, b, c, d, e, f]: reference (x, y) -> frame (x', y'), the transform contract."""
+        s = self.scale / self.binning
+        th = np.radians(self.rotation)
+        m = s * np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+        if self.mirror:
+            m = m @ np.diag([1.0, -1.0])
+        cr = np.array([(ref_shape[1] - 1) / 2, (ref_shape[0] - 1) / 2])
+        cf = np.array([(frame_shape[1] - 1) / 2, (frame_shape[0] - 1) / 2])
+        t = cf - np.asarray(self.shift, float) - m @ cr
+        return [m[0, 0], m[0, 1], t[0], m[1, 0], m[1, 1], t[1]]
+
+
+def frame_shape_for(geometry: FrameGeometry, ref_shape) -> tuple[int, int]:
+    """The reference's sensor, binned (another plate scale keeps the sensor's shape)."""
+    h, w = ref_shape
+    return (h // geometry.binning, w // geometry.binning)
+
+
+def write_geometry_field(directory: Path, spec: FieldSpec, geometries: list[FrameGeometry],
+                         prefix: str = "geo_", wcs: bool = True) -> FieldTruth:
+    """Frames of one star field seen through the given geometries (frame 0 is the reference:
+    give it FrameGeometry()). The sky is 1.6x the reference frame on each axis, so turned
+    frames have stars in their corners. Each header has TRUTH_TX, the true transform
+    reference -> frame as 6 numbers, and (with `wcs`) a TAN WCS consistent with it."""
+    import dataclasses
+
+    from astropy.io import fits
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    h, w = spec.shape
+    pad = 0.3
+    sky_spec = dataclasses.replace(spec, shape=(int(h * (1 + 2 * pad)), int(w * (1 + 2 * pad))),
+                                   n_stars=int(spec.n_stars * (1 + 2 * pad) ** 2))
+    stars, ref_star, comps = plan_field(sky_spec)
+    off = np.array([pad * w, pad * h])
+    stars[:, :2] -= off
+    ref_star = tuple(np.asarray(ref_star) - off)
+    comps = [tuple(np.asarray(c) - off) for c in comps]
+    _, transp = frame_shifts(dataclasses.replace(spec, n_frames=len(geometries), transparencies=spec.transparencies))
+    rng = np.random.default_rng(spec.seed + 2)
+    files, transforms = [], []
+    cd = np.array([[-0.4, 0.0], [0.0, 0.4]]) / 3600
+    for i, g in enumerate(geometries):
+        fshape = frame_shape_for(g, spec.shape)
+        tr = np.array(g.transform(spec.shape, fshape))
+        m, t = np.array([[tr[0], tr[1]], [tr[3], tr[4]]]), np.array([tr[2], tr[5]])
+        pos = stars[:, :2].copy()
+        if g.field_offset is not None:
+            pos = pos + np.asarray(g.field_offset, float)
+        b = g.binning
+        # rendered on b x b finer pixels, then summed: a pixel centre of the binned frame is
+        # (b - 1) / 2 fine pixels in from its bin's corner
+        fine = (pos @ m.T + t) * b + (b - 1) / 2
+        fspec = dataclasses.replace(spec, shape=(fshape[0] * b, fshape[1] * b), fwhm=spec.fwhm * g.scale,
+                                    sky=spec.sky / b**2)
+        img = render_frame(np.column_stack([fine, stars[:, 2]]), (0.0, 0.0), transp[i], fspec, rng)
+        if b > 1:
+            img = img.reshape(fshape[0], b, fshape[1], b).sum(axis=(1, 3)).clip(0, SATURATION).astype(np.float32)
+        hdr = fits.Header()
+        hdr["OBJECT"] = "DEMO FIELD"
+        hdr["DATE-OBS"] = f"2026-11-26T03:{i * 2:02d}:00"
+        hdr["EXPTIME"] = 30.0
+        hdr["FILTER"] = "V"
+        hdr["PICTTYPE"] = 1
+        hdr["IMAGETYP"] = "object"
+        hdr["GAIN"] = (spec.gain, "e-/ADU")
+        hdr["RDNOISE"] = (spec.read_noise * b, "e-")
+        hdr["SATURATE"] = SATURATION
+        if wcs and g.field_offset is None:
+            # sky = CD_ref (p_ref - crpix_ref) with p_ref = m^-1 (p_frame - t)
+            mi = np.linalg.inv(m)
+            crpix = m @ np.array([w / 2, h / 2]) + t  # 0-based
+            frame_cd = cd @ mi
+            hdr["CTYPE1"], hdr["CTYPE2"] = "RA---TAN", "DEC--TAN"
+            hdr["CRVAL1"], hdr["CRVAL2"] = 109.67, -24.95
+            hdr["CRPIX1"], hdr["CRPIX2"] = crpix[0] + 1, crpix[1] + 1
+            hdr["CD1_1"], hdr["CD1_2"], hdr["CD2_1"], hdr["CD2_2"] = frame_cd.ravel()
+        hdr["TRUTH_TX"] = (" ".join(f"{v:.10g}" for v in tr), "true transform ref->frame")
+        hdr["TRUTH_T"] = (float(transp[i]), "true transparency")
+        path = directory / f"{prefix}{i + 1:03d}.fits"
+        fits.PrimaryHDU(img, hdr).writeto(path, overwrite=True)
+        files.append(path)
+        transforms.append(tr)
+    # shifts: reference - frame position of the reference's centre (for frames at scale 1)
+    centre = np.array([(w - 1) / 2, (h - 1) / 2])
+    shifts = np.array([centre - (np.array([[tr[0], tr[1]], [tr[3], tr[4]]]) @ centre + [tr[2], tr[5]])
+                       for tr in transforms])
+    truth = FieldTruth(files, shifts, np.asarray(transp), 0, ref_star, comps, stars)
+    truth.transforms = [list(map(float, tr)) for tr in transforms]
+    return truth
