@@ -323,6 +323,217 @@ def registration_case(work: Path) -> list[dict]:
     return out
 
 
+GEOMETRY_SETS = {
+    # name: (size, [(rotation, scale, mirror, binning, other field)]), frame 0 the reference
+    "rotated": (1024, [(0.4, 1, 0, 1, 0), (-1.3, 1, 0, 1, 0), (2.7, 1, 0, 1, 0), (17.0, 1, 0, 1, 0),
+                       (123.4, 1, 0, 1, 0), (-45.0, 1, 0, 1, 0), (0.0, 1, 0, 1, 1)]),
+    "flip+turn": (1024, [(182.9, 1, 0, 1, 0), (179.5, 1, 0, 1, 0), (90.0, 1, 0, 1, 0), (270.0, 1, 0, 1, 0),
+                         (1.1, 1, 0, 1, 0)]),
+    "mirrored": (1024, [(0.0, 1, 1, 1, 0), (35.0, 1, 1, 1, 0), (180.3, 1, 1, 1, 0), (90.0, 1, 1, 1, 0)]),
+    "rescaled": (1024, [(1.5, 0.9, 0, 1, 0), (-2.0, 0.95, 0, 1, 0), (3.0, 1.05, 0, 1, 0), (0.5, 1.1, 0, 1, 0),
+                        (0.0, 1, 0, 2, 0), (181.0, 1, 0, 2, 0)]),
+    "rotated 4k": (4096, [(0.1, 1, 0, 1, 0), (0.3, 1, 0, 1, 0), (0.5, 1, 0, 1, 0), (0.7, 1, 0, 1, 0),
+                          (0.9, 1, 0, 1, 0)]),
+    "flip/mirror/binned 4k": (4096, [(180.7, 1, 0, 1, 0), (0.2, 1, 1, 1, 0), (90.0, 1, 0, 1, 0),
+                                     (0.4, 1, 0, 2, 0), (-0.6, 1.05, 0, 1, 0)]),
+}
+
+
+def geometry_set(name: str):
+    """A registration set of GEOMETRY_SETS written once into the cache: (directory, truth)."""
+    from tui_stack.core import synthetic
+
+    size, frames = GEOMETRY_SETS[name]
+    rng = np.random.default_rng(len(name))
+    geos = [synthetic.FrameGeometry()]
+    for rot, scale, mirror, binning, other in frames:
+        geos.append(synthetic.FrameGeometry(rotation=rot, scale=scale, mirror=bool(mirror), binning=binning,
+                                            shift=tuple(rng.uniform(-15, 15, 2)),
+                                            field_offset=(7 * size, 5 * size) if other else None))
+    d = CACHE / "geometry" / name.replace(" ", "_").replace("/", "-").replace("+", "-")
+    stamp = d / "truth.json"
+    if stamp.exists():
+        return d, json.loads(stamp.read_text())
+    shutil.rmtree(d, ignore_errors=True)
+    spec = synthetic.FieldSpec(shape=(size, size), n_stars=int(400 * (size / 1024) ** 2), seed=7 + size)
+    truth = synthetic.write_geometry_field(d, spec, geos)
+    t = {"files": [str(f) for f in truth.files], "transforms": truth.transforms,
+         "other": [g.field_offset is not None for g in geos], "shape": [size, size]}
+    stamp.write_text(json.dumps(t))
+    return d, t
+
+
+def transform_errors(est, true, ref_shape) -> dict:
+    """How far a transform (registration.Affine or None) is from the truth: rotation and scale
+    error, and the largest position error over the frame's corners and centre (frame px)."""
+    from tui_stack.core.registration import Affine
+
+    if est is None:
+        return {"registered": False}
+    tr = Affine.from_list(true)
+    h, w = ref_shape
+    pts = np.array([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1], [(w - 1) / 2, (h - 1) / 2]], float)
+    drot = (est.rotation - tr.rotation + 180) % 360 - 180
+    return {"registered": True, "mirror_ok": est.mirrored == tr.mirrored, "rot_err_deg": abs(drot),
+            "scale_err": abs(est.scale / tr.scale - 1), "pos_err_px": float(np.abs(est.apply(pts) - tr.apply(pts)).max())}
+
+
+def _summary(tool: str, name: str, per_frame: list[dict], other: list[bool], wall: float, **extra) -> dict:
+    """One row: frames registered (of those of the field), frames of another field refused,
+    worst rotation, scale and position error over the frames registered."""
+    good = [e for e, o in zip(per_frame, other) if not o]
+    reg = [e for e in good if e.get("registered") and e.get("mirror_ok", True)]
+    refused = sum(1 for e, o in zip(per_frame, other) if o and not e.get("registered"))
+
+    def worst(k, nd):
+        v = [e[k] for e in reg if k in e]
+        return round(max(v), nd) if v else None
+
+    return {"tool": tool, "case": name, "registered": f"{len(reg)}/{len(good)}",
+            "other_field_refused": f"{refused}/{sum(other)}" if any(other) else "-",
+            "rot_err_deg": worst("rot_err_deg", 5), "scale_err": worst("scale_err", 6), "pos_err_px": worst("pos_err_px", 3),
+            "wall_s": round(wall, 2), **extra}
+
+
+def ours_geometry(files: list[Path], truth: dict) -> dict:
+    """tui-stack's core on one set, in this process: read, sky, stars, then the pattern guess
+    and the many-star fit for each frame (what the register step runs where a shift alone is
+    not confident). Times: the whole loop, and the pattern search alone (worst frame)."""
+    from tui_stack.core import background, io, quality, registration
+
+    def measure_one(path):
+        fr = io.read_frame(path)
+        sky = background.estimate_sky(fr.data, fr.mask, "median")
+        sub = fr.data - np.float32(sky.level)
+        return fr, sky, sub, quality.find_stars(sub, fr.mask, sky.noise)
+
+    t0 = time.perf_counter()
+    rf, rsky, rsub, rst = measure_one(files[0])
+    reg = np.array(quality.pick_comparison_stars(rst, rf.shape, rsky.level, 65535.0, 6, 80))
+    reg = registration.match_stars(rsub, rf.mask, rsky.noise, reg, 0, 0, search=7, box=7, method="2dg")[1]
+    iy, ix = np.round(reg[:, 1]).astype(int), np.round(reg[:, 0]).astype(int)
+    weights = np.clip(rsub[iy, ix], 1.0, None)
+    fwhm = float(np.nanmedian(rst.fwhm[:30]))
+    from tui_stack.core import patterns
+
+    patterns.match_patterns(np.c_[rst.x, rst.y], np.c_[rst.x, rst.y])  # imports and caches out of the timing
+    per, pattern_s = [], []
+    for k, path in enumerate(files[1:], 1):
+        fr, sky, sub, st = measure_one(path)
+        ffwhm = float(np.nanmedian(st.fwhm[:30])) if len(st) else fwhm
+        t1 = time.perf_counter()
+        res = registration.solve_geometry(sub, fr.mask, sky.noise, np.c_[rst.x, rst.y], np.c_[st.x, st.y], reg,
+                                          weights, box=registration.star_box(1.3 * ffwhm))
+        pattern_s.append(time.perf_counter() - t1)
+        per.append(transform_errors(res.transform, truth["transforms"][k], truth["shape"]))
+    wall = time.perf_counter() - t0
+    return {"per": per, "wall": wall, "pattern_ms_max": round(1e3 * max(pattern_s), 1)}
+
+
+def astroalign_geometry(files: list[Path], truth: dict, star_lists: bool) -> dict | None:
+    """astroalign 2.6 (if installed): its own detection on the images, or (star_lists) on
+    the same star lists as ours, to compare the matchers alone."""
+    try:
+        import astroalign
+    except ImportError:
+        return None
+    from astropy.io import fits
+
+    from tui_stack.core import background, quality
+    from tui_stack.core.registration import Affine
+
+    def stars(img):
+        sky = background.estimate_sky(img, None, "median")
+        st = quality.find_stars(img - np.float32(sky.level), None, sky.noise)
+        return np.c_[st.x, st.y][:50]
+
+    t0 = time.perf_counter()
+    ref = fits.getdata(files[0]).astype(np.float32)
+    src = stars(ref) if star_lists else ref
+    per = []
+    for k, path in enumerate(files[1:], 1):
+        img = fits.getdata(path).astype(np.float32)
+        try:
+            T, _ = astroalign.find_transform(src, stars(img) if star_lists else img)
+            p = T.params
+            est = Affine(p[:2, :2], p[:2, 2])
+        except Exception:  # its MaxIterError and friends: not found
+            est = None
+        per.append(transform_errors(est, truth["transforms"][k], truth["shape"]))
+    return {"per": per, "wall": time.perf_counter() - t0}
+
+
+def siril_geometry(files: list[Path], truth: dict, work: Path) -> dict | None:
+    """Siril 1.0.6's global star registration on one thread (its default transform; 1.0.6 has no
+    -transf option: that came with 1.2), each frame's matrix read from its log. Its matrix H
+    maps the frame to the reference in its own pixels, whose rows run bottom-up."""
+    if not siril_available():
+        return None
+    from astropy.io import fits
+
+    from tui_stack.core.registration import Affine
+
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    heights = []
+    for f in files:  # Siril mis-scales float32 frames without DATAMAX
+        data, hdr = fits.getdata(f, header=True)
+        hdr["DATAMAX"] = 65535.0
+        heights.append(data.shape[0])
+        fits.PrimaryHDU(data.astype(np.float32), hdr).writeto(work / f.name)
+    prefix = files[0].name.split("_")[0] + "_"
+    (work / "r.ssf").write_text(f"requires 1.0.0\nconvert {prefix} -out={work}\nsetcpu 1\nregister {prefix} -noout\n")
+    t0 = time.perf_counter()
+    log = subprocess.run(["siril-cli", "-d", str(work), "-s", str(work / "r.ssf")], capture_output=True,
+                         text=True).stdout
+    wall = time.perf_counter() - t0
+    shutil.rmtree(work, ignore_errors=True)
+    lines = log.splitlines()
+    found, current = {}, None
+    for n, line in enumerate(lines):
+        if "Reading FITS: file" in line:
+            current = int(line.split("Reading FITS: file")[1].split()[0].rsplit("_", 1)[1].split(".")[0]) - 1
+        elif line.startswith("Transformation Matrix") and current:
+            rows = [list(map(float, lines[n + i].split())) for i in (1, 2)]
+            found[current] = np.array(rows)
+        elif "Matching stars in image" in line and "done" not in line:
+            found.pop(current, None)  # matching failed: the matrix printed was not this frame's
+    per = []
+    hr = heights[0]
+    for k in range(1, len(files)):
+        est = None
+        if k in found:
+            h = found[k]
+            s_ref = Affine(np.diag([1.0, -1.0]), np.array([0.0, hr - 1.0]))
+            s_frame = Affine(np.diag([1.0, -1.0]), np.array([0.0, heights[k] - 1.0]))
+            est = s_ref.then(Affine(h[:, :2], h[:, 2]).inverse()).then(s_frame.inverse())
+        per.append(transform_errors(est, truth["transforms"][k], truth["shape"]))
+    return {"per": per, "wall": wall}
+
+
+def geometry_case(work: Path, names: list[str]) -> list[dict]:
+    """Issue #17's race: turned, flipped, mirrored and rescaled sets with known transforms."""
+    rows = []
+    for name in names:
+        d, truth = geometry_set(name)
+        files = [Path(f) for f in truth["files"]]
+        other = truth["other"][1:]
+        r = ours_geometry(files, truth)
+        rows.append(_summary("tui-stack core", name, r["per"], other, r["wall"], pattern_ms_max=r["pattern_ms_max"]))
+        for lists in (False, True):
+            r = astroalign_geometry(files, truth, lists)
+            if r is not None:
+                rows.append(_summary("astroalign" + (" (our star lists)" if lists else ""), name, r["per"], other,
+                                     r["wall"]))
+        r = siril_geometry(files, truth, work / "siril_geometry")
+        if r is not None:
+            rows.append(_summary("siril 1.0.6 (1 thread)", name, r["per"], other, r["wall"]))
+        for row in rows[-4:]:
+            if row["case"] == name:
+                print(json.dumps(row), flush=True)
+    return rows
+
+
 def first_paint(directory: Path, runs: int = 5) -> dict | None:
     """Seconds from typing `tui-stack DIR` in a shell in tmux (80x24) until the wizard's step
     bar is on the screen, polled every 5 ms; the median of `runs`. None without tmux."""
@@ -387,11 +598,21 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=1,
                     help="run the whole-job cases (tui-stack run, Siril, the lab) in turn this many times; medians")
     ap.add_argument("--registration", action="store_true",
-                    help="only the registration race: 8 crowded 1024^2 frames with subpixel offsets, vs Siril")
+                    help="only the registration race: 8 crowded 1024^2 frames with subpixel offsets, vs Siril; then "
+                         "the turned, flipped, mirrored and rescaled sets (GEOMETRY_SETS)")
+    ap.add_argument("--sets", default=",".join(GEOMETRY_SETS),
+                    help="with --registration: which geometry sets (comma-separated; '' for none)")
     args = ap.parse_args()
     if args.registration:
         work = CACHE / "work"
         work.mkdir(parents=True, exist_ok=True)
+        names = [n for n in args.sets.split(",") if n]
+        for n in names:
+            if n not in GEOMETRY_SETS:
+                print(f"--sets: unknown set {n!r}; use {', '.join(GEOMETRY_SETS)}", file=sys.stderr)
+                return 2
+        geo_rows = geometry_case(work, names)
+        (HERE / "results-geometry.json").write_text(json.dumps(geo_rows, indent=2))
         rows = registration_case(work)
         for r in rows:
             print(f"{r['tool']:10s} {r['case']:34s} {r['wall_s']!s:>6} s  shift rms {r['shift_rms_px']} px"

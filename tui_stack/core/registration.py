@@ -794,3 +794,36 @@ def solve_geometry(data: np.ndarray, mask: np.ndarray | None, noise: float, ref_
         fit = refine_transform(data, mask, noise, reg_xy, fit.transform, kind="affine", weights=reg_weights,
                                box=box, method=method, iterations=1)
     return GeometryResult(fit.transform if fit.ok else first, fit if fit.ok else None, src, votes, n_first)
+
+
+def celestial_wcs(header):
+    """The header's celestial WCS, or None (no WCS, not celestial, or unreadable)."""
+    import warnings
+
+    from astropy.wcs import WCS
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            w = WCS(header, naxis=2)
+    except Exception:
+        return None
+    return w if w.has_celestial and w.celestial.pixel_n_dim == 2 else None
+
+
+def wcs_transform(ref_wcs, frame_wcs, ref_shape) -> Affine | None:
+    """The reference -> frame transform the two WCSs imply: a 5 x 5 grid over the reference
+    taken to the sky and back into the frame, and an affine transform fitted to it (exact for
+    TAN; a distorted WCS gives its best linear part). None if they cannot be compared."""
+    h, w = ref_shape
+    gx, gy = np.meshgrid(np.linspace(0, w - 1, 5), np.linspace(0, h - 1, 5))
+    ref_xy = np.column_stack([gx.ravel(), gy.ravel()])
+    try:
+        sky = ref_wcs.celestial.pixel_to_world(ref_xy[:, 0], ref_xy[:, 1])
+        fx, fy = frame_wcs.celestial.world_to_pixel(sky)
+    except Exception:
+        return None
+    frame_xy = np.column_stack([fx, fy])
+    if not np.isfinite(frame_xy).all():
+        return None
+    return _solve_transform(ref_xy, frame_xy, np.ones(len(ref_xy)), "affine", False)

@@ -295,7 +295,7 @@ def write_geometry_field(directory: Path, spec: FieldSpec, geometries: list[Fram
             hdr["CRVAL1"], hdr["CRVAL2"] = 109.67, -24.95
             hdr["CRPIX1"], hdr["CRPIX2"] = crpix[0] + 1, crpix[1] + 1
             hdr["CD1_1"], hdr["CD1_2"], hdr["CD2_1"], hdr["CD2_2"] = frame_cd.ravel()
-        hdr["TRUTH_TX"] = (" ".join(f"{v:.10g}" for v in tr), "true transform ref->frame")
+        hdr["TRUTH_TX"] = " ".join(f"{v:.10g}" for v in tr)  # the true transform ref -> frame
         hdr["TRUTH_T"] = (float(transp[i]), "true transparency")
         path = directory / f"{prefix}{i + 1:03d}.fits"
         fits.PrimaryHDU(img, hdr).writeto(path, overwrite=True)
