@@ -164,3 +164,23 @@ def test_reorient_is_the_exact_quarter_turn_or_mirror(k):
     assert not rest.mirrored and abs(rest.rotation) < 0.011
     assert registration.dihedral_part(Affine.similarity(np.exp(1j * np.radians(1.0)), 0j)) is None
     assert registration.dihedral_part(Affine.similarity(1.01 + 0j, 0j)) is None
+
+
+def test_affine_kind_fits_optics_stretched_along_one_axis(tmp_path):
+    """A frame whose y scale is 0.3% larger than its x scale: a similarity leaves 1.5 px at the
+    edges, the affine fit recovers the stretch."""
+    geos = [G(), G(rotation=21.0, stretch_y=1.003, shift=(2.5, -1.5))]
+    truth = synthetic.write_geometry_field(tmp_path, synthetic.FieldSpec(shape=(1024, 1024), n_stars=400, seed=12), geos)
+    rf, rsky, rsub, rst = _measure(truth.files[0])
+    reg = np.array(quality.pick_comparison_stars(rst, rf.shape, rsky.level, 65535.0, 6, 80))
+    reg = registration.match_stars(rsub, rf.mask, rsky.noise, reg, 0, 0, search=7, box=7, method="2dg")[1]
+    frame, sky, sub, st = _measure(truth.files[1])
+    true = Affine.from_list(truth.transforms[1])
+    corners = np.array([[0, 0], [1023, 0], [0, 1023], [1023, 1023]], float)
+    errs = {}
+    for kind in ("similarity", "affine"):
+        res = registration.solve_geometry(sub, frame.mask, sky.noise, np.c_[rst.x, rst.y], np.c_[st.x, st.y], reg,
+                                          kind=kind, box=7)
+        errs[kind] = np.abs(res.transform.apply(corners) - true.apply(corners)).max()
+    assert errs["affine"] < 0.05 and errs["similarity"] > 0.5, errs
+    assert abs(res.transform.axis_ratio - true.axis_ratio) < 2e-4

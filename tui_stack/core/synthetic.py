@@ -215,6 +215,7 @@ class FrameGeometry:
     shift: tuple[float, float] = (0.0, 0.0)
     binning: int = 1
     field_offset: tuple[float, float] | None = None  # another field: the sky this far away (ref px)
+    stretch_y: float = 1.0  # optics whose scale differs along the axes: y scaled by this too
 
     def transform(self, ref_shape, frame_shape):
         """[a, b, c, d, e, f]: reference (x, y) -> frame (x', y'), the transform contract."""
@@ -223,6 +224,7 @@ class FrameGeometry:
         m = s * np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
         if self.mirror:
             m = m @ np.diag([1.0, -1.0])
+        m = np.diag([1.0, self.stretch_y]) @ m
         cr = np.array([(ref_shape[1] - 1) / 2, (ref_shape[0] - 1) / 2])
         cf = np.array([(frame_shape[1] - 1) / 2, (frame_shape[0] - 1) / 2])
         t = cf - np.asarray(self.shift, float) - m @ cr
