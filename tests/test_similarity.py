@@ -27,7 +27,7 @@ def test_rotations_recovered_to_two_thousandths_of_a_degree(rotated):
         assert fr.transform is not None and "rotated" in fr.flags, fr.flags
         assert abs(fr.rotation - rot) < 0.002, (fr.name, fr.rotation, rot)
         assert fr.n_matched >= 30 and fr.fit_rms < 0.1 and "poor_fit" not in fr.flags
-        assert fr.used and abs(registration.SimilarityFit.from_list(fr.transform).scale - 1) < 1e-4
+        assert fr.used and abs(registration.Affine.from_list(fr.transform).scale - 1) < 1e-4
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from tui_stack.errors import ConfigError
 CENTROIDS = ("com", "1dg", "2dg", "quadratic")
 SHIFT_MODES = ("integer", "subpixel")
 SHIFT_METHODS = ("stars", "star")
-TRANSFORMS = ("auto", "translation", "similarity")
+TRANSFORMS = ("auto", "translation", "similarity", "affine")
 COMBINE_METHODS = cp.METHODS
 SCHEDULERS = ("local", "dask")
 SKY_METHODS = ("median", "sigmaclip")
@@ -48,7 +48,9 @@ class ReferenceConfig:
 class ShiftConfig:
     mode: str = "integer"
     method: str = "stars"  # "stars": many matched stars; "star": the reference star alone (the lab)
-    transform: str = "auto"  # "auto": a similarity where a rotation is found (subpixel)
+    # "auto": a similarity where a rotation (or a turn, mirror, other plate scale) is found;
+    # "affine": that, with a scale of its own along each axis (optics); both resample: subpixel
+    transform: str = "auto"
 
 
 @dataclass(slots=True)
@@ -110,8 +112,9 @@ class Config:
 
     def check(self) -> None:
         """Rules between keys."""
-        if self.shift.transform == "similarity" and self.shift.mode != "subpixel":
-            raise ConfigError('config: [shift].transform = "similarity" resamples the frames: it needs mode = "subpixel"')
+        if self.shift.transform in ("similarity", "affine") and self.shift.mode != "subpixel":
+            raise ConfigError(f'config: [shift].transform = "{self.shift.transform}" resamples the frames: '
+                              'it needs mode = "subpixel"')
 
     def copy(self) -> "Config":
         return dataclasses.replace(self, **{s: dataclasses.replace(getattr(self, s)) for s in SECTIONS})

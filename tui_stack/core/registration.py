@@ -610,6 +610,7 @@ class TransformFit:
     n_used: int
     rms: float  # residual RMS of the stars used, frame px
     used: np.ndarray = field(repr=False, default=None)  # bool per matched pair
+    pairs: tuple = field(repr=False, default=None)  # (reference, frame) positions matched (refine_transform)
 
     @property
     def ok(self) -> bool:
@@ -707,6 +708,7 @@ def refine_transform(data: np.ndarray, mask: np.ndarray | None, noise: float, re
         new = fit_transform(ref_pts, pts, wts, kind, mirrored)
         if not new.ok:
             break
+        new.pairs = (ref_pts, pts)
         fit, guess = new, new.transform
     return fit
 
@@ -766,10 +768,11 @@ class GeometryResult:
 
 def solve_geometry(data: np.ndarray, mask: np.ndarray | None, noise: float, ref_list, frame_list, reg_xy,
                    reg_weights=None, kind: str = "similarity", box: int = 7, method: str = "2dg",
-                   guess: Affine | None = None, source: str = "wcs") -> GeometryResult:
+                   guess: Affine | None = None, source: str = "wcs", fwhm: float | None = None) -> GeometryResult:
     """First guess (`guess`, e.g. from the two WCSs, checked against the star lists; else
     star-pattern matching of the two star lists, brightest first) refined by the many-star
-    fit on the reference's registration stars `reg_xy`. `data` is the sky-subtracted frame."""
+    fit on the reference's registration stars `reg_xy`. `data` is the sky-subtracted frame.
+    With `fwhm` (the reference's) the centroid box follows the frame's plate scale."""
     from tui_stack.core import patterns
 
     ref_list = np.asarray(ref_list, float).reshape(-1, 2)
@@ -788,6 +791,8 @@ def solve_geometry(data: np.ndarray, mask: np.ndarray | None, noise: float, ref_
             return GeometryResult(None, None, "")
         found = (m.transform, m.votes, m.n_matched, "pattern")
     first, votes, n_first, src = found
+    if fwhm is not None:
+        box = star_box(fwhm * first.scale)
     fit = refine_transform(data, mask, noise, reg_xy, first, kind="similarity", weights=reg_weights, box=box,
                            method=method)
     if kind == "affine" and fit.ok:

@@ -64,21 +64,28 @@ def shift_frame(
     raise ValueError(f"unknown shift mode {mode!r}; use 'integer' or 'subpixel'")
 
 
-def transform_frame(data: np.ndarray, mask: np.ndarray | None, transform) -> tuple[np.ndarray, np.ndarray]:
-    """Resample a frame onto the reference grid through a similarity transform
-    [a, b, tx, ty] (reference (x, y) -> frame (a x - b y + tx, b x + a y + ty)), with the
-    same cubic spline as the subpixel shift and the same mask rule."""
+def transform_frame(data: np.ndarray, mask: np.ndarray | None, transform,
+                    shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Resample a frame onto the reference grid through a transform of the contract
+    [a, b, c, d, e, f] (reference (x, y) -> frame (a x + b y + c, d x + e y + f)) or a similarity
+    [a, b, tx, ty] (x' = a x - b y + tx, y' = b x + a y + ty), with the same cubic spline as the
+    subpixel shift and the same mask rule. `shape`: the reference grid's, if not the frame's."""
     from scipy import ndimage
 
-    a, b, tx, ty = transform
+    if len(transform) == 4:
+        a, b, tx, ty = transform
+        transform = [a, -b, tx, b, a, ty]
+    a, b, c, d, e, f = transform  # the contract's x' = a x + b y + c, y' = d x + e y + f
     if mask is None:
         mask = np.zeros(data.shape, dtype=bool)
     # affine_transform maps output (row, col) = (y, x) to input (row, col)
-    matrix = np.array([[a, b], [-b, a]])
-    offset = (ty, tx)
+    matrix = np.array([[e, d], [b, a]])
+    offset = (f, c)
     filled = np.where(mask, 0.0, data).astype(np.float32)
-    out = ndimage.affine_transform(filled, matrix, offset, order=3, mode="constant", cval=0.0, prefilter=True)
-    reach = ndimage.affine_transform(mask.astype(np.float32), matrix, offset, order=1, mode="constant", cval=1.0)
+    shape = tuple(shape or data.shape)
+    out = ndimage.affine_transform(filled, matrix, offset, shape, order=3, mode="constant", cval=0.0, prefilter=True)
+    reach = ndimage.affine_transform(mask.astype(np.float32), matrix, offset, shape, order=1, mode="constant",
+                                     cval=1.0)
     out_mask = reach > 1e-3
     out = out.astype(np.float32)
     out[out_mask] = 0.0

@@ -214,7 +214,7 @@ class FrameGeometry:
     mirror: bool = False
     shift: tuple[float, float] = (0.0, 0.0)
     binning: int = 1
-    field_offset: tuple[float, float] | None = None  # another field: the sky this far away (ref px)
+    field_offset: tuple[float, float] | None = None  # another field: stars of its own, this far away (ref px)
     stretch_y: float = 1.0  # optics whose scale differs along the axes: y scaled by this too
 
     def transform(self, ref_shape, frame_shape):
@@ -266,16 +266,18 @@ def write_geometry_field(directory: Path, spec: FieldSpec, geometries: list[Fram
         fshape = frame_shape_for(g, spec.shape)
         tr = np.array(g.transform(spec.shape, fshape))
         m, t = np.array([[tr[0], tr[1]], [tr[3], tr[4]]]), np.array([tr[2], tr[5]])
-        pos = stars[:, :2].copy()
-        if g.field_offset is not None:
-            pos = pos + np.asarray(g.field_offset, float)
+        pos, flux = stars[:, :2].copy(), stars[:, 2]
+        if g.field_offset is not None:  # another part of the sky: other stars
+            other, _, other_comps = plan_field(dataclasses.replace(sky_spec, seed=spec.seed + 1000 + i))
+            other = other[: len(other) - 1 - len(other_comps) - (1 if spec.bright_neighbour else 0)]  # not ours
+            pos, flux = other[:, :2] - off, other[:, 2]
         b = g.binning
         # rendered on b x b finer pixels, then summed: a pixel centre of the binned frame is
         # (b - 1) / 2 fine pixels in from its bin's corner
         fine = (pos @ m.T + t) * b + (b - 1) / 2
         fspec = dataclasses.replace(spec, shape=(fshape[0] * b, fshape[1] * b), fwhm=spec.fwhm * g.scale,
                                     sky=spec.sky / b**2)
-        img = render_frame(np.column_stack([fine, stars[:, 2]]), (0.0, 0.0), transp[i], fspec, rng)
+        img = render_frame(np.column_stack([fine, flux]), (0.0, 0.0), transp[i], fspec, rng)
         if b > 1:
             img = img.reshape(fshape[0], b, fshape[1], b).sum(axis=(1, 3)).clip(0, SATURATION).astype(np.float32)
         hdr = fits.Header()

@@ -70,8 +70,8 @@ def _run_steps(state: RunState, od, progress: Progress) -> None:
     register(state, progress)
     if cfg.output.write_shifted:
         shifted_dir = od.staging
-    elif cfg.shift.mode == "subpixel":
-        shifted_dir = od.scratch()  # frames the combine reads, not outputs
+    elif cfg.shift.mode == "subpixel" or any(fr.used and fr.transform is not None for fr in state.frames):
+        shifted_dir = od.scratch()  # frames the combine reads, not outputs (integer: quarter turns)
     else:
         shifted_dir = None
     # Shifted frames are written in the photometry pass: one read of each frame, not two.

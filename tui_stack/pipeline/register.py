@@ -22,6 +22,11 @@ MIN_XCORR_PEAK = 0.2  # below this the frame shares no star pattern with the ref
 MIN_MATCHED = 5  # stars for a many-star shift; fewer: the reference star alone, flagged
 MAX_FIT_RMS = 0.5  # px: the matched stars disagree, something is wrong with the frame
 ROTATION_LIMIT_DEG = 0.05  # above this a shift alone leaves stars 0.2 px off at 250 px from the centre
+# flags of the shift path, dropped when the frame is registered by its star pattern instead
+SHIFT_FLAGS = ("star_off_frame", "star_not_found", "methods_disagree", "few_matches", "poor_fit", "rotated",
+               "meridian_flip")
+NEEDS_SUBPIXEL = ('{what}: integer mode moves pixels whole and cannot turn by other than quarter turns, or '
+                  'rescale; use [shift] mode = "subpixel"')
 AHEAD_FRAMES = 2  # frames measured while the reference is prepared (64 MB each at 4k)
 
 
@@ -62,6 +67,19 @@ class _Reference:
     stars: object  # core.quality.Stars: the star list, for the pattern vote of turned frames
     excluded: set
     early: bool  # comparison stars known: measured in this pass
+    header: object = None  # the reference's header, for the WCS first guess
+
+    _wcs: object = False  # its celestial WCS (None: none), read the first time a frame needs it
+
+    def wcs(self):
+        if self._wcs is False:
+            self._wcs = registration.celestial_wcs(self.header) if _has_wcs(self.header) else None
+        return self._wcs
+
+
+def _has_wcs(header) -> bool:
+    """Cheap test before astropy.wcs is imported (0.2-0.4 s)."""
+    return header is not None and "CTYPE1" in header and "CTYPE2" in header
 
 
 def register(state: RunState, progress: Progress = noop) -> None:
@@ -121,7 +139,7 @@ def _prepare_reference(state: RunState) -> _Reference:
         measured=(ref_frame, ref_sky, ref_sub, None, ref_q), star=star,
         xref=registration.XcorrReference(ref_sub, ref_frame.mask, 0.0, ref_sky.noise), reg_stars=reg_stars,
         weights=dict(zip(map(tuple, reg_stars), reg_weights)), box=box, method=method, many=many, stars=ref_stars,
-        excluded=excluded_indices(cfg, state.files), early=early,
+        excluded=excluded_indices(cfg, state.files), early=early, header=ref_frame.header,
     )
 
 
@@ -134,9 +152,7 @@ def _register_frame(state: RunState, ref: _Reference, i: int, measured=None) -> 
     frame, sky, sub, frame_stars, q = measured or measure_frame(path, cfg)
     fr.quality = q
     h, w = state.shape
-    if frame.shape != state.shape:
-        raise InputError(f"{path.name}: shape {frame.shape[1]}x{frame.shape[0]} differs from the reference "
-                         f"({w}x{h}); frames must all have one shape")
+    as_read = (sub, frame.mask, frame.shape)  # before any turn: what fr.transform maps onto
     fr.hdu_index, fr.digest = frame.hdu_index, frame.digest
     fr.sky, fr.noise = sky.level, sky.noise
     if "no_data" in q.flags:
@@ -148,25 +164,143 @@ def _register_frame(state: RunState, ref: _Reference, i: int, measured=None) -> 
         fr.shift_x = fr.shift_y = fr.xcorr_shift_x = fr.xcorr_shift_y = 0.0
         fr.xcorr_peak = 1.0
     else:
-        sub = _locate(fr, ref, frame, sub, sky.noise)
-        if fr.xcorr_peak < MIN_XCORR_PEAK:
-            # Clouded out (no stars), or another field (stars, but not the reference's).
-            fr.used = False
-            fr.flags.append("no_stars" if q.n_stars < max(5, ref.measured[4].n_stars / 4) else "no_match")
-        else:
+        located = frame.shape == state.shape  # the cross-correlation needs the reference's shape
+        if located:
+            sub = _locate(fr, ref, frame, sub, sky.noise)
+            located = fr.xcorr_peak >= MIN_XCORR_PEAK
+        if located:
             _fit_shift(fr, ref, cfg, sub, frame.mask, sky.noise, frame_stars)
-    if fr.used:
-        if abs(fr.shift_x) >= w or abs(fr.shift_y) >= h:
+        if not located or (ref.many and "few_matches" in fr.flags):
+            # turned, mirrored or rescaled beyond what the shift finds: the star patterns say how
+            turn = _register_turned(fr, ref, state, frame, as_read, sky.noise, frame_stars, located)
+            many_stars = q.n_stars >= max(5, ref.measured[4].n_stars / 4)
+            if turn is not None:
+                sub = turn
+            elif not located or many_stars:
+                # stars enough, but neither the shift nor the patterns match them: another field
+                if frame.shape != state.shape:
+                    raise InputError(f"{path.name}: shape {frame.shape[1]}x{frame.shape[0]} differs from the "
+                                     f"reference ({w}x{h}) and no star pattern of the reference was found in it")
+                # Clouded out (no stars), or another field (stars, but not the reference's).
+                fr.used = False
+                fr.flags = [f for f in fr.flags if f not in SHIFT_FLAGS]
+                fr.flags.append("no_match" if many_stars else "no_stars")
+        if cfg.shift.mode == "integer" and fr.used and "rotated" in fr.flags:
+            _refuse_turn(fr)
+    if fr.used or fr.transform is not None:
+        if fr.transform is None and (abs(fr.shift_x) >= w or abs(fr.shift_y) >= h):
             fr.used = False
             fr.flags.append("shift_exceeds_frame")
         else:
             fr.applied_shift_x, fr.applied_shift_y = shifting.applied_shift(fr.shift_x, fr.shift_y, cfg.shift.mode)
+    _to_contract(fr, as_read[2])
+    if fr.transform is not None:
+        full = registration.Affine.from_list(fr.transform)
+        fr.rotation, fr.scale_ratio, fr.mirrored = full.rotation, full.scale, full.mirrored
     if i in ref.excluded:
         fr.used = False
         fr.flags.append("excluded")
     if ref.early:
-        early_photometry(state, fr, sub, frame.mask)
+        # a transform maps onto the frame as read: measured there, at where it puts the stars
+        early_photometry(state, fr, *((as_read[0], as_read[1]) if fr.transform is not None else (sub, frame.mask)))
     return fr
+
+
+def _register_turned(fr: FrameResult, ref: _Reference, state: RunState, frame, as_read, noise: float, frame_stars,
+                     located: bool):
+    """A frame the shift alone could not register: the first guess from the two WCSs or from
+    the star patterns (any turn, a mirror, another plate scale), refined by the many-star fit.
+    An exact quarter turn or mirror is undone losslessly and the frame then registered as any
+    other; anything else is a transform (subpixel mode) or refused (integer mode). Returns the
+    frame's pixels as registered, or None if no pattern was found (fr as the shift left it)."""
+    cfg = state.config
+    sub0, mask0, shape0 = as_read
+    if frame_stars is None or len(frame_stars) < 5 or not len(ref.reg_stars):
+        return None
+    guess = None
+    if _has_wcs(frame.header) and ref.wcs() is not None:
+        fw = registration.celestial_wcs(frame.header)
+        guess = None if fw is None else registration.wcs_transform(ref.wcs(), fw, state.shape)
+    weights = [ref.weights[tuple(p)] for p in ref.reg_stars]
+    g = registration.solve_geometry(sub0, mask0, noise, np.c_[ref.stars.x, ref.stars.y],
+                                    np.c_[frame_stars.x, frame_stars.y], ref.reg_stars, weights,
+                                    kind="affine" if cfg.shift.transform == "affine" else "similarity",
+                                    method=ref.method, guess=guess, fwhm=ref.star.fwhm)
+    if g.transform is None or g.fit is None or g.fit.n_used < MIN_MATCHED:
+        return None
+    tr = g.transform
+    # the pattern's answer replaces the shift's
+    fr.flags = [f for f in fr.flags if f not in SHIFT_FLAGS]
+    fr.flipped, fr.transform, fr.first_guess = False, None, g.source
+    fr.rotation, fr.scale_ratio, fr.mirrored = tr.rotation, tr.scale, tr.mirrored
+    turn = registration.dihedral_part(tr, ROTATION_LIMIT_DEG)
+    if turn is not None and registration.reorient(sub0, turn).shape == state.shape:
+        # exact: the frame turned back (array views) and registered as any other frame
+        frame.data, frame.mask = registration.reorient(sub0, turn), registration.reorient(mask0, turn)
+        fr.xcorr_shift_x = fr.xcorr_shift_y = fr.xcorr_peak = float("nan")
+        sub = _locate(fr, ref, frame, frame.data, noise)
+        if fr.xcorr_peak >= MIN_XCORR_PEAK and not fr.flipped:
+            if np.array_equal(turn, -np.eye(2)):  # a meridian flip the correlation missed: as one it found
+                fr.flipped = True
+                fr.flags.append("meridian_flip")
+            else:
+                fr.orientation = turn
+                fr.flags.append("mirrored" if fr.mirrored else "turned")
+            _fit_shift(fr, ref, cfg, sub, frame.mask, noise, frame_stars)
+            if "few_matches" not in fr.flags:
+                return sub
+        fr.flags = [f for f in fr.flags if f not in SHIFT_FLAGS + ("mirrored", "turned")]
+        fr.flipped, fr.orientation = False, None
+    # any other turn, a mirror with a turn, another plate scale: one transform from every star
+    fit = g.fit
+    fr.transform = tr.as_list()
+    fr.n_matched, fr.fit_rms = fit.n_used, fit.rms
+    if fit.pairs is not None:
+        fr.residuals = _residual_table(fit.pairs[0], fit.pairs[1] - tr.apply(fit.pairs[0]))
+    h, w = state.shape
+    centre = np.array([(w - 1) / 2, (h - 1) / 2])
+    fr.shift_x, fr.shift_y = (centre - tr.apply(centre)[0]).tolist()  # that of the field centre
+    fr.used = True
+    fr.flags = [f for f in fr.flags if f not in ("no_match", "no_stars")]
+    if abs(fr.rotation) > ROTATION_LIMIT_DEG:
+        fr.flags.append("rotated")
+    if fr.mirrored:
+        fr.flags.append("mirrored")
+    if abs(fr.scale_ratio - 1) > 1e-3:
+        fr.flags.append("rescaled")
+    if fit.rms > MAX_FIT_RMS:
+        fr.flags.append("poor_fit")
+    if cfg.shift.mode == "integer":
+        _refuse_turn(fr)
+    return sub0
+
+
+def _refuse_turn(fr: FrameResult) -> None:
+    """Integer mode cannot turn a frame by other than quarter turns, nor rescale it."""
+    fr.used = False
+    fr.flags.append("needs_subpixel")
+    what = [f"turned by {fr.rotation:.3f} deg"] if abs(fr.rotation) > ROTATION_LIMIT_DEG else []
+    if fr.mirrored:
+        what.append("mirrored")
+    if abs(fr.scale_ratio - 1) > 1e-3:
+        what.append(f"scale ratio {fr.scale_ratio:.4f}")
+    fr.message = NEEDS_SUBPIXEL.format(what=", ".join(what) or "turned")
+
+
+def _to_contract(fr: FrameResult, shape_read) -> None:
+    """fr.transform onto the frame as read (the contract) where the frame was registered turned
+    back: a lossless quarter turn or mirror (integer mode: with the integer shift applied), or a
+    meridian flip with a similarity fitted on the frame turned back."""
+    turn = fr.orientation
+    if turn is None and fr.flipped and fr.transform is not None:
+        turn = -np.eye(2)
+    if turn is None:
+        return
+    local = (registration.Affine.from_list(fr.transform) if fr.transform is not None
+             else registration.Affine.shift(fr.applied_shift_x, fr.applied_shift_y))
+    to_frame = registration.Affine(np.asarray(turn, float), registration.reorient_offset(turn, shape_read))
+    fr.transform = local.then(to_frame).as_list()
+    fr.flipped = False  # the transform says it all
 
 
 def _locate(fr: FrameResult, ref: _Reference, frame, sub: np.ndarray, noise: float) -> np.ndarray:
@@ -219,12 +353,21 @@ def _fit_shift(fr: FrameResult, ref: _Reference, cfg: Config, sub, mask, noise: 
     fr.rotation, rot_err = registration.fit_rotation(ref_pts, pts)
     if np.isfinite(fr.rotation) and abs(fr.rotation) > max(ROTATION_LIMIT_DEG, 4 * rot_err):
         fr.flags.append("rotated")
-    if ref.many and (cfg.shift.transform == "similarity" or "rotated" in fr.flags or "few_matches" in fr.flags):
+    if ref.many and (cfg.shift.transform in ("similarity", "affine") or "rotated" in fr.flags
+                     or "few_matches" in fr.flags):
         # turned frames: the shift alone matches few stars, or finds a rotation
         h, w = sub.shape
         _fit_similarity(fr, sub, mask, noise, ref.reg_stars, ref.weights, search, ref.box, ref.method, (w, h),
                         apply=cfg.shift.mode == "subpixel" and cfg.shift.transform != "translation",
                         star_lists=(ref.stars, frame_stars))
+        if cfg.shift.transform == "affine" and fr.transform is not None:
+            # optics with a scale of their own along each axis: the similarity refined to an affine map
+            fit = registration.refine_transform(sub, mask, noise, ref.reg_stars, registration.Affine.from_list(
+                fr.transform), kind="affine", weights=[ref.weights[tuple(p)] for p in ref.reg_stars],
+                search=search, box=ref.box, method=ref.method, iterations=1)
+            if fit.ok and fit.n_used >= MIN_MATCHED:
+                fr.transform, fr.n_matched, fr.fit_rms = fit.transform.as_list(), fit.n_used, fit.rms
+                fr.residuals = _residual_table(fit.pairs[0], fit.pairs[1] - fit.transform.apply(fit.pairs[0]))
 
 
 def _flag_duplicates(state: RunState) -> None:
@@ -287,7 +430,7 @@ def _fit_similarity(fr: FrameResult, sub, mask, noise, reg_stars, weights: dict,
         fr.flags.append("rotated")
     if not apply:
         return
-    fr.transform = sim.as_list()
+    fr.transform = registration.Affine.from_list(sim.as_list()).as_list()  # the contract's 6 numbers
     fr.n_matched, fr.fit_rms = sim.n_used, sim.rms
     fr.residuals = _residual_table(ref_pts, pts - sim.apply(ref_pts))
     # the shift reported is that of the field centre

@@ -54,8 +54,8 @@ def early_photometry(state: RunState, fr: FrameResult, sub: np.ndarray, mask: np
     if not state.comparison_stars or not fr.used:
         return
     ref_xy = np.array(state.comparison_stars, float)
-    if fr.transform is not None and cfg.shift.mode == "subpixel":
-        at = registration.SimilarityFit.from_list(fr.transform).apply(ref_xy)
+    if fr.transform is not None:  # on the frame as read (integer mode: a lossless turn, the same pixels)
+        at = registration.Affine.from_list(fr.transform).apply(ref_xy)
     else:
         at = ref_xy - [fr.applied_shift_x, fr.applied_shift_y]
     at = [tuple(p) for p in at]

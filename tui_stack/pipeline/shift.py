@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from tui_stack import __version__, safetext
-from tui_stack.core import io, shifting
+from tui_stack.core import io, registration, shifting
 from tui_stack.pipeline.state import FrameResult, Progress, RunState, measurable, noop
 
 
@@ -22,7 +22,12 @@ def prepared_frame(state: RunState, i: int) -> tuple[np.ndarray, np.ndarray, obj
     if fr.flipped:
         data, frame.mask = data[::-1, ::-1], frame.mask[::-1, ::-1]
     if fr.transform is not None and state.config.shift.mode == "subpixel":
-        data, mask = shifting.transform_frame(data, frame.mask, fr.transform)
+        data, mask = shifting.transform_frame(data, frame.mask, fr.transform, state.shape)
+    elif fr.transform is not None:
+        # integer mode: an exact quarter turn or mirror, undone losslessly, and the integer shift
+        turn = np.rint(registration.Affine.from_list(fr.transform).m)
+        data, mask = shifting.shift_frame(registration.reorient(data, turn), registration.reorient(frame.mask, turn),
+                                          fr.applied_shift_x, fr.applied_shift_y, "integer")
     else:
         data, mask = shifting.shift_frame(
             data, frame.mask, fr.applied_shift_x, fr.applied_shift_y, state.config.shift.mode
@@ -33,8 +38,8 @@ def _shifted_header(header, fr: FrameResult, state: RunState):
     hdr = header.copy()
     for key in ("BZERO", "BSCALE", "BLANK"):
         hdr.remove(key, ignore_missing=True)
-    if fr.transform is not None and state.config.shift.mode == "subpixel":
-        # resampled onto the reference grid: the reference's WCS is now this frame's
+    if fr.transform is not None:
+        # resampled (or turned) onto the reference grid: the reference's WCS is now this frame's
         import warnings
 
         from astropy.wcs import WCS
@@ -49,7 +54,7 @@ def _shifted_header(header, fr: FrameResult, state: RunState):
         hdr.extend([c for c in reference_header(state).cards if c.keyword not in hdr or c.keyword.startswith(
             ("CRPIX", "CRVAL", "CD", "PC", "CDELT", "CTYPE", "CUNIT", "WCS", "LON", "LAT", "RADESYS", "EQUINOX"))],
             update=True)
-        hdr["TSXFORM"] = (" ".join(f"{v:.9g}" for v in fr.transform), "a b tx ty: x'=ax-by+tx y'=bx+ay+ty")
+        hdr["TSXFORM"] = (" ".join(f"{v:.9g}" for v in fr.transform), "ref->frame a b c d e f")
     elif "CRPIX1" in hdr and "CRPIX2" in hdr:
         if fr.flipped:
             _turn_wcs(hdr, state.shape)

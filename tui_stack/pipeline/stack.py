@@ -17,12 +17,13 @@ from tui_stack.pipeline.state import CombinedResult, Progress, RunState, noop
 
 def combine_sources(state: RunState, shifted_dir: Path | None) -> list:
     """Row-block sources of the used frames: original files with the integer shift as a slice
-    offset, or (subpixel mode) the shifted frames written to `shifted_dir`."""
+    offset, or (subpixel mode, and frames turned by quarter turns or mirrored) the shifted
+    frames written to `shifted_dir`."""
     sources = []
     for fr in state.frames:
         if not fr.used:
             continue
-        if state.config.shift.mode == "integer":
+        if state.config.shift.mode == "integer" and fr.transform is None:
             sources.append(
                 combine.FileSource(
                     fr.path, fr.hdu_index, state.shape, fr.applied_shift_x, fr.applied_shift_y, fr.sky, fr.scale,

@@ -23,7 +23,7 @@ from tui_stack.core import registration, stats
 Progress = Callable[[str, int, int], None]
 
 # flags of a frame with no usable shift: it cannot be shifted, measured or stacked
-UNMEASURABLE = ("no_data", "no_stars", "no_match", "shift_exceeds_frame", "duplicate")
+UNMEASURABLE = ("no_data", "no_stars", "no_match", "shift_exceeds_frame", "duplicate", "needs_subpixel")
 
 
 def noop(stage, done, total):
@@ -51,7 +51,14 @@ class FrameResult:
     star_flux: list = field(default_factory=list)
     star_flags: list = field(default_factory=list)
     rotation: float = float("nan")  # degrees, from matching stars after the shift
-    transform: list | None = None  # similarity [a, b, tx, ty] when fitted (subpixel mode): see shifting
+    # reference -> frame as read, [a, b, c, d, e, f] (notes/TRANSFORM_CONTRACT): a similarity or
+    # affine fit (subpixel), or an exact quarter turn / mirror with the shift; None: shift only
+    transform: list | None = None
+    scale_ratio: float = 1.0  # frame px per reference px (2x2 binning: 0.5)
+    mirrored: bool = False  # the frame is the reference's mirror image (a diagonal, another camera)
+    first_guess: str = ""  # "pattern" or "wcs" where a shift alone could not register the frame
+    message: str = ""  # why the frame was left out, where a flag alone does not say what to do
+    orientation: object = None  # 2x2: the exact quarter turn or mirror undone before the shift fit
     residuals: list = field(default_factory=list)  # [x, y, dx, dy] of each matched star after the fit
     flipped: bool = False  # turned by 180 degrees (meridian flip): read reversed, then shifted
     n_matched: int = 0  # stars matched to the reference and used in the shift fit

@@ -1,0 +1,151 @@
+"""Whole runs on turned, flipped, mirrored and rescaled frames (#17): registered by their star
+patterns, resampled onto the reference grid (subpixel), or turned losslessly / refused (integer)."""
+
+import json
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from tui_stack import pipeline
+from tui_stack.core import registration, synthetic
+from tui_stack.core.registration import Affine
+
+from conftest import PYDIA, make_config, requires_pydia
+
+G = synthetic.FrameGeometry
+GEOS = [G(), G(rotation=33.3, shift=(5.2, -7.1)), G(rotation=182.9, shift=(-3.3, 2.1)),
+        G(rotation=90.0, shift=(4.0, -2.0)), G(mirror=True, shift=(2.6, 1.4)), G(rotation=1.2, scale=1.04),
+        G(rotation=-0.8, binning=2, shift=(6.0, 3.0)), G(field_offset=(4000.0, 3000.0))]
+
+
+SPEC = synthetic.FieldSpec(shape=(768, 768), n_stars=350, seed=21, cosmic_rays=10)
+
+
+@pytest.fixture(scope="module")
+def turned(tmp_path_factory):
+    """Frames without a WCS: the first guess comes from the star patterns."""
+    return synthetic.write_geometry_field(tmp_path_factory.mktemp("turned"), SPEC, GEOS, prefix="demo_", wcs=False)
+
+
+@pytest.fixture(scope="module")
+def turned_wcs(tmp_path_factory):
+    """The same frames with a WCS each: the first guess comes from the WCSs."""
+    return synthetic.write_geometry_field(tmp_path_factory.mktemp("turned_wcs"), SPEC, GEOS, prefix="demo_")
+
+
+def _truth_config(truth, out, **kw):
+    return make_config(truth, out, combine__method="median", scale__radius=8.0, scale__stars="auto", **kw)
+
+
+@pytest.fixture(scope="module")
+def subpixel_run(turned, tmp_path_factory):
+    out = tmp_path_factory.mktemp("turned_sub")
+    return pipeline.run(_truth_config(turned, out, shift__mode="subpixel")), out
+
+
+def test_every_frame_of_the_field_registered_and_the_other_field_refused(turned, subpixel_run):
+    state, out = subpixel_run
+    corners = np.array([[0, 0], [767, 0], [0, 767], [767, 767]], float)
+    for k, fr in enumerate(state.frames[1:], 1):
+        if GEOS[k].field_offset is not None:
+            assert not fr.used and "no_match" in fr.flags, fr.flags
+            continue
+        true = Affine.from_list(turned.transforms[k])
+        assert fr.used and fr.transform is not None, (fr.name, fr.flags)
+        got = Affine.from_list(fr.transform)
+        assert got.mirrored == true.mirrored == fr.mirrored
+        assert abs((fr.rotation - true.rotation + 180) % 360 - 180) < 0.002, (fr.name, fr.rotation, true.rotation)
+        assert abs(fr.scale_ratio / true.scale - 1) < 1e-4, (fr.name, fr.scale_ratio, true.scale)
+        assert np.abs(got.apply(corners) - true.apply(corners)).max() < 0.05, fr.name
+    rep = json.loads((out / "report.json").read_text())
+    f = rep["frames"][4]
+    assert f["mirrored"] is True and len(f["transform"]) == 6 and f["scale_ratio"] == pytest.approx(1, abs=1e-4)
+    assert rep["frames"][6]["scale_ratio"] == pytest.approx(0.5, abs=1e-4)
+    assert rep["frames"][1]["first_guess"] == "pattern"
+
+
+def test_resampled_frames_put_the_stars_where_the_reference_has_them(turned, subpixel_run):
+    """Each written frame's stars sit on the reference's, in every quadrant (the binned frame
+    has 4x the noise per reference pixel: a looser bound there)."""
+    state, out = subpixel_run
+    ref = fits.getdata(out / f"s{state.frames[0].name}")
+    ref_mask = ~np.isfinite(ref)
+    xy = np.c_[state.ref_stars.x, state.ref_stars.y]
+    xy = xy[((xy > 40) & (xy < 728)).all(axis=1)][:150]
+    noise = state.frames[0].noise
+    _, ref_pts = registration.match_stars(np.where(ref_mask, 0, ref), ref_mask, noise, xy, 0, 0, search=5, box=9,
+                                          method="2dg")
+    for k, fr in enumerate(state.frames[1:], 1):
+        if not fr.used:
+            continue
+        img = fits.getdata(out / f"s{fr.name}")
+        mask = ~np.isfinite(img)
+        a, b = registration.match_stars(np.where(mask, 0, img), mask, fr.noise, ref_pts, 0, 0, search=5, box=9,
+                                        method="2dg")
+        d = b - a
+        assert len(d) > 40, fr.name
+        for qx in (a[:, 0] < 384, a[:, 0] >= 384):
+            for qy in (a[:, 1] < 384, a[:, 1] >= 384):
+                q = qx & qy
+                assert q.sum() >= 5
+                off = np.abs(np.median(d[q], axis=0))
+                assert np.all(off < (0.05 if GEOS[k].binning > 1 else 0.03)), (fr.name, off)
+
+
+def test_integer_mode_turns_quarter_turns_and_mirrors_losslessly_and_refuses_other_turns(turned_wcs, tmp_path):
+    state = pipeline.run(_truth_config(turned_wcs, tmp_path))
+    by = {fr.name: fr for fr in state.frames}
+    for k in (3, 4, 2):  # 90 degrees, a mirror, and (refused) 182.9 degrees
+        fr = state.frames[k]
+        if k == 2:
+            assert not fr.used and "needs_subpixel" in fr.flags and "subpixel" in fr.message
+            continue
+        assert fr.used and ("turned" in fr.flags or "mirrored" in fr.flags), fr.flags
+        t = Affine.from_list(fr.transform)
+        assert np.array_equal(t.m, np.rint(t.m)) and np.array_equal(t.t, np.rint(t.t))  # exact: whole pixels
+        # the written frame is the input, turned and shifted by whole pixels: the same values
+        raw = fits.getdata(fr.path).astype(np.float32) - np.float32(fr.sky)
+        out = fits.getdata(tmp_path / f"s{fr.name}")
+        ys, xs = np.nonzero(np.isfinite(out))
+        fx, fy = t.apply(np.column_stack([xs, ys])).T.astype(int)
+        assert np.array_equal(out[ys, xs], raw[fy, fx])
+    for k in (1, 5, 6):
+        assert not state.frames[k].used and "needs_subpixel" in state.frames[k].flags, state.frames[k].flags
+    assert "scale ratio 0.50" in state.frames[6].message
+    assert by[state.frames[7].name].flags == ["no_match"]
+    assert {fr.first_guess for fr in state.frames if fr.transform is not None} == {"wcs"}
+
+
+@requires_pydia
+def test_real_frames_turned_and_mirrored_register_as_unturned(tmp_path):
+    """The real frames, some turned by exact quarter turns or mirrored (lossless array
+    operations): registered with shifts within 0.05 px of the unturned run."""
+    from tui_stack.config import load_config
+    from conftest import REPO
+
+    ops = {"AKB13475I0003.fits": np.rot90, "AKB13475I0004.fits": lambda a: a[::-1, ::-1],
+           "AKB13475I0006.fits": lambda a: a[:, ::-1], "AKB13475I0008.fits": lambda a: np.rot90(a, 3),
+           "AKB13475I0009.fits": lambda a: a.T}  # +90, 180 (a meridian flip), a mirror, -90, the diagonal mirror
+    turned_dir = tmp_path / "turned"
+    turned_dir.mkdir()
+    for p in PYDIA.glob("*.fits"):
+        with fits.open(p) as h:
+            hdr, data = h[0].header.copy(), h[0].data
+            op = ops.get(p.name)
+            fits.PrimaryHDU(op(data) if op else data, hdr).writeto(turned_dir / p.name)
+    runs = {}
+    for name, directory in (("plain", PYDIA), ("turned", turned_dir)):
+        cfg = load_config(REPO / "sample_configs" / "pydia.toml")
+        cfg.input.directory = directory
+        cfg.output.directory = tmp_path / name
+        runs[name] = {fr.name: fr for fr in pipeline.run(cfg).frames}
+    for name, fr in runs["turned"].items():
+        plain = runs["plain"][name]
+        assert fr.used == plain.used, name
+        assert abs(fr.shift_x - plain.shift_x) < 0.05 and abs(fr.shift_y - plain.shift_y) < 0.05, (
+            name, fr.shift_x - plain.shift_x, fr.shift_y - plain.shift_y)
+        assert abs(fr.scale / plain.scale - 1) < 1e-3, name
+        if name in ops:
+            assert fr.transform is not None or fr.flipped, name
+            assert fr.mirrored == (name in ("AKB13475I0006.fits", "AKB13475I0009.fits")), name
