@@ -153,6 +153,10 @@ def _register_frame(state: RunState, ref: _Reference, i: int, measured=None) -> 
     fr.quality = q
     h, w = state.shape
     as_read = (sub, frame.mask, frame.shape)  # before any turn: what fr.transform maps onto
+    if frame.shape != state.shape and ("no_data" in q.flags or frame_stars is None or len(frame_stars) < 5):
+        # another shape is fine for a rescaled or turned frame, found by its stars; this has none
+        raise InputError(f"{path.name}: shape {frame.shape[1]}x{frame.shape[0]} differs from the reference "
+                         f"({w}x{h}) and the frame has too few stars to be registered by them")
     fr.hdu_index, fr.digest = frame.hdu_index, frame.digest
     fr.sky, fr.noise = sky.level, sky.noise
     if "no_data" in q.flags:
@@ -170,7 +174,7 @@ def _register_frame(state: RunState, ref: _Reference, i: int, measured=None) -> 
             located = fr.xcorr_peak >= MIN_XCORR_PEAK
         if located:
             _fit_shift(fr, ref, cfg, sub, frame.mask, sky.noise, frame_stars)
-        if not located or (ref.many and "few_matches" in fr.flags):
+        if not located or (ref.many and ("few_matches" in fr.flags or "poor_fit" in fr.flags)):
             # turned, mirrored or rescaled beyond what the shift finds: the star patterns say how
             turn = _register_turned(fr, ref, state, frame, as_read, sky.noise, frame_stars, located)
             many_stars = q.n_stars >= max(5, ref.measured[4].n_stars / 4)
@@ -228,6 +232,8 @@ def _register_turned(fr: FrameResult, ref: _Reference, state: RunState, frame, a
                                     method=ref.method, guess=guess, fwhm=ref.star.fwhm)
     if g.transform is None or g.fit is None or g.fit.n_used < MIN_MATCHED:
         return None
+    if located and g.fit.rms > MAX_FIT_RMS:
+        return None  # no better than the shift's own fit (a trailed frame, say): that stands
     tr = g.transform
     # the pattern's answer replaces the shift's
     fr.flags = [f for f in fr.flags if f not in SHIFT_FLAGS]
