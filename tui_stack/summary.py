@@ -30,6 +30,9 @@ def print_summary(state, console) -> None:
             str(i), _safe(fr.name), _fmt(fr.shift_x), _fmt(fr.shift_y), _fmt(fr.sky, ".0f"), _fmt(fr.scale, ".4f"), "yes" if fr.used else "no", " ".join(fr.flags),
         )
     console.print(t)
+    for fr in state.frames:
+        if fr.message:  # what to do about a frame left out, where the flag alone does not say
+            console.print(f"{fr.name}: {fr.message}", markup=False)
     for c in state.combined:
         r = Table(title=f"combined ({c.method})", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False)
         for col in ("file", "frames", "median", "std [{}:{},{}:{}]".format(*c.stats.region), "flux / ref"):
