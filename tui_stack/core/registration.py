@@ -441,44 +441,6 @@ class SimilarityFit:
         return cls(complex(a, b), complex(tx, ty), 0, 0, float("nan"))
 
 
-def coarse_similarity(ref_xy: np.ndarray, frame_xy: np.ndarray, centre, max_angle: float = 6.0,
-                      max_shift: float = 200.0) -> "SimilarityFit | None":
-    """A first guess of a turned frame's rotation and shift from star lists alone, where the
-    cross-correlation of images fails (a few degrees smear its peak): for each trial angle the
-    frame's stars are turned back about the centre and every reference - frame difference
-    votes in a 2 px grid; true pairs pile up in one cell. Best angle, then refined by 0.1 deg.
-    Lists of the ~150 brightest stars in each frame are enough."""
-    ref_xy = np.asarray(ref_xy, float)
-    frame_xy = np.asarray(frame_xy, float)
-    if len(ref_xy) < 5 or len(frame_xy) < 5:
-        return None
-    cz = complex(centre[0], centre[1])
-    a = ref_xy[:, 0] + 1j * ref_xy[:, 1]
-    b = frame_xy[:, 0] + 1j * frame_xy[:, 1] - cz
-    edges = np.arange(-max_shift, max_shift + 2.0, 2.0)
-
-    def votes(theta):
-        q = b * np.exp(-1j * np.radians(theta)) + cz
-        d = (a[:, None] - q[None, :]).ravel()
-        hist, _, _ = np.histogram2d(d.real, d.imag, bins=(edges, edges))
-        # a pair's difference may straddle a cell edge: count 2x2 cells
-        hist = hist[:-1, :-1] + hist[1:, :-1] + hist[:-1, 1:] + hist[1:, 1:]
-        k = int(np.argmax(hist))
-        i, j = divmod(k, hist.shape[1])
-        return hist.ravel()[k], complex(edges[i] + 2.0, edges[j] + 2.0)
-
-    best = max(((votes(t), t) for t in np.arange(-max_angle, max_angle + 0.25, 0.5)), key=lambda v: v[0][0])
-    theta0 = best[1]
-    best = max(((votes(t), t) for t in np.arange(theta0 - 0.5, theta0 + 0.55, 0.1)), key=lambda v: v[0][0])
-    (count, d), theta = best
-    if count < 5:
-        return None
-    c = np.exp(1j * np.radians(theta))
-    # frame = c (ref - C) + C + t', with ref - (frame turned back) = d  =>  t' = -c d
-    t = cz - c * cz - c * d
-    return SimilarityFit(complex(c), complex(t), int(count), int(count), float("nan"))
-
-
 def fit_similarity(ref_pts: np.ndarray, pts: np.ndarray, weights: np.ndarray | None = None) -> SimilarityFit:
     """Rotation, scale and shift taking reference positions to the frame's: weighted least
     squares in complex form, refitted without stars over 3 robust sigma from the fit (as

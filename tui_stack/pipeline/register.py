@@ -173,7 +173,7 @@ def _register_frame(state: RunState, ref: _Reference, i: int, measured=None) -> 
             sub = _locate(fr, ref, frame, sub, sky.noise)
             located = fr.xcorr_peak >= MIN_XCORR_PEAK
         if located:
-            _fit_shift(fr, ref, cfg, sub, frame.mask, sky.noise, frame_stars)
+            _fit_shift(fr, ref, cfg, sub, frame.mask, sky.noise)
         if not located or (ref.many and ("few_matches" in fr.flags or "poor_fit" in fr.flags)):
             # turned, mirrored or rescaled beyond what the shift finds: the star patterns say how
             turn = _register_turned(fr, ref, state, frame, as_read, sky.noise, frame_stars, located)
@@ -252,7 +252,7 @@ def _register_turned(fr: FrameResult, ref: _Reference, state: RunState, frame, a
             else:
                 fr.orientation = turn
                 fr.flags.append("mirrored" if fr.mirrored else "turned")
-            _fit_shift(fr, ref, cfg, sub, frame.mask, noise, frame_stars)
+            _fit_shift(fr, ref, cfg, sub, frame.mask, noise)
             if "few_matches" not in fr.flags:
                 return sub
         fr.flags = [f for f in fr.flags if f not in SHIFT_FLAGS + ("mirrored", "turned")]
@@ -328,7 +328,7 @@ def _locate(fr: FrameResult, ref: _Reference, frame, sub: np.ndarray, noise: flo
     return sub
 
 
-def _fit_shift(fr: FrameResult, ref: _Reference, cfg: Config, sub, mask, noise: float, frame_stars) -> None:
+def _fit_shift(fr: FrameResult, ref: _Reference, cfg: Config, sub, mask, noise: float) -> None:
     """The reference star's shift, then the many-star fit around the cross-correlation's
     estimate (a wrong one-star centroid, a brighter neighbour, cannot mislead it), the
     rotation check and, for turned frames, the similarity."""
@@ -364,8 +364,7 @@ def _fit_shift(fr: FrameResult, ref: _Reference, cfg: Config, sub, mask, noise: 
         # turned frames: the shift alone matches few stars, or finds a rotation
         h, w = sub.shape
         _fit_similarity(fr, sub, mask, noise, ref.reg_stars, ref.weights, search, ref.box, ref.method, (w, h),
-                        apply=cfg.shift.mode == "subpixel" and cfg.shift.transform != "translation",
-                        star_lists=(ref.stars, frame_stars))
+                        apply=cfg.shift.mode == "subpixel" and cfg.shift.transform != "translation")
         if cfg.shift.transform == "affine" and fr.transform is not None:
             # optics with a scale of their own along each axis: the similarity refined to an affine map
             fit = registration.refine_transform(sub, mask, noise, ref.reg_stars, registration.Affine.from_list(
@@ -398,7 +397,7 @@ def _residual_table(ref_pts: np.ndarray, resid: np.ndarray) -> list:
 
 
 def _fit_similarity(fr: FrameResult, sub, mask, noise, reg_stars, weights: dict, search: int, box: int,
-                    method: str, size: tuple[int, int], apply: bool, star_lists=None) -> None:
+                    method: str, size: tuple[int, int], apply: bool) -> None:
     """Rotation + scale + shift from every registration star. The shift alone misplaces the
     outer stars of a turned frame, so the fit grows outwards from the centre: stars within a
     quarter, then half, then all of the field, each ring found where the fit so far puts it.
@@ -408,15 +407,6 @@ def _fit_similarity(fr: FrameResult, sub, mask, noise, reg_stars, weights: dict,
     dist = np.hypot(*(reg_stars - centre).T)
     reach = dist.max() if len(dist) else 0.0
     sim = registration.SimilarityFit(1 + 0j, complex(-fr.shift_x, -fr.shift_y), 0, 0, float("nan"))
-    if "few_matches" in fr.flags and star_lists is not None and star_lists[1] is not None:
-        # the cross-correlation itself was thrown off by the turn: start from the star lists
-        ref_list, frame_list = star_lists
-        n = 150
-        guess = registration.coarse_similarity(np.stack([ref_list.x[:n], ref_list.y[:n]], axis=1),
-                                               np.stack([frame_list.x[:n], frame_list.y[:n]], axis=1), centre,
-                                               max_shift=max(w, h) / 4)
-        if guess is not None:
-            sim = guess
     for k, frac in enumerate((0.25, 0.5, 1.0, 1.0)):
         near = reg_stars[dist <= frac * reach]
         if len(near) < 3:
