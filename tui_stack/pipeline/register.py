@@ -250,7 +250,7 @@ def _register_turned(fr: FrameResult, ref: _Reference, state: RunState, frame, a
                 fr.flipped = True
                 fr.flags.append("meridian_flip")
             else:
-                fr.orientation = turn
+                fr.orientation = turn.tolist()
                 fr.flags.append("mirrored" if fr.mirrored else "turned")
             _fit_shift(fr, ref, cfg, sub, frame.mask, noise)
             if "few_matches" not in fr.flags:
@@ -297,14 +297,14 @@ def _to_contract(fr: FrameResult, shape_read) -> None:
     """fr.transform onto the frame as read (the contract) where the frame was registered turned
     back: a lossless quarter turn or mirror (integer mode: with the integer shift applied), or a
     meridian flip with a similarity fitted on the frame turned back."""
-    turn = fr.orientation
+    turn = None if fr.orientation is None else np.asarray(fr.orientation, float)
     if turn is None and fr.flipped and fr.transform is not None:
         turn = -np.eye(2)
     if turn is None:
         return
     local = (registration.Affine.from_list(fr.transform) if fr.transform is not None
              else registration.Affine.shift(fr.applied_shift_x, fr.applied_shift_y))
-    to_frame = registration.Affine(np.asarray(turn, float), registration.reorient_offset(turn, shape_read))
+    to_frame = registration.Affine(turn, registration.reorient_offset(turn, shape_read))
     fr.transform = local.then(to_frame).as_list()
     fr.flipped = False  # the transform says it all
 

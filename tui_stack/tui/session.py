@@ -129,12 +129,14 @@ def _build_run(data: dict, config):
     run.qualities = [quality.FrameQuality(**{k: _nan(v) if k != "flags" else v for k, v in q.items()})
                      for q in saved.get("qualities", [])]
     frames = []
+    # JSON has no NaN: a float field saved as null is NaN again; transform stays None (a shift)
+    floats = {f.name for f in dataclasses.fields(pipeline.FrameResult) if isinstance(f.default, float)}
     for fd in saved.get("frames", []):
         fd = dict(fd)
         fd["path"] = Path(fd["path"])
         q = fd.pop("quality", None)
         for k, v in fd.items():
-            if v is None and k not in ("quality",):
+            if v is None and k in floats:
                 fd[k] = float("nan")
         fr = pipeline.FrameResult(**fd)
         fr.quality = quality.FrameQuality(**{k: _nan(v) if k != "flags" else v for k, v in q.items()}) if q else None
