@@ -711,6 +711,19 @@ def reorient(arr: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     return arr[:: m[1, 0], :: m[0, 1]].T
 
 
+def on_shape(data: np.ndarray, mask: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray]:
+    """A frame cut or padded at its far edges to `shape` (a non-square sensor turned by a quarter
+    turn): pixel (x, y) stays (x, y), padding masked. The arrays themselves if already that shape."""
+    if data.shape == tuple(shape):
+        return data, mask
+    h, w = min(shape[0], data.shape[0]), min(shape[1], data.shape[1])
+    out = np.zeros(shape, data.dtype)
+    out_mask = np.ones(shape, bool)
+    out[:h, :w] = data[:h, :w]
+    out_mask[:h, :w] = mask[:h, :w]
+    return out, out_mask
+
+
 def reoriented_transform(transform: Affine, matrix: np.ndarray, frame_shape) -> Affine:
     """The transform from the reference to the reoriented frame (reorient(frame, matrix))."""
     to_frame = Affine(np.asarray(matrix, float), reorient_offset(matrix, frame_shape))

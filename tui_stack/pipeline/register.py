@@ -240,9 +240,11 @@ def _register_turned(fr: FrameResult, ref: _Reference, state: RunState, frame, a
     fr.flipped, fr.transform, fr.first_guess = False, None, g.source
     fr.rotation, fr.scale_ratio, fr.mirrored = tr.rotation, tr.scale, tr.mirrored
     turn = registration.dihedral_part(tr, ROTATION_LIMIT_DEG)
-    if turn is not None and registration.reorient(sub0, turn).shape == state.shape:
-        # exact: the frame turned back (array views) and registered as any other frame
-        frame.data, frame.mask = registration.reorient(sub0, turn), registration.reorient(mask0, turn)
+    if turn is not None:
+        # exact: the frame turned back (array views; a non-square one cut or padded to the
+        # reference's shape, pixel (0, 0) kept) and registered as any other frame
+        frame.data, frame.mask = registration.on_shape(registration.reorient(sub0, turn),
+                                                       registration.reorient(mask0, turn), state.shape)
         fr.xcorr_shift_x = fr.xcorr_shift_y = fr.xcorr_peak = float("nan")
         sub = _locate(fr, ref, frame, frame.data, noise)
         if fr.xcorr_peak >= MIN_XCORR_PEAK and not fr.flipped:

@@ -26,8 +26,9 @@ def prepared_frame(state: RunState, i: int) -> tuple[np.ndarray, np.ndarray, obj
     elif fr.transform is not None:
         # integer mode: an exact quarter turn or mirror, undone losslessly, and the integer shift
         turn = np.rint(registration.Affine.from_list(fr.transform).m)
-        data, mask = shifting.shift_frame(registration.reorient(data, turn), registration.reorient(frame.mask, turn),
-                                          fr.applied_shift_x, fr.applied_shift_y, "integer")
+        data, mask = registration.on_shape(registration.reorient(data, turn), registration.reorient(frame.mask, turn),
+                                           state.shape)
+        data, mask = shifting.shift_frame(data, mask, fr.applied_shift_x, fr.applied_shift_y, "integer")
     else:
         data, mask = shifting.shift_frame(
             data, frame.mask, fr.applied_shift_x, fr.applied_shift_y, state.config.shift.mode
