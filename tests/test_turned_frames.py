@@ -183,3 +183,18 @@ def test_non_square_sensor_turned_by_a_quarter_turn(tmp_path):
                 ys, xs = np.nonzero(np.isfinite(out))
                 fx, fy = got.apply(np.column_stack([xs, ys])).T.astype(int)
                 assert len(ys) > 384 * 300 and np.array_equal(out[ys, xs], raw[fy, fx])
+
+
+def test_affine_transform_setting_fits_optics_stretched_along_one_axis(tmp_path):
+    geos = [G(), G(rotation=0.6, stretch_y=1.003, shift=(2.5, -1.5))]
+    spec = synthetic.FieldSpec(shape=(768, 768), n_stars=350, seed=33, cosmic_rays=5)
+    truth = synthetic.write_geometry_field(tmp_path / "f", spec, geos, prefix="demo_", wcs=False)
+    true = Affine.from_list(truth.transforms[1])
+    corners = np.array([[0, 0], [767, 0], [0, 767], [767, 767]], float)
+    err = {}
+    for kind in ("similarity", "affine"):
+        state = pipeline.run(_truth_config(truth, tmp_path / kind, shift__mode="subpixel", shift__transform=kind))
+        got = Affine.from_list(state.frames[1].transform)
+        err[kind] = np.abs(got.apply(corners) - true.apply(corners)).max()
+    assert err["affine"] < 0.05 and err["similarity"] > 0.3, err
+    assert abs(got.axis_ratio - true.axis_ratio) < 2e-4
