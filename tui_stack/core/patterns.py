@@ -5,8 +5,9 @@ Triangles of the brightest stars are described by the ratios of their sides, whi
 a mirror or a change of plate scale leave alone. Each pair of triangles with the same ratios
 in the two lists proposes a similarity; the proposals vote in bins of (parity, angle, scale,
 where the reference's centre lands), and the winning bin's transform is kept only if it puts
-many reference stars on frame stars: a frame of another field matches a few by chance, not
-six or more within 2 px. The many-star fit (registration.refine_transform) refines it.
+many reference stars on frame stars: a fifth of those that land on the frame, 6 at the least,
+and well above what chance gives at the lists' density (random lists: at most 0.12 of them,
+measured). The many-star fit (registration.refine_transform) refines it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ from tui_stack.core.registration import Affine, fit_transform, pair_stars
 
 N_PATTERN = 30  # brightest stars of each list forming triangles (4060 triangles)
 N_VERIFY = 150  # stars of each list that check a proposal
-MIN_MATCHED = 6  # stars put on stars for a match: chance gives 3 (the triangle) + rarely 1
+MIN_MATCHED = 6  # stars put on stars for a match, at the least
+MIN_FRACTION = 0.2  # of the stars that could match: chance reaches 0.12 in a list 4x denser than 150 in 512^2
+# triangle pairs voting for it: random lists give a winning bin of 4-8 (12 at most in 1200 trials),
+# true ones hundreds (8 stars in common among the 30 brightest already give ~50)
+MIN_VOTES = 10
 RATIO_TOL = 0.006  # side-ratio tolerance: ~0.5 px of position error on a 150 px side
 
 
@@ -114,7 +119,7 @@ def match_patterns(ref_xy, frame_xy, scale_range: tuple[float, float] = (0.4, 2.
     ref_v, frm_v = ref_xy[:n_verify], frame_xy[:n_verify]
     best = None
     for b in np.argsort(-counts)[:5]:
-        if best is not None and counts[b] < 2:
+        if counts[b] < MIN_VOTES:
             break
         sel = inverse == b
         # start from the median proposal of the bin, then the stars it pairs
@@ -123,16 +128,33 @@ def match_patterns(ref_xy, frame_xy, scale_range: tuple[float, float] = (0.4, 2.
         match = _verify(tr, ref_v, frm_v, tolerance, int(counts[b]))
         if match is not None and (best is None or match.n_matched > best.n_matched):
             best = match
-    if best is None or best.n_matched < min_matched:
+    if best is None or best.votes < MIN_VOTES:
+        return None
+    if best.n_matched < _needed(best.transform, ref_v, frm_v, tolerance, min_matched):
         return None
     return best
+
+
+def _needed(tr: Affine, ref_v: np.ndarray, frm_v: np.ndarray, tolerance: float, min_matched: int) -> float:
+    """Matches a true pattern must reach: a fifth of the stars that could match (those the
+    transform puts inside the other list's star field, counted both ways: a chance transform of
+    large scale puts few reference stars on the frame but many frame stars on the reference),
+    and chance's expectation at this density (lam) plus 4 of its sigma plus the triangle's 3."""
+    def inside(xy, field):
+        lo, hi = field.min(axis=0), field.max(axis=0)
+        return int(((xy >= lo) & (xy <= hi)).all(axis=1).sum()), float(np.prod(np.maximum(hi - lo, 1.0)))
+
+    n_ref_in, area = inside(tr.apply(ref_v), frm_v)
+    n_frame_in, _ = inside(tr.inverse().apply(frm_v), ref_v)
+    lam = n_ref_in * len(frm_v) * np.pi * tolerance**2 / area
+    return max(min_matched, MIN_FRACTION * max(n_ref_in, n_frame_in), 3 + lam + 4 * np.sqrt(lam))
 
 
 def _verify(tr: Affine, ref_v: np.ndarray, frm_v: np.ndarray, tolerance: float, votes: int) -> PatternMatch | None:
     """Pair stars under a proposal with a tolerance that shrinks as the fit to the pairs improves."""
     mirrored = tr.mirrored
     fit = None
-    for tol in (5 * tolerance, 2 * tolerance, tolerance, tolerance):
+    for tol in (3 * tolerance, tolerance, tolerance):
         i, j = pair_stars(ref_v, frm_v, tr, tol)
         if len(i) < 3:
             return None
