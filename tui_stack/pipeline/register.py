@@ -218,7 +218,7 @@ def _register_turned(fr: FrameResult, ref: _Reference, state: RunState, frame, a
     other; anything else is a transform (subpixel mode) or refused (integer mode). Returns the
     frame's pixels as registered, or None if no pattern was found (fr as the shift left it)."""
     cfg = state.config
-    sub0, mask0, shape0 = as_read
+    sub0, mask0, _ = as_read
     if frame_stars is None or len(frame_stars) < 5 or not len(ref.reg_stars):
         return None
     guess = None
@@ -268,6 +268,7 @@ def _register_turned(fr: FrameResult, ref: _Reference, state: RunState, frame, a
     h, w = state.shape
     centre = np.array([(w - 1) / 2, (h - 1) / 2])
     fr.shift_x, fr.shift_y = (centre - tr.apply(centre)[0]).tolist()  # that of the field centre
+    fr.centroid_x, fr.centroid_y = tr.apply([ref.star.x, ref.star.y])[0].tolist()  # the reference star there
     fr.used = True
     fr.flags = [f for f in fr.flags if f not in ("no_match", "no_stars")]
     if abs(fr.rotation) > ROTATION_LIMIT_DEG:
