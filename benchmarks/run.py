@@ -601,6 +601,21 @@ def first_paint(directory: Path, runs: int = 5) -> dict | None:
             "ok": len(times) == runs, "output": ""}
 
 
+def wizard_bytes() -> dict | None:
+    """The bytes the wizard sends over one walk of the demo through all five screens at 80x24
+    (benchmarks/wizard_walk.py; tests/test_tmux.py holds it to 150 KB). None without tmux."""
+    if shutil.which("tmux") is None:
+        return None
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import wizard_walk
+
+    rows = wizard_walk.walk(80, 24, work=CACHE / "walk")
+    total = sum(r["bytes"] for r in rows)
+    return {"table": wizard_walk.table(rows),
+            "row": {"wall_s": None, "peak_rss_mb": None, "ok": total <= 150 * 1024, "output": "",
+                    "kbytes": round(total / 1024, 1), "steps": rows}}
+
+
 def _siril_shifts(log: str, n: int) -> np.ndarray:
     """Per-frame (x, y) shifts in our convention from Siril 1.0.6's one-thread register log."""
     shifts, current, dx = {}, None, None
@@ -675,6 +690,10 @@ def main() -> int:
     paint = first_paint(frames_dir)
     if paint is not None:
         add("tui-stack", "first paint", paint)
+        walk = wizard_bytes()
+        if walk is not None:
+            print(walk["table"])
+            add("tui-stack", "wizard walk KB", walk["row"])
     add("floor", "read+write", measure([sys.executable, "-c", FLOOR_SCRIPT, str(work / "floor.fits"), *map(str, files)]))
     for m in methods:
         add("tui-stack", m, measure(ts + ["combine", *map(str, files), "--method", m, "--out", str(work / f"ours_{m}.fits"),

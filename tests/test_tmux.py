@@ -50,52 +50,118 @@ class ByteMeter:
         return n
 
 
-def test_demo_in_tmux_80x24(tmp_path):
-    exe = Path(sys.executable).parent / "tui-stack"
-    cmd = f"{exe} demo --out {tmp_path / 'demo'} --frames 4 --size 512; echo EXIT=$?; sleep 30"
-    tmux("kill-server", check=False)
-    tmux("new-session", "-d", "-s", SESSION, "-x", "80", "-y", "24", cmd)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import wizard_walk  # noqa: E402  (the same walk as the benchmark's)
+
+KB = 1024
+BUDGET = {"key": 1 * KB, "screen": 15 * KB, "idle": 0}  # per step, at 80x24
+WALK_BUDGET = 150 * KB
+
+
+def no_error(label, screen):
+    assert "internal error" not in screen and "Traceback" not in screen, (label, screen)
+
+
+def replay(stream: str, cols: int, rows: int, tmp: Path, name: str) -> str:
+    """What a terminal (tmux) shows after receiving `stream`."""
+    sock = f"tui-stack-replay-{name}"
+    path = tmp / f"{name}.bytes"
+    path.write_bytes(stream.encode("utf-8"))
+    subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True)
+    subprocess.run(["tmux", "-L", sock, "new-session", "-d", "-s", sock, "-x", str(cols), "-y", str(rows),
+                    f"cat {path}; sleep 60"], check=True)
     try:
-        s = wait_for("files selected")
-        assert "demo_001.fits" in s and "1 Files" in s
-        time.sleep(1.0)  # the last repaint of the scan
-        log = tmp_path / "bytes.log"
-        tmux("pipe-pane", "-t", SESSION, "-o", f"cat >> {log}")
-        meter = ByteMeter(log)
-        time.sleep(2.0)
-        assert meter.since_mark() == 0  # idle: nothing at all
-        tmux("send-keys", "-t", SESSION, "Down")
-        time.sleep(0.8)
-        assert 0 < meter.since_mark() < 1024
-
-        tmux("send-keys", "-t", SESSION, "n")
-        s = wait_for("centroid 2dg")
-        assert "2 Reference" in s
-        time.sleep(1.0)
-        meter.since_mark()
-        for key in ("Left", "Left", "Up", "Right"):
-            tmux("send-keys", "-t", SESSION, key)
-            time.sleep(0.6)
-            assert 0 < meter.since_mark() < 1024, key
-        time.sleep(2.0)
-        assert meter.since_mark() == 0
-
-        tmux("send-keys", "-t", SESSION, "n")
-        wait_for("after shift")
-        tmux("send-keys", "-t", SESSION, "n")
-        wait_for("left out")
-        tmux("send-keys", "-t", SESSION, "n")
-        wait_for("method median (m)")
-        tmux("send-keys", "-t", SESSION, "c")
-        wait_for("combining (median): done")
-        tmux("send-keys", "-t", SESSION, "w")
-        wait_for("written to")
-        tmux("send-keys", "-t", SESSION, "q")
-        wait_for("EXIT=0")
-        assert (tmp_path / "demo" / "out" / "combined_median.fits").exists()
-        assert (tmp_path / "demo" / "out" / "tui-stack.toml").exists()
+        time.sleep(0.5)
+        last = None
+        for _ in range(50):  # until the pane stops changing
+            shown = subprocess.run(["tmux", "-L", sock, "capture-pane", "-p", "-e", "-t", sock],
+                                   capture_output=True, text=True).stdout
+            if shown == last:
+                return shown
+            last = shown
+            time.sleep(0.2)
+        return last
     finally:
-        tmux("kill-server", check=False)
+        subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True)
+
+
+def test_byte_budget_of_the_whole_walk_at_80x24(tmp_path):
+    """The README's walk through all five screens, combine and write, on the demo at 80x24:
+    nothing while idle, at most 1 KB per cursor key in every table and preview, at most 15 KB
+    per screen change, frame change or zoom, at most 150 KB in all. Then the screen the
+    terminal shows with only the changed cells sent equals the one Textual drew, at points
+    along the walk."""
+    raw = tmp_path / "raw.log"
+    rows = wizard_walk.walk(80, 24, work=tmp_path, frames=6, px=1024, env={"TUI_STACK_RAW_LOG": str(raw)},
+                            check=no_error)
+    table = wizard_walk.table(rows)
+    for r in rows:
+        kind = "screen" if r["kind"] == "focus" else r["kind"]
+        assert r["bytes"] <= BUDGET[kind], f"{r['step']}: {r['bytes']} B\n{table}"
+        if kind == "key" and "Tab" not in r["step"]:
+            assert r["bytes"] > 0, f"{r['step']} changed nothing\n{table}"  # the key did something
+    assert sum(r["bytes"] for r in rows) <= WALK_BUDGET, table
+    out = tmp_path / "demo" / "out"
+    assert (out / "combined_median.fits").exists() and (out / "tui-stack.toml").exists()
+
+    from tui_stack.tui.slim import ScreenDiff
+
+    chunks = raw.read_text(encoding="utf-8").split("\0")[:-1]
+    end = next(k for k, c in enumerate(chunks) if "\x1b[?1049l" in c)  # leaving: the shell is back
+    for cut in sorted({end // 4, end // 2, 3 * end // 4, end - 1}):
+        diff = ScreenDiff()
+        slim = "".join(diff(c) for c in chunks[: cut + 1])
+        full = "".join(chunks[: cut + 1])
+        assert len(slim) < len(full)
+        assert replay(slim, 80, 24, tmp_path, "slim") == replay(full, 80, 24, tmp_path, "full"), cut
+
+
+MODES = {
+    "NO_COLOR": {"NO_COLOR": "1"},
+    "16 colours": {"TERM": "xterm"},
+    "TERM=dumb": {"TERM": "dumb"},
+    "TERM=vt100": {"TERM": "vt100"},
+}
+SHORT_WALK = [
+    ("first paint", [], "files selected", "screen"),
+    ("Files -> Reference", ["n"], "chosen ✓", "screen"),
+    ("reference: Left", ["Left"], None, "key"),
+    ("Reference -> Shifts", ["n"], "frames used", "screen"),
+    ("shifts: Down", ["Down"], None, "key"),
+    ("Shifts -> Scales", ["n"], "left out", "screen"),
+    ("Scales -> Combine", ["n"], "method median", "screen"),
+    ("combine: c", ["c"], "combining (median): done", "screen"),
+    ("combine: w", ["w"], "written to", "screen"),
+]
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_terminal_modes_start_to_finish(tmp_path, mode):
+    """Each terminal as it is, through all five screens to the written outputs: no colour where
+    there is none, 16 colours only where there are 16, no alternate screen on dumb and vt100."""
+    alt = []
+
+    def check(label, screen):
+        no_error(label, screen)
+        alt.append(wizard_walk.tmux("display", "-p", "-t", wizard_walk.SOCKET, "#{alternate_on}").stdout.strip())
+
+    rows = wizard_walk.walk(80, 24, work=tmp_path, frames=4, px=512, env=MODES[mode], steps=SHORT_WALK, check=check)
+    assert rows[-1]["bytes"] == 0  # idle
+    assert (tmp_path / "demo" / "out" / "combined_median.fits").exists()
+    sent = (tmp_path / "bytes-80x24.log").read_text(encoding="utf-8", errors="replace")
+    if mode in ("TERM=dumb", "TERM=vt100"):
+        import re
+
+        params = {p for sgr in re.findall(r"\x1b\[([0-9;]*)m", sent) for p in sgr.split(";")}
+        assert not params & {"38", "48", *map(str, range(30, 50)), *map(str, range(90, 108))}, params
+        assert "\x1b[?1049h" not in sent and set(alt) == {"0"}
+    else:
+        assert set(alt) == {"1"}
+    if mode == "16 colours":
+        assert ";5;" not in sent and ";2;" not in sent
+        assert "░" in sent or "▒" in sent  # the preview's shades between the 4 greys
+    if mode in ("NO_COLOR", "TERM=dumb", "TERM=vt100"):
+        assert "▀" not in sent  # the ASCII preview
 
 
 @pytest.mark.skipif(importlib.util.find_spec("distributed") is None, reason="Dask is an optional extra")
@@ -117,12 +183,12 @@ def test_wizard_on_a_dask_cluster_in_tmux(tmp_path):
         wait_for("files selected")
         time.sleep(1.0)
         tmux("send-keys", "-t", SESSION, "n")
-        wait_for("centroid 2dg")
+        wait_for("chosen ✓")
         time.sleep(1.0)
         tmux("send-keys", "-t", SESSION, "n")
         s = wait_for("after shift")  # the table is filled and a frame's cut-out shown
-        row = next(line for line in s.splitlines() if "demo_004.fits" in line)
-        assert float(row.split()[3]) != 0 and "internal error" not in s
+        row = next(line.split() for line in s.splitlines() if line.split()[:1] == ["4"])  # frame 4: # file u x y
+        assert float(row[3]) != 0 and "internal error" not in s
         tmux("send-keys", "-t", SESSION, "q")
         tmux("send-keys", "-t", SESSION, "y")
         wait_for("EXIT=0")

@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     from tui_stack import rundir
 
     rundir.COMMITTED.clear()
+    if argv[:1] == ["help"]:  # `tui-stack help [COMMAND]` is help, not the wizard on a folder named help
+        argv = [*argv[1:2], "--help"]
     try:
         with signals.handled():
             if argv and argv[0] in SUBCOMMANDS:

@@ -3,192 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Iterable
 
-from textual.app import App, ComposeResult
+from textual.app import App, SystemCommand
 from textual.binding import Binding
-from textual.containers import Vertical
-from textual.screen import ModalScreen, Screen
-from textual.widgets import Footer, ProgressBar, Static
 
-from tui_stack import safetext
 from tui_stack.config import Config, load_config
 from tui_stack.errors import InputError
+from tui_stack.tui.common import STEPS, ConfirmScreen, crash_log, screen_bindings
 from tui_stack.tui.state import WizardState
-
-STEPS = ("Files", "Reference", "Shifts", "Scales", "Combine")
-
-
-def crash_log(exc: BaseException) -> Path | str:
-    """The traceback in a new private file of the user's state directory (tui_stack.crashlog)."""
-    from tui_stack import crashlog
-
-    return crashlog.write(exc) or "nowhere (the state directory is not writable)"
-
-
-def fixed_table(id: str, columns):
-    """A row-cursor table with fixed column widths: no reflow (and no extra bytes over SSH)
-    when rows arrive."""
-    from textual.widgets import DataTable
-
-    table = DataTable(id=id, cursor_type="row", classes="small-table")
-    for label, width in columns:
-        table.add_column(label, width=width)
-    return table
-
-
-class StepBar(Static):
-    """Where the user is: ' 1 Files > 2 Reference > ...' with the current step highlighted."""
-
-    def __init__(self, step: int):
-        parts = []
-        for i, name in enumerate(STEPS):
-            label = f" {i + 1} {name} "
-            parts.append(f"[reverse bold]{label}[/]" if i == step else f"[dim]{label}[/]" if i > step else label)
-        super().__init__(" > ".join(parts))
-
-
-class ConfirmScreen(ModalScreen[bool]):
-    BINDINGS = [Binding("y", "answer(True)", "Yes"), Binding("n,escape", "answer(False)", "No")]
-
-    def __init__(self, question: str):
-        super().__init__()
-        self.question = question
-
-    def compose(self) -> ComposeResult:
-        with Vertical():
-            yield Static(self.question)
-            yield Static("\n[b]y[/] yes    [b]n[/] no")
-
-    def action_answer(self, value: bool) -> None:
-        self.dismiss(value)
-
-
-class WizardScreen(Screen):
-    """A step of the wizard: step bar, body, progress line, status line, footer."""
-
-    STEP = 0
-    BINDINGS = [
-        Binding("n,ctrl+n", "next", "Next"),
-        Binding("b,ctrl+b", "back", "Back"),
-    ]
-
-    @property
-    def ws(self) -> WizardState:
-        return self.app.ws
-
-    def compose(self) -> ComposeResult:
-        yield StepBar(self.STEP)
-        yield from self.compose_body()
-        yield ProgressBar(id="progress", show_eta=False, classes="idle")
-        yield Static("", id="status", classes="status", markup=False)
-        yield Footer()
-
-    def compose_body(self) -> ComposeResult:
-        yield from ()
-
-    def status(self, text: str, error: bool = False) -> None:
-        st = self.query_one("#status", Static)
-        st.update(safetext.markup(text))  # messages name files: any name is shown as it is
-        st.set_class(error, "error")
-
-    # ------------------------------------------------------------ long work in a thread
-
-    def run_task(self, label: str, fn: Callable, done: Callable | None = None) -> None:
-        """Run fn(progress) in a worker thread; progress(stage, k, n) drives the bar; errors become
-        messages (a bug also writes a log); done(result) runs on the UI thread."""
-        bar = self.query_one("#progress", ProgressBar)
-        bar.remove_class("idle")
-        bar.update(total=100, progress=0)
-        self.status(f"{label}…")
-        last = [-1]
-
-        def progress(stage, k, n):
-            worker = self._worker
-            if worker is not None and worker.is_cancelled:
-                from tui_stack.core.combine import Cancelled
-
-                raise Cancelled()
-            pct = int(100 * k / max(n, 1))
-            if pct != last[0]:  # at most 101 repaints per step: cheap over SSH
-                last[0] = pct
-                self.app.call_from_thread(self._progress, stage, pct)
-
-        def work():
-            from tui_stack import compute
-            from tui_stack.core.combine import Cancelled
-
-            try:
-                with compute.using(self.app.engine()):
-                    result = fn(progress)
-            except Cancelled:
-                self.app.call_from_thread(self._finish, None, f"{label}: cancelled", False)
-                return
-            except InputError as exc:
-                self.app.call_from_thread(self._finish, None, str(exc), True)
-                return
-            except Exception as exc:  # a bug: keep the app alive, keep the evidence
-                log = crash_log(exc)
-                self.app.call_from_thread(
-                    self._finish, None, f"internal error ({type(exc).__name__}: {exc}); details in {log}", True
-                )
-                return
-            self.app.call_from_thread(self._finish, (done, result), f"{label}: done", False)
-
-        self._worker = self.run_worker(work, thread=True, exclusive=True, group="step")
-
-    _worker = None
-
-    def _progress(self, stage: str, pct: int) -> None:
-        self.query_one("#progress", ProgressBar).update(progress=pct)
-        dashboard = self.app.dashboard
-        self.status(f"{stage}… {pct}%" + (f"  Dask dashboard: {dashboard}" if dashboard else ""))
-
-    def _finish(self, payload, message: str, error: bool) -> None:
-        self._worker = None
-        self.app.save_session(self.STEP)
-        self.query_one("#progress", ProgressBar).add_class("idle")
-        self.status(message, error)
-        if error:
-            self.notify(safetext.terminal(message), severity="error", timeout=12, markup=False)
-        if payload is not None:
-            done, result = payload
-            if done is not None:
-                done(result)
-
-    @property
-    def busy(self) -> bool:
-        return self._worker is not None
-
-    def action_cancel_task(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-
-    # ------------------------------------------------------------ navigation
-
-    def can_leave(self) -> bool:
-        """Checked before going to the next step; say why not with self.status."""
-        return True
-
-    def action_next(self) -> None:
-        if self.busy:
-            self.status("still working; wait or press escape to cancel")
-            return
-        if self.STEP + 1 < len(STEPS) and self.can_leave():
-            self.app.goto(self.STEP + 1)
-
-    def action_back(self) -> None:
-        if self.STEP > 0 and not self.busy:
-            self.app.goto(self.STEP - 1)
 
 
 class StackApp(App):
     TITLE = "tui-stack"
     CSS_PATH = "app.tcss"
-    ENABLE_COMMAND_PALETTE = False
+    ENABLE_COMMAND_PALETTE = True  # ctrl+p: every action of the screen by name
     BINDINGS = [
-        Binding("q", "request_quit", "Quit"),
-        Binding("ctrl+c,ctrl+q", "request_quit", "Quit", show=False, priority=True),
+        Binding("q", "request_quit", "Quit (asks if measured work is not written)"),
+        Binding("ctrl+c,ctrl+q", "request_quit", show=False, priority=True),
     ]
 
     def __init__(self, directory: Path, config: Config | None = None, resume: dict | None = None, engine=None):
@@ -219,14 +51,48 @@ class StackApp(App):
             self._engine = (want, compute.open_compute(*want))
         return self._engine[1]
 
-    def on_unmount(self) -> None:
-        if self._engine is not None and self._engine[1] is not self._given_engine:
-            self._engine[1].close()
-
     @property
     def dashboard(self) -> str | None:
         return getattr(self._engine[1], "dashboard", None) if self._engine else None
 
+
+    def get_driver_class(self):
+        """Textual's terminal driver, sending only the cells that changed (tui/slim.py);
+        TUI_STACK_FULL_REPAINT=1 sends what Textual writes, as it is (for comparison)."""
+        import os
+
+        from textual.drivers.linux_driver import LinuxDriver
+
+        from tui_stack.tui.slim import slim_driver
+
+        base = super().get_driver_class()
+        if os.environ.get("TUI_STACK_FULL_REPAINT") or not issubclass(base, LinuxDriver):
+            return base
+        return slim_driver(base)
+
+    def get_system_commands(self, screen) -> Iterable[SystemCommand]:
+        """The command palette: every action of the wizard screen by its description."""
+        target = screen if hasattr(screen, "STEP") else None
+        if target is not None:
+            for b in screen_bindings(target):
+                owner = self if b in type(self).BINDINGS else target
+
+                def run(action=b.action, owner=owner):
+                    self.call_later(self.run_action, action, owner)
+
+                yield SystemCommand(b.description, f"key {self.get_key_display(b)}", run)
+        yield from super().get_system_commands(screen)
+
+    def action_command_palette(self) -> None:
+        super().action_command_palette()
+
+        def still() -> None:  # a blinking cursor costs ~1.8 KB/s over SSH while the palette is open
+            from textual.widgets import Input
+
+            for field in self.screen.query(Input):
+                field.cursor_blink = False
+
+        self.call_after_refresh(still)
 
     def on_mount(self) -> None:
         import asyncio
@@ -285,13 +151,36 @@ class StackApp(App):
         self.switch_screen(self._screen_for(step))
         self.save_session(step)
 
-    def save_session(self, step: int) -> None:
+    def save_session(self, step: int | None = None) -> None:
         from tui_stack.tui import session
 
-        if self.ws.resume is None:  # not while a saved session is being restored
-            session.save(self.ws, step)
+        if step is None:
+            step = getattr(self.screen, "STEP", 0)
+        if self.ws.resume is not None:  # not while a saved session is being restored
+            return
+        ui = dict(self.ws.ui_restore)  # screens not built yet keep what was restored
+        for i, name in enumerate(STEPS):
+            if self.is_screen_installed(name):
+                screen = self.get_screen(name)
+                if screen.is_mounted:
+                    ui[str(i)] = screen.ui_state()
+        saved = session.save(self.ws, step, ui)
+        if saved is None and not self._session_warned:
+            self._session_warned = True
+            self.notify("another tui-stack holds the session of this directory: this one is not saved",
+                        severity="warning", timeout=6, markup=False)
+
+    _session_warned = False
+
+    def on_unmount(self) -> None:
+        from tui_stack.tui import session
+
+        session.release(session.session_path(self.ws.config.input.directory))
+        if self._engine is not None and self._engine[1] is not self._given_engine:
+            self._engine[1].close()
 
     def action_request_quit(self) -> None:
+        self.save_session()
         if not self.ws.dirty:
             self.exit(0)
             return
@@ -314,13 +203,17 @@ def run_app(directory: Path, config_path: Path | None = None, resume: bool = Fal
         from tui_stack.config import config_from_dict
         from tui_stack.tui import session
 
-        saved = session.load()
+        given = Path(directory).resolve() != Path.cwd().resolve()
+        saved = session.load(Path(directory) if given else None)
+        if saved is None and not given:
+            saved = session.load(Path(directory))
         if saved is None:
-            raise InputError(f"no saved session to resume ({session.session_path()} not found)")
+            where = session.session_path(directory) if given else session.state_dir()
+            raise InputError(f"no saved session to resume ({where}: none found)")
         try:
             config = config_from_dict(tomllib.loads(saved["config"]))
         except InputError as exc:
-            raise InputError(f"{session.session_path()}: saved session's config: {exc}") from None
+            raise InputError(f"{saved['_path']}: saved session's config: {exc}") from None
     else:
         config = load_config(config_path) if config_path else None  # it names its own directory
     engine = None

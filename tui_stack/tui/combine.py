@@ -5,27 +5,28 @@ from __future__ import annotations
 from pathlib import Path
 
 from textual.app import ComposeResult
-
-from tui_stack.fmt import fmt
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Input, Label, Static
 
 from tui_stack.core.combine import METHODS
-from tui_stack.tui.app import fixed_table
+from tui_stack.fmt import fmt
+from tui_stack.tui.common import PreviewScreen, fixed_table
 from tui_stack.tui.preview import ImageView
-from tui_stack.tui.reference import PreviewScreen
-from tui_stack import safetext
-
 
 
 class CombineScreen(PreviewScreen):
     STEP = 4
+    KEYS = "[b]m[/] method  [b]tab[/] fields  [b]c[/] combine  [b]w[/] write"
+    HELP = ("Combine the shifted, scaled frames. m cycles the method; tab reaches nlow, nhigh, sigma, the "
+            "results table, the photometry table and the output directory (tab leaves a field). "
+            "c combines (escape cancels); each method's result is kept side by side "
+            "(flux/ref: median photometry ratio against the reference); w writes the outputs and "
+            "tui-stack.toml, from which `tui-stack run` gives the same result.")
     BINDINGS = [
-        Binding("m", "method", "Method"),
-        Binding("c", "combine", "Combine"),
-        Binding("w", "write", "Write"),
-        Binding("tab", "focus_next", "Focus", show=False),
+        Binding("m", "method", "Next combine method"),
+        Binding("c", "combine", "Combine with the method and parameters shown"),
+        Binding("w", "write", "Write the outputs and tui-stack.toml"),
     ]
 
     def compose_body(self) -> ComposeResult:
@@ -55,10 +56,11 @@ class CombineScreen(PreviewScreen):
         self._method_label()
         self.query_one("#results", DataTable).focus()
         self._fill()
+        self.restore_ui()
         if self.ws.run is None or not self.ws.run.comparison_stars:
             self.status("measure the scales first (b: back)", error=True)
         else:
-            self.status("m: method, c: combine (escape cancels), w: write the outputs and the config")
+            self.status(f"method {self.ws.config.combine.method}: c combines, w writes; ? lists every key")
 
     def _method_label(self) -> None:
         self.query_one("#method", Static).update(f"method [b]{self.ws.config.combine.method}[/] (m)")
@@ -67,6 +69,7 @@ class CombineScreen(PreviewScreen):
         cfg = self.ws.config
         cfg.combine.method = METHODS[(METHODS.index(cfg.combine.method) + 1) % len(METHODS)]
         self._method_label()
+        self.save_soon()
 
     def _read_params(self) -> bool:
         from tui_stack.config import parse_value
@@ -192,8 +195,7 @@ class CombineScreen(PreviewScreen):
     def _written(self, out: Path) -> None:
         self.ws.dirty = False
         self.ws.written_to = out
-        self.status(f"written to {out} (config: tui-stack.toml; tui-stack run reproduces it). q: quit")
-        self.notify(safetext.terminal(f"outputs and config written to {out}"), timeout=8, markup=False)
+        self.status(f"written to {out}/ with tui-stack.toml (for tui-stack run); q quits")
 
     def on_unmount(self) -> None:
         if self._cache is not None:

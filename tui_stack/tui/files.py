@@ -7,23 +7,28 @@ from pathlib import Path
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.widgets import DataTable, Input
+from textual.widgets import DataTable, Input, Static
 
-from tui_stack.fmt import fmt
-from tui_stack.tui.app import WizardScreen
 from tui_stack import safetext
+from tui_stack.fmt import fmt
+from tui_stack.tui.common import WizardScreen, fixed_table, row_index
 
-COLUMNS = ("use", "file", "DATE-OBS", "EXPTIME", "FILTER", "type", "shape", "median", "std", "max", "note")
+# narrow columns for 80 columns; the detail line under the table gives the highlighted file in full
+COLUMNS = (("u", 1), ("file", 15), ("date  time", 11), ("exp", 4), ("filt", 4), ("shape", 9), ("median", 7),
+           ("note", 10))
 
 
 class FilesScreen(WizardScreen):
     STEP = 0
+    KEYS = "[b]space[/] use/skip  [b]/[/] filter  [b]n[/] next"
+    HELP = ("Which frames to stack: the directory, the glob and the header filter (KEY=VALUE, ...) select "
+            "them; space leaves one out. Column u: ✓ used, · skipped; the line under the table shows the "
+            "highlighted file in full, with the reason an unreadable file is left out.")
     BINDINGS = [
-        Binding("space", "toggle", "Use/skip"),
-        Binding("a", "toggle_all", "All"),
-        Binding("r", "rescan", "Rescan"),
-        Binding("slash", "edit", "Edit filter"),
-        Binding("escape", "cancel_task", "Cancel", show=False),
+        Binding("space,x", "toggle", "Use or skip the highlighted frame (x as on Shifts)", key_display="space"),
+        Binding("a", "toggle_all", "Use all frames, or skip all"),
+        Binding("r", "rescan", "Read the directory again"),
+        Binding("slash", "edit", "Edit the header filter (enter applies)", key_display="/"),
     ]
 
     def compose_body(self) -> ComposeResult:
@@ -33,9 +38,8 @@ class FilesScreen(WizardScreen):
             yield Input(str(cfg.input.directory), placeholder="directory", id="directory")
             yield Input(cfg.input.pattern, placeholder="glob, e.g. *.fits", id="pattern")
             yield Input(select, placeholder="header filter, e.g. PICTTYPE=1", id="filter")
-        table = DataTable(id="files", cursor_type="row", zebra_stripes=False)
-        table.add_columns(*COLUMNS)
-        yield table
+        yield fixed_table("files", COLUMNS)
+        yield Static("", id="detail", classes="detail", markup=False)
 
     def on_mount(self) -> None:
         for inp in self.query(Input):
@@ -80,32 +84,54 @@ class FilesScreen(WizardScreen):
         table = self.query_one(DataTable)
         table.clear()
         self.ws.infos, self.ws.included = [], set()
-        self.ws.run = None
+        self._changed = True
 
         def scan(progress):
+            import time
+
             from tui_stack import pipeline
 
             n = 0
+            batch, sent = [], time.monotonic()
             for info in pipeline.scan(directory, pattern, progress):
                 n += 1
                 if info.error or info.selected_by(select):
-                    self.app.call_from_thread(self._add, info)
+                    batch.append(info)
+                if batch and time.monotonic() - sent > 0.5:  # rows in batches: each add repaints the table
+                    self.app.call_from_thread(self._add, batch)
+                    batch, sent = [], time.monotonic()
+            if batch:
+                self.app.call_from_thread(self._add, batch)
             return n
 
         self.run_task("reading frames", scan, self._scanned)
 
-    def _add(self, info) -> None:
+    def _add(self, infos) -> None:
         ws = self.ws
-        ws.infos.append(info)
-        i = len(ws.infos) - 1
-        if not info.error:
-            ws.included.add(i)
-        shape = f"{info.shape[1]}x{info.shape[0]}" if info.shape else ""
-        self.query_one(DataTable).add_row(
-            "✓" if i in ws.included else "·", safetext.markup(info.path.name), safetext.markup(info.date_obs[:19]), fmt(info.exptime, "g", missing=""),
-            info.filter, info.imagetyp, shape, fmt(info.median, ".1f", ""), fmt(info.std, ".1f", ""), fmt(info.max, ".0f", missing=""),
-            info.error, key=str(i),
-        )
+        table = self.query_one(DataTable)
+        for info in infos:
+            ws.infos.append(info)
+            i = len(ws.infos) - 1
+            if not info.error:
+                ws.included.add(i)
+            shape = f"{info.shape[1]}x{info.shape[0]}" if info.shape else ""
+            table.add_row(
+                "✓" if i in ws.included else "·", safetext.markup(info.path.name),
+                safetext.markup(info.date_obs[5:16].replace("T", " ")),
+                fmt(info.exptime, "g", missing=""), info.filter, shape, fmt(info.median, ".1f", ""),
+                info.error, key=str(i),
+            )
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.row_key is None or int(event.row_key.value) >= len(self.ws.infos):
+            return
+        info = self.ws.infos[int(event.row_key.value)]
+        if info.error:
+            text = f"{info.path.name}: unreadable, not used: {info.error}"
+        else:
+            text = (f"{info.path.name}  {info.date_obs}  {info.imagetyp or '-'}  median "
+                    f"{fmt(info.median, '.1f', '?')} std {fmt(info.std, '.1f', '?')} max {fmt(info.max, '.0f', missing='?')}")
+        self.query_one("#detail", Static).update(safetext.terminal(text))
 
     def _scanned(self, n_files: int) -> None:
         ws = self.ws
@@ -121,8 +147,8 @@ class FilesScreen(WizardScreen):
         if len(ws.infos) < n_files:
             msg += f" ({n_files - len(ws.infos)} left out by the header filter)"
         if bad:
-            msg += f"; {bad} unreadable (see note)"
-        self.status(msg + ". space: use/skip, n: next")
+            msg += f"; {bad} unreadable (the line above says why)"
+        self.status(msg)
         if ws.resume is not None:
             self.call_after_refresh(self._resume)  # once the scan's worker has fully ended
 
@@ -136,6 +162,8 @@ class FilesScreen(WizardScreen):
         for i, info in enumerate(ws.infos):
             self._set_use(i, info.path.name in names and not info.error)
         stale = session.restore_run(ws, data)
+        self._changed = False  # the restored state is the selection's
+        self.restore_ui(fields=False)
         step = int(data.get("step", 0))
         if stale:
             self.status(stale, error=True)
@@ -161,14 +189,42 @@ class FilesScreen(WizardScreen):
         (ws.included.add if use else ws.included.discard)(i)
         table = self.query_one(DataTable)
         table.update_cell(str(i), table.ordered_columns[0].key, "✓" if use else "·")
-        ws.run = None
+        self._changed = True
+
+    _changed = False  # the selection changed here since the pipeline state was last told
+
+    def _apply_selection(self) -> bool:
+        """Leaving with another selection: the pipeline selects the frames again and its state
+        drops what depended on the old set (RunState.set_files; the wizard's preview too), or
+        skips and takes back frames already measured (RunState.set_used)."""
+        from tui_stack import pipeline
+        from tui_stack.errors import InputError
+
+        ws = self.ws
+        if ws.run is None:
+            return True  # built on the next screen
+        cfg = ws.config_for_run()
+        try:
+            files = pipeline.select(cfg)
+        except InputError as exc:
+            self.status(str(exc), error=True)
+            return False
+        if files != ws.run.files:
+            ws.run.set_files(files)
+            ws.ref_image, ws.star_xy = None, None
+        else:  # the same frames, some skipped or taken back: measured shifts stay
+            chosen = set(ws.selected_files())
+            for i, fr in enumerate(ws.run.frames):
+                if (fr.path in chosen) != ("excluded" not in fr.flags):
+                    ws.run.set_used(i, fr.path in chosen)
+        ws.run.config = cfg
+        self._changed = False
+        return True
 
     def action_toggle(self) -> None:
-        table = self.query_one(DataTable)
-        if not self.ws.infos or table.cursor_row is None:
+        i = row_index(self.query_one(DataTable))
+        if not self.ws.infos or i is None:
             return
-        row_key = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key
-        i = int(row_key.value)
         self._set_use(i, i not in self.ws.included)
         self.status(f"{len(self.ws.usable_infos())} frames selected")
 
@@ -186,4 +242,4 @@ class FilesScreen(WizardScreen):
         if len(shapes) > 1:
             self.status("the selected frames differ in shape; skip the odd ones (space)", error=True)
             return False
-        return True
+        return not self._changed or self._apply_selection()

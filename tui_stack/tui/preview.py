@@ -19,9 +19,15 @@ from textual.strip import Strip
 from textual.widget import Widget
 
 ASCII_RAMP = " .:-=+*#%@"
-# 256-colour greys: far fewer bytes per cell than 24-bit colour, plenty for a preview.
-GREYS = [16] + list(range(232, 256)) + [231]
-_FG = [Style(color=f"color({g})") for g in GREYS]
+# 256-colour greys: far fewer bytes per cell than 24-bit colour. 13 levels, every other grey of
+# the ramp: neighbouring cells share a colour more often (a colour change costs ~12 bytes).
+GREYS = [16, 232, 234, 236, 238, 240, 242, 244, 246, 248, 250, 252, 255]
+# 16 colours have 4 greys: shade characters between them give 11 steps (one pixel per cell)
+SHADES = [(" ", "black", "black"), ("░", "bright_black", "black"), ("▒", "bright_black", "black"),
+          ("▓", "bright_black", "black"), (" ", "black", "bright_black"), ("░", "white", "bright_black"),
+          ("▒", "white", "bright_black"), (" ", "black", "white"), ("░", "bright_white", "white"),
+          ("▒", "bright_white", "white"), (" ", "black", "bright_white")]
+_SHADE_STYLE = [Style(color=fg, bgcolor=bg) for _, fg, bg in SHADES]
 _CELL = {}
 
 
@@ -34,6 +40,16 @@ def _cell_style(top: int, bottom: int) -> Style:
 
 def no_colour() -> bool:
     return bool(os.environ.get("NO_COLOR"))
+
+
+def colour_mode(app) -> str:
+    """'grey' (256 colours or more), 'shades' (16 colours) or 'ascii' (NO_COLOR, TERM=dumb)."""
+    from tui_stack.tui.slim import terminal_kind
+
+    system = getattr(getattr(app, "console", None), "color_system", "truecolor")
+    if no_colour() or system is None or not terminal_kind()[0]:
+        return "ascii"
+    return "shades" if system in ("standard", "windows") else "grey"
 
 
 def zscale_limits(image: np.ndarray) -> tuple[float, float]:
@@ -70,7 +86,25 @@ class ImageView(Widget, can_focus=True):
         self.magnify = magnify
         self._levels: np.ndarray | None = None  # (2*rows, cols) level indices for the view
         self._user_view = False  # zoomed or panned by the user: keep it on resize
-        self.ascii = no_colour()
+        self.mode = "ascii" if no_colour() else "grey"
+        self.fit_scale = 1.0
+
+    @property
+    def ascii(self) -> bool:
+        return self.mode != "grey"  # one pixel per cell (no half blocks)
+
+    def on_mount(self) -> None:
+        self.mode = colour_mode(self.app)
+
+    def zoom_label(self) -> str:
+        z = self.fit_scale / self.scale
+        zoom = f"{z:.0f}x" if z >= 1 else f"1/{1 / z:.0f}x"
+        px = f"{self.scale:.0f} px/cell" if self.scale >= 1 else f"{1 / self.scale:.0f} cells/px"
+        return f"zoom {zoom}, {px}"
+
+    def _show_zoom(self) -> None:
+        if not self.magnify:
+            self.border_title = self.zoom_label()
 
     # ------------------------------------------------------------ data
 
@@ -88,18 +122,31 @@ class ImageView(Widget, can_focus=True):
             self.fit()
         self._invalidate()
 
-    def fit(self) -> None:
+    def fit(self, user: bool = False) -> None:
         if self.image is None:
             return
         h, w = self.image.shape
         cols, rows = max(1, self.size.width), max(1, self.size.height * self._sub())
-        s = max(w / cols, h / rows)
+        s = max(w * self._aspect() / cols, h / rows)
         self.scale = s if not self.magnify or s >= 1 else 1 / max(1, int(1 / s))
+        self.fit_scale = self.scale
         self.cx, self.cy = (w - 1) / 2, (h - 1) / 2
+        if user:
+            self._user_view = False
+        self._show_zoom()
         self._invalidate()
 
     def _sub(self) -> int:
         return 1 if self.ascii else 2
+
+    def _aspect(self) -> float:
+        """Rows of pixels per column of pixels in one drawn unit: a cell is about twice as tall
+        as wide, so one value per cell covers half as many pixels across as down."""
+        return 2.0 if self.ascii else 1.0
+
+    @property
+    def xscale(self) -> float:
+        return self.scale / self._aspect()
 
     def zoom(self, factor: float) -> None:
         if self.image is None:
@@ -107,26 +154,33 @@ class ImageView(Widget, can_focus=True):
         self.scale = float(np.clip(self.scale / factor, 1 / 16, max(self.image.shape)))
         self.cx, self.cy = self.cursor
         self._user_view = True
+        self._show_zoom()
         self._invalidate()
 
     def pan(self, dx_cells: int, dy_cells: int) -> None:
-        self.cx += dx_cells * self.scale
+        self.cx += dx_cells * self.xscale
         self.cy -= dy_cells * self.scale * self._sub()
         self._user_view = True
         self._invalidate()
 
     def set_markers(self, markers: dict) -> None:
-        self.markers = markers
-        self.refresh()
+        """Markers at image pixels; only the cells they leave and enter are repainted."""
+        old = self.markers
+        self.markers = dict(markers)
+        if self._levels is None:
+            return  # a whole repaint is coming anyway
+        for xy in set(old) ^ set(markers) | {k for k in markers if old.get(k) != markers[k]}:
+            cell = self._cell_of(*xy)
+            if cell is not None:
+                self.refresh(Region(cell[0], cell[1], 1, 1))
 
     def move_cursor(self, dx: int, dy: int) -> None:
         """Move by image pixels (at least one cell's worth); y up."""
         if self.image is None:
             return
         h, w = self.image.shape
-        step = max(1, int(round(self.scale)))
-        x = int(np.clip(self.cursor[0] + dx * step, 0, w - 1))
-        y = int(np.clip(self.cursor[1] + dy * step, 0, h - 1))
+        x = int(np.clip(self.cursor[0] + dx * max(1, int(round(self.xscale))), 0, w - 1))
+        y = int(np.clip(self.cursor[1] + dy * max(1, int(round(self.scale))), 0, h - 1))
         self.set_cursor(x, y)
 
     def set_cursor(self, x: int, y: int) -> None:
@@ -137,9 +191,9 @@ class ImageView(Widget, can_focus=True):
             self.cx, self.cy = x, y
             self._invalidate()
         else:
-            for cell in (old, new):
+            for cell in (old, new):  # the cursor is drawn in the cells left and right of its pixel
                 if cell is not None:
-                    self.refresh(Region(cell[0], cell[1], 1, 1))
+                    self.refresh(Region(max(0, cell[0] - 1), cell[1], 3, 1))
         self.post_message(self.CursorMoved(self, *self.cursor))
 
     def value_at(self, x: int, y: int) -> float:
@@ -151,14 +205,14 @@ class ImageView(Widget, can_focus=True):
 
     def _origin(self):
         cols, rows = self.size.width, self.size.height * self._sub()
-        return self.cx - cols / 2 * self.scale, self.cy + rows / 2 * self.scale
+        return self.cx - cols / 2 * self.xscale, self.cy + rows / 2 * self.scale
 
     def _cell_of(self, x: float, y: float):
         """Widget cell (col, row) showing image pixel (x, y), or None if off view."""
         if self.size.width == 0:
             return None
         x0, ytop = self._origin()
-        col = int(np.floor((x - x0) / self.scale + 1e-9))
+        col = int(np.floor((x - x0) / self.xscale + 1e-9))
         sub = int(np.floor((ytop - y) / self.scale + 1e-9))
         row = sub // self._sub()
         if 0 <= col < self.size.width and 0 <= row < self.size.height:
@@ -179,34 +233,43 @@ class ImageView(Widget, can_focus=True):
         img = self.image
         h, w = img.shape
         x0, ytop = self._origin()
-        s = self.scale
+        s, sx = self.scale, self.xscale
         lo, hi = self.limits
-        n = len(GREYS) if not self.ascii else len(ASCII_RAMP)
+        n = {"grey": len(GREYS), "shades": len(SHADES), "ascii": len(ASCII_RAMP)}[self.mode]
         vals = np.full((rows, cols), np.nan, dtype=np.float32)
         if s > 1:
             # Block means over whole image pixels: the sky goes flat grey and stars stand out;
             # block maxima would turn every block's noise peak into a star.
-            b = int(np.ceil(s))
-            xs = np.floor(x0 + np.arange(cols) * s).astype(int)
+            b, bx = int(np.ceil(s)), max(1, int(np.ceil(sx)))
+            xs = np.floor(x0 + np.arange(cols) * sx).astype(int)
             ys = np.floor(ytop - (np.arange(rows) + 1) * s).astype(int)
-            pad = b + 1
+            pad = max(b, bx) + 1
             padded = np.full((h + 2 * pad, w + 2 * pad), np.nan, dtype=np.float32)
             padded[pad:-pad, pad:-pad] = img
-            okx = (xs > -b) & (xs < w)
+            okx = (xs > -bx) & (xs < w)
             oky = (ys > -b) & (ys < h)
             xi = np.clip(xs[okx], -pad, w) + pad
             yi = np.clip(ys[oky], -pad, h) + pad
             blocks = padded[yi[:, None, None, None] + np.arange(b)[None, None, :, None],
-                            xi[None, :, None, None] + np.arange(b)[None, None, None, :]]
+                            xi[None, :, None, None] + np.arange(bx)[None, None, None, :]]
             with np.errstate(invalid="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 means = np.nanmean(blocks, axis=(2, 3))
             vals[np.ix_(np.nonzero(oky)[0], np.nonzero(okx)[0])] = means
         else:
-            xs = np.floor(x0 + (np.arange(cols) + 0.5) * s).astype(int)
+            xs = np.floor(x0 + (np.arange(cols) + 0.5) * sx).astype(int)
             ys = np.floor(ytop - (np.arange(rows) + 0.5) * s).astype(int)
             okx, oky = (xs >= 0) & (xs < w), (ys >= 0) & (ys < h)
             vals[np.ix_(np.nonzero(oky)[0], np.nonzero(okx)[0])] = img[np.ix_(ys[oky], xs[okx])]
+        if not self.magnify and np.isfinite(vals).sum() > 16:
+            # The sky's noise drawn as one flat grey: a colour change per cell of noise would
+            # cost ~12 bytes each over SSH and show nothing; stars stay as they are.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                sky = np.nanmedian(vals)
+                spread = 1.4826 * np.nanmedian(np.abs(vals - sky))
+            with np.errstate(invalid="ignore"):
+                vals = np.where(np.abs(vals - sky) < 2.5 * spread, sky, vals)
         with np.errstate(invalid="ignore"):
             lev = np.clip((vals - lo) / (hi - lo), 0, 1) * (n - 1)
         out = np.where(np.isfinite(lev), lev, -1).astype(np.int16)
@@ -220,7 +283,7 @@ class ImageView(Widget, can_focus=True):
     def render_line(self, y: int) -> Strip:
         width = self.size.width
         if self.image is None:
-            return Strip([Segment(" " * width)])
+            return Strip([Segment(" " * width, Style())])
         if self._levels is None or self._levels.shape != (self.size.height * self._sub(), width):
             self._compute_levels()
         cursor_cell = self._cell_of(*self.cursor) if self.cursor_visible else None
@@ -229,20 +292,35 @@ class ImageView(Widget, can_focus=True):
             cell = self._cell_of(mx, my)
             if cell is not None and cell[1] == y:
                 marks[cell[0]] = (ch, colour)
+        cursor_cols = {}
+        if cursor_cell is not None and cursor_cell[1] == y:  # brackets beside the pixel, not over it
+            cursor_cols = {cursor_cell[0] - 1: "[", cursor_cell[0] + 1: "]"}
         segs = []
-        if self.ascii:
+        if self.mode == "ascii":
             row = self._levels[y]
             chars = [ASCII_RAMP[v] if v >= 0 else " " for v in row]
             for c, (ch, _) in marks.items():
                 chars[c] = ch
-            if cursor_cell is not None and cursor_cell[1] == y:
-                chars[cursor_cell[0]] = "+"
-            return Strip([Segment("".join(chars))])
+            for c, ch in cursor_cols.items():
+                if 0 <= c < width:
+                    chars[c] = ch
+            return Strip([Segment("".join(chars), Style())])
+        if self.mode == "shades":
+            row = self._levels[y]
+            for c in range(width):
+                if c in cursor_cols:
+                    segs.append(Segment(cursor_cols[c], Style(color="bright_red", bgcolor="black", bold=True)))
+                elif c in marks:
+                    segs.append(Segment(marks[c][0], Style(color=marks[c][1], bgcolor="black", bold=True)))
+                else:
+                    v = max(0, int(row[c]))
+                    segs.append(Segment(SHADES[v][0], _SHADE_STYLE[v]))
+            return Strip(list(Segment.simplify(segs)), width)
         top, bot = self._levels[2 * y], self._levels[2 * y + 1]
         run_style, run_text = None, []
         for c in range(width):
-            if cursor_cell is not None and cursor_cell == (c, y):
-                style, ch = Style(color="red", bgcolor="black", bold=True), "+"
+            if c in cursor_cols:
+                style, ch = Style(color="red", bgcolor="black", bold=True), cursor_cols[c]
             elif c in marks:
                 ch, colour = marks[c]
                 style = Style(color=colour, bgcolor=f"color({GREYS[max(0, bot[c])]})", bold=True)

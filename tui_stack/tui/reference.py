@@ -8,95 +8,27 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Static
 
-from tui_stack.tui.app import WizardScreen
-from tui_stack.tui.preview import ImageView
 from tui_stack import safetext
-
-CUTOUT = 19  # px: one pixel per half-cell in a 12-row box
-
-
-def cutout(image: np.ndarray, x: float, y: float, size: int = CUTOUT) -> np.ndarray:
-    """A size x size stamp centred on (x, y); NaN outside the image."""
-    h, w = image.shape
-    half = size // 2
-    out = np.full((size, size), np.nan, dtype=np.float32)
-    xc, yc = int(round(x)), int(round(y))
-    x0, x1 = max(0, xc - half), min(w, xc + half + 1)
-    y0, y1 = max(0, yc - half), min(h, yc + half + 1)
-    if x1 > x0 and y1 > y0:
-        out[y0 - (yc - half) : y1 - (yc - half), x0 - (xc - half) : x1 - (xc - half)] = image[y0:y1, x0:x1]
-    return out
-
-
-def stamp_limits(stamp: np.ndarray) -> tuple[float, float] | None:
-    """Linear from the stamp's sky to its peak: the star's profile, not a white disc."""
-    if not np.isfinite(stamp).any():
-        return None
-    lo, hi = float(np.nanpercentile(stamp, 10)), float(np.nanmax(stamp))
-    return (lo, hi) if hi > lo else None
-
-
-class PreviewScreen(WizardScreen):
-    """Shared by the screens with a preview: cursor, pan and zoom keys."""
-
-    BINDINGS = [
-        Binding("up", "move(0, 1)", "Move", show=False),
-        Binding("down", "move(0, -1)", show=False),
-        Binding("left", "move(-1, 0)", show=False),
-        Binding("right", "move(1, 0)", show=False),
-        Binding("shift+up,K", "pan(0, -5)", "Pan", show=False),
-        Binding("shift+down,J", "pan(0, 5)", show=False),
-        Binding("shift+left,H", "pan(-10, 0)", show=False),
-        Binding("shift+right,L", "pan(10, 0)", show=False),
-        Binding("plus,equals_sign", "zoom(2)", "Zoom +"),
-        Binding("minus", "zoom(0.5)", "Zoom -"),
-        Binding("0", "fit", "Fit", show=False),
-        Binding("escape", "cancel_task", "Cancel", show=False),
-    ]
-
-    def preview(self) -> ImageView:
-        return self.query_one("#preview", ImageView)
-
-    def action_move(self, dx: int, dy: int) -> None:
-        self.preview().move_cursor(dx, dy)
-
-    def action_pan(self, dx: int, dy: int) -> None:
-        self.preview().pan(dx, dy)
-
-    def action_zoom(self, factor: float) -> None:
-        self.preview().zoom(factor)
-
-    def action_fit(self) -> None:
-        self.preview().fit()
-
-    def ensure_run(self) -> bool:
-        """The pipeline state for the frames chosen on step 1 (rebuilt when they change)."""
-        from tui_stack import pipeline
-        from tui_stack.errors import InputError
-
-        ws = self.ws
-        if ws.run is not None:
-            return True
-        cfg = ws.config_for_run()
-        try:
-            files = pipeline.select(cfg)
-        except InputError as exc:
-            self.status(str(exc), error=True)
-            return False
-        ws.run = pipeline.RunState(config=cfg, files=files)
-        ws.ref_image = None
-        ws.star_xy = None
-        return True
-
+from tui_stack.tui import stars as star_list
+from tui_stack.tui.common import PreviewScreen, cutout, stamp_limits
+from tui_stack.tui.preview import ImageView
 
 class ReferenceScreen(PreviewScreen):
     STEP = 1
+    KEYS = "[b].[/]/[b],[/] next/prev star  [b]g[/] good star  [b]enter[/] pick  [b]a[/] auto  [b]+[/]/[b]-[/] zoom"
+    HELP = ("The reference frame and the reference star every frame is located against. Jump between the "
+            "detected stars (brightest first) with . and , or to the nearest good one (bright, unsaturated, "
+            "isolated) with g; the panel shows its peak, FWHM, isolation and saturation. enter picks the star "
+            "at the cursor (it is centroided, marked X and kept); [ and ] change the frame.")
     BINDINGS = [
-        Binding("enter", "pick", "Pick star"),
-        Binding("a", "auto_star", "Auto star"),
-        Binding("left_square_bracket", "frame(-1)", "Prev frame"),
-        Binding("right_square_bracket", "frame(1)", "Next frame"),
-        Binding("f", "suggested", "Best frame"),
+        Binding("enter", "pick", "Pick the star at the cursor as the reference star"),
+        Binding("full_stop", "jump(1)", "Cursor to the next detected star (brightest first)", key_display="."),
+        Binding("comma", "jump(-1)", "Cursor to the previous detected star", key_display=","),
+        Binding("g", "good_star", "Cursor to the nearest good star: bright, unsaturated, isolated"),
+        Binding("a", "auto_star", "Pick a star automatically"),
+        Binding("left_square_bracket", "frame(-1)", "Previous frame as reference", key_display="["),
+        Binding("right_square_bracket", "frame(1)", "Next frame as reference", key_display="]"),
+        Binding("f", "suggested", "The suggested frame (sharpest and clearest) as reference"),
     ]
 
     def compose_body(self) -> ComposeResult:
@@ -106,6 +38,9 @@ class ReferenceScreen(PreviewScreen):
                 yield Static("", id="frameinfo", classes="info")
                 yield ImageView(id="cutout", classes="cutout", magnify=True)
                 yield Static("", id="starinfo", classes="info")
+                yield Static("", id="chosen", classes="info")
+        self._stars: list = []  # star_list.Candidate of the reference frame, brightest first
+        self._star_k: int | None = None
 
     def on_screen_resume(self) -> None:
         if not self.ensure_run():
@@ -145,41 +80,95 @@ class ReferenceScreen(PreviewScreen):
 
         from tui_stack.pipeline import sky_subtracted
 
-        self.run_task(f"loading {ws.run.files[index].name}", lambda p: sky_subtracted(ws.run.files[index], ws.config),
-                      self._loaded)
+        cfg, run = ws.config, ws.run
+
+        def load(progress):
+            img, noise = sky_subtracted(run.files[index], cfg)
+            sky = run.qualities[index].sky if run.qualities else 0.0
+            return img, noise, star_list.candidates(img, noise, sky, cfg.scale.saturation, cfg.reference.box)
+
+        self.run_task(f"loading {ws.run.files[index].name}", load, self._loaded)
 
     def _loaded(self, result) -> None:
-        img, noise = result
+        img, noise, cands = result if len(result) == 3 else (*result, None)
         ws = self.ws
         ws.ref_image, ws.ref_noise = img, noise
-        self.preview().set_image(img)
-        self._show_frame_info()
-        if isinstance(ws.config.reference.star, tuple):
-            self._locate(tuple(ws.config.reference.star))
-        else:
-            self.status("move the cursor onto a bright isolated star and press enter, or a for automatic")
+        if cands is None:
+            sky = ws.run.qualities[ws.run.ref_index].sky if ws.run.qualities else 0.0
+            cands = star_list.candidates(img, noise, sky, ws.config.scale.saturation, ws.config.reference.box)
+        self._stars, self._star_k = cands, None
+        with self.app.batch_update():
+            self.preview().set_markers({})
+            self.preview().set_image(img)
+            self.query_one("#cutout", ImageView).set_image(None)
+            self._show_frame_info()
+            if isinstance(ws.config.reference.star, tuple):
+                self._locate(tuple(ws.config.reference.star))
+            else:
+                self._show_chosen()
+                self.status(f"{len(cands)} stars found: . and , go through them, g to a good one; enter picks")
 
     def _show_frame_info(self) -> None:
         ws = self.ws
         run = ws.run
         i = run.ref_index
         q = run.qualities[i] if run.qualities else None
-        lines = [f"[b]reference {i + 1}/{len(run.files)}[/]", safetext.markup(run.files[i].name)]
+        lines = [f"[b]reference {i + 1}/{len(run.files)}[/] {safetext.markup(run.files[i].name)}"]
         if q is not None:
-            lines.append(f"FWHM {q.fwhm:.2f}  stars {q.n_stars}")
-            lines.append(f"signal {q.signal:.0f}  sky {q.sky:.0f}")
+            lines.append(f"FWHM {q.fwhm:.2f} stars {q.n_stars} sky {q.sky:.0f}")
             if q.flags:
                 lines.append(f"[yellow]{' '.join(q.flags)}[/]")
         if ws.suggested_ref is not None:
-            mark = "this one" if ws.suggested_ref == i else safetext.markup(run.files[ws.suggested_ref].name)
-            lines.append(f"best (sharp, clear): {mark}")
+            mark = "this one" if ws.suggested_ref == i else f"{safetext.markup(run.files[ws.suggested_ref].name)} (f)"
+            lines.append(f"best: {mark}")
         self.query_one("#frameinfo", Static).update("\n".join(lines))
+
+    def _show_chosen(self) -> None:
+        xy = self.ws.star_xy
+        text = (f"[green]chosen ✓[/] x {xy[0]:.2f} y {xy[1]:.2f}" if xy is not None
+                else "[yellow]no star chosen yet[/]")
+        self.query_one("#chosen", Static).update(text)
 
     def on_image_view_cursor_moved(self, event: ImageView.CursorMoved) -> None:
         if event.view.id != "preview" or self.ws.ref_image is None:
             return
-        v = event.view.value_at(event.x, event.y)
-        self.status(f"x {event.x}  y {event.y}  value {v:.0f} above sky   enter: pick star here")
+        k = star_list.nearest(self._stars, event.x, event.y, within=3)
+        if k is not None and k != self._star_k:
+            self._show_star(k)
+        elif k is None:
+            v = event.view.value_at(event.x, event.y)
+            self.status(f"x {event.x} y {event.y}: {v:.0f} above sky, no detected star here")
+        self._star_k = k
+
+    def _show_star(self, k: int) -> None:
+        c = self._stars[k]
+        self.query_one("#starinfo", Static).update("\n".join(star_list.describe(c, k, len(self._stars))))
+        xy = self.ws.star_xy
+        if xy is not None and np.hypot(c.x - xy[0], c.y - xy[1]) < 1.5:
+            self.status(f"star {k + 1} is the chosen reference star ✓; n measures the shifts")
+        else:
+            self.status(f"star {k + 1}: enter picks it" + (" (saturated: choose another)" if c.saturated else ""))
+
+    def action_jump(self, step: int) -> None:
+        if not self._stars:
+            return
+        k = 0 if self._star_k is None and step > 0 else ((self._star_k or 0) + step) % len(self._stars)
+        self._goto_star(k)
+
+    def action_good_star(self) -> None:
+        if not self._stars:
+            return
+        k = star_list.nearest(self._stars, *self.preview().cursor, good_only=True)
+        if k is None:
+            self.status("no good star detected (bright, unsaturated, isolated); pick one by hand", error=True)
+            return
+        self._goto_star(k)
+
+    def _goto_star(self, k: int) -> None:
+        c = self._stars[k]
+        self._star_k = k
+        self._show_star(k)
+        self.preview().set_cursor(int(round(c.x)), int(round(c.y)))
 
     def action_frame(self, step: int) -> None:
         run = self.ws.run
@@ -223,18 +212,20 @@ class ReferenceScreen(PreviewScreen):
         ws.config.reference.star = (round(star.x, 2), round(star.y, 2))
         ws.dirty = True
         view = self.preview()
-        view.set_markers({(int(round(star.x)), int(round(star.y))): ("x", "green")})
-        view.set_cursor(int(round(star.x)), int(round(star.y)))
-        cut = self.query_one("#cutout", ImageView)
-        stamp = cutout(img, star.x, star.y)
-        cut.set_image(stamp, stamp_limits(stamp))
-        info = [
-            f"[b]star[/] x {star.x:.2f}  y {star.y:.2f}",
-            f"peak {star.peak + sky:.0f}  FWHM {star.fwhm:.1f}",
-            f"centroid {ws.config.reference.centroid}",
-        ]
-        self.query_one("#starinfo", Static).update("\n".join(info))
-        self.status("star chosen; n: measure the shifts")
+        with self.app.batch_update():
+            view.set_markers({(int(round(star.x)), int(round(star.y))): ("X", "green")})
+            view.set_cursor(int(round(star.x)), int(round(star.y)))
+            cut = self.query_one("#cutout", ImageView)
+            stamp = cutout(img, star.x, star.y)
+            cut.set_image(stamp, stamp_limits(stamp))
+            k = star_list.nearest(self._stars, star.x, star.y, within=3)
+            info = [f"[b]picked[/] centroid ({ws.config.reference.centroid})", f"peak {star.peak + sky:.0f}  FWHM {star.fwhm:.1f}"]
+            if k is not None:
+                c = self._stars[k]
+                info.append(f"isolated {c.isolation:.0f} px" if np.isfinite(c.isolation) else "no bright neighbour")
+            self.query_one("#starinfo", Static).update("\n".join(info))
+            self._show_chosen()
+            self.status(f"star chosen ✓ at x {star.x:.1f} y {star.y:.1f}; n measures the shifts")
 
     def can_leave(self) -> bool:
         if self.ws.star_xy is None:

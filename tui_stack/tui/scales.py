@@ -4,29 +4,33 @@ from __future__ import annotations
 
 import numpy as np
 from textual.app import ComposeResult
-
-from tui_stack.fmt import fmt
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Static
 
-from tui_stack.tui import plot
-from tui_stack.tui.app import fixed_table
-from tui_stack.tui.preview import ImageView
-from tui_stack.tui.reference import PreviewScreen
 from tui_stack import safetext
-
+from tui_stack.fmt import fmt
+from tui_stack.tui import plot
+from tui_stack.tui.common import PreviewScreen, fixed_table, flag_codes, flag_legend, row_index
+from tui_stack.tui.preview import ImageView
 
 
 class ScalesScreen(PreviewScreen):
     STEP = 3
+    KEYS = "[b]tab[/] preview/tables  [b]enter[/] add  [b]d[/] remove  [b]a[/] auto  [b]n[/] next"
+    HELP = ("The scale of each frame from comparison stars (o on the preview; x: flagged, left out). "
+            "The frames table gives each frame's scale, its spread (MAD) and the stars used; the stars "
+            "table gives each star's reference flux and its ratio in the highlighted frame. tab moves "
+            "between the preview and the two tables.")
     BINDINGS = [
-        Binding("enter", "add_star", "Add star"),
-        Binding("d", "remove_star", "Remove"),
-        Binding("a", "auto", "Auto stars"),
-        Binding("r", "measure", "Measure"),
-        Binding("tab", "focus_next", "Focus", show=False),
+        Binding("enter", "add_star", "Add the star at the preview's cursor"),
+        Binding("d", "remove_star", "Remove the highlighted star of the stars table"),
+        Binding("a", "auto", "Pick the comparison stars automatically"),
+        Binding("r", "measure", "Measure the comparison stars again"),
     ]
+
+    def legend(self) -> str:
+        return "flags: " + flag_legend()
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(classes="main"):
@@ -34,8 +38,9 @@ class ScalesScreen(PreviewScreen):
                 yield ImageView(id="preview", classes="preview")
                 yield plot.PlotView("scale per frame (1/transparency)", "frame", lines=True, id="plot", classes="plot")
             with Vertical(classes="side-wide"):
-                yield fixed_table("frames", (("file", 13), ("scale", 6), ("MAD", 6), ("n", 2), ("flags", 8)))
-                yield fixed_table("stars", (("x", 6), ("y", 6), ("ref flux", 8), ("ratio", 6), ("flags", 8)))
+                yield fixed_table("frames", (("file", 14), ("scale", 6), ("MAD", 6), ("n", 2), ("fl", 4)))
+                yield fixed_table("stars", (("x", 6), ("y", 6), ("ref flux", 8), ("ratio", 6), ("fl", 4)))
+                yield Static("", id="detail", classes="detail", markup=False)
         self._frame = 0
 
     def on_screen_resume(self) -> None:
@@ -80,7 +85,7 @@ class ScalesScreen(PreviewScreen):
         frames.clear()
         for i, fr in enumerate(run.frames):
             frames.add_row(safetext.markup(fr.name), fmt(fr.scale, ".4f"), fmt(fr.scale_mad, ".4f"), str(fr.n_scale_stars),
-                           " ".join(fr.flags), key=str(i))
+                           flag_codes(fr.flags), key=str(i))
         self._fill_stars()
         markers = {}
         ref = run.frames[run.ref_index]
@@ -90,28 +95,60 @@ class ScalesScreen(PreviewScreen):
         self.preview().set_markers(markers)
         ok = [(i, fr.scale) for i, fr in enumerate(run.frames) if np.isfinite(fr.scale)]
         self.query_one("#plot", plot.PlotView).set_data([i for i, _ in ok], [s for _, s in ok])
+        self.restore_ui()
         n_flagged = sum(1 for f in ref.star_flags if f)
-        self.status(f"{len(run.comparison_stars)} stars ({n_flagged} flagged, left out). enter: add at cursor, "
-                    "d: remove, a: auto, n: combine")
+        self.status(f"{len(run.comparison_stars)} stars ({n_flagged} flagged, left out). ? lists every key")
 
     def _fill_stars(self) -> None:
         run = self.ws.run
         ref = run.frames[run.ref_index]
         fr = run.frames[min(self._frame, len(run.frames) - 1)]
         stars = self.query_one("#stars", DataTable)
-        stars.clear()
+        rows = []
         for k, (x, y) in enumerate(run.comparison_stars):
             rf = ref.star_flux[k] if k < len(ref.star_flux) else float("nan")
             ff = fr.star_flux[k] if k < len(fr.star_flux) else float("nan")
             flags = sorted(set((ref.star_flags[k] if k < len(ref.star_flags) else [])
                                + (fr.star_flags[k] if k < len(fr.star_flags) else [])))
             ratio = rf / ff if ff and np.isfinite(ff) and ff > 0 else float("nan")
-            stars.add_row(f"{x:.1f}", f"{y:.1f}", fmt(rf, ".0f"), fmt(ratio, ".4f"), " ".join(flags), key=str(k))
+            rows.append((f"{x:.1f}", f"{y:.1f}", fmt(rf, ".0f"), fmt(ratio, ".4f"), flag_codes(flags)))
+        if stars.row_count == len(rows) and all(stars.get_row_at(k)[:3] == list(r[:3]) for k, r in enumerate(rows)):
+            # same stars, another frame: only the cells that differ are repainted (a cursor key
+            # in the frames table stays under 1 KB over SSH)
+            cols = [c.key for c in stars.ordered_columns]
+            for k, r in enumerate(rows):
+                old = stars.get_row_at(k)
+                for c in (3, 4):
+                    if old[c] != r[c]:
+                        stars.update_cell(str(k), cols[c], r[c])
+            return
+        stars.clear()
+        for k, r in enumerate(rows):
+            stars.add_row(*r, key=str(k))
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        if event.data_table.id == "frames" and event.row_key is not None:
-            self._frame = int(event.row_key.value)
-            self._fill_stars()
+        run = self.ws.run
+        if event.row_key is None or run is None or not run.frames:
+            return
+        k = int(event.row_key.value)
+        if event.data_table.id == "frames":
+            fr = run.frames[k]
+            if self._frame != k:
+                self._frame = k
+                self._fill_stars()
+            self._detail(f"{fr.name}: scale {fmt(fr.scale, '.4f')} from {fr.n_scale_stars} stars; "
+                         + (f"flags: {', '.join(fr.flags)}" if fr.flags else "no flags"))
+        elif k < len(run.comparison_stars):
+            fr = run.frames[min(self._frame, len(run.frames) - 1)]
+            ref = run.frames[run.ref_index]
+            flags = sorted(set((ref.star_flags[k] if k < len(ref.star_flags) else [])
+                               + (fr.star_flags[k] if k < len(fr.star_flags) else [])))
+            x, y = run.comparison_stars[k]
+            self._detail(f"star {k + 1} at ({x:.1f}, {y:.1f}) in {fr.name}: "
+                         + (f"flags: {', '.join(flags)}" if flags else "no flags"))
+
+    def _detail(self, text: str) -> None:
+        self.query_one("#detail", Static).update(safetext.terminal(text))
 
     def action_add_star(self) -> None:
         from tui_stack.pipeline import comparison_star_at
@@ -130,10 +167,10 @@ class ScalesScreen(PreviewScreen):
 
     def action_remove_star(self) -> None:
         ws = self.ws
-        table = self.query_one("#stars", DataTable)
-        if not ws.run.comparison_stars or table.cursor_row is None:
+        gone = row_index(self.query_one("#stars", DataTable))
+        if not ws.run.comparison_stars or gone is None:
             return
-        stars = [list(s) for k, s in enumerate(ws.run.comparison_stars) if k != table.cursor_row]
+        stars = [list(s) for k, s in enumerate(ws.run.comparison_stars) if k != gone]
         ws.config.scale.stars = stars
         if stars:
             self.action_measure()

@@ -1,7 +1,10 @@
 """The wizard's session on disk: choices and measured tables, never pixels.
 
-Saved after every measurement and every step change, so a user whose SSH link dropped runs
-`tui-stack --resume` and is back at the same step with the same tables.
+Saved after every measurement, step change, method change and edited field, so a user whose
+SSH link dropped runs `tui-stack --resume` and is back at the same step with the same tables,
+highlighted rows and fields. One session per user and frame directory: two observers on one
+shared account, each on their own night's frames, do not overwrite each other; a second
+wizard on the same directory while the first still runs saves nothing (and says so).
 """
 
 from __future__ import annotations
@@ -16,10 +19,63 @@ from tui_stack import __version__
 from tui_stack.errors import InputError
 
 
-def session_path() -> Path:
+def state_dir() -> Path:
     base = os.environ.get("TUI_STACK_STATE_DIR") or os.environ.get("XDG_STATE_HOME")
     root = Path(base) if base else Path.home() / ".local" / "state"
-    return (root if os.environ.get("TUI_STACK_STATE_DIR") else root / "tui-stack") / "session.json"
+    return root if os.environ.get("TUI_STACK_STATE_DIR") else root / "tui-stack"
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in the environment or the password database
+        return str(os.getuid())
+
+
+def session_path(directory: Path) -> Path:
+    """The session of this user on the frames in `directory`."""
+    import hashlib
+
+    key = hashlib.sha1(str(Path(directory).resolve()).encode()).hexdigest()[:12]
+    return state_dir() / "sessions" / f"{_user()}-{key}" / "session.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim(path: Path) -> bool:
+    """This process may write the session at `path`: no other live wizard holds it."""
+    lock = path.with_suffix(".lock")
+    try:
+        pid = int(lock.read_text())
+        if pid != os.getpid() and _alive(pid):
+            return False
+    except (OSError, ValueError):
+        pass
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        lock.write_text(str(os.getpid()))
+    except OSError:
+        return False
+    return True
+
+
+def release(path: Path) -> None:
+    lock = path.with_suffix(".lock")
+    try:
+        if int(lock.read_text()) == os.getpid():
+            lock.unlink()
+    except (OSError, ValueError):
+        pass
 
 
 def _clean(v):
@@ -41,14 +97,20 @@ def _nan(v):
     return float("nan") if v is None else v
 
 
-def save(ws, step: int) -> Path | None:
-    """Write the session; a failure to save never stops the wizard."""
+def save(ws, step: int, ui: dict | None = None) -> Path | None:
+    """Write the session; a failure to save never stops the wizard. None when another live
+    wizard holds this directory's session."""
     from tui_stack.core.io import write_text_atomic
 
+    path = session_path(ws.config.input.directory)
+    if not claim(path):
+        return None
     run = ws.run
     data = {
         "version": __version__,
         "step": step,
+        "directory": str(ws.config.input.directory),
+        "ui": ui or {},  # per step: highlighted rows, typed fields
         "config": ws.config_toml(),
         "included": sorted(ws.infos[i].path.name for i in ws.included if i < len(ws.infos)),
         "suggested_ref": ws.suggested_ref,
@@ -70,7 +132,6 @@ def save(ws, step: int) -> Path | None:
             ],
         }
         data["run"]["fingerprints"] = [_fingerprint(p) for p in run.files]
-    path = session_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, json.dumps(_clean(data)))
@@ -96,12 +157,20 @@ def _fingerprint(path: Path) -> dict | None:
         return None
 
 
-def load() -> dict | None:
-    """The saved session; None if there is none. A session that is not valid JSON or not what
-    `save` writes is an InputError naming its path (exit 2), never a crash or 'not found'."""
+def load(directory: Path | None = None) -> dict | None:
+    """The session on `directory`, or without one this user's newest session; None if there is
+    none. A session that is not valid JSON or not what `save` writes is an InputError naming its
+    path (exit 2), never a crash or 'not found'."""
     from tui_stack import resume
 
-    path = session_path()
+    if directory is not None:
+        paths = [session_path(directory)]
+    else:
+        paths = sorted((state_dir() / "sessions").glob(f"{_user()}-*/session.json"), key=lambda p: p.stat().st_mtime,
+                       reverse=True)
+    if not paths:
+        return None
+    path = paths[0]
     data = resume.load_session(path)
     if data is not None:
         try:
@@ -109,6 +178,7 @@ def load() -> dict | None:
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
             raise InputError(f"{path}: saved session is malformed ({type(exc).__name__}: {exc}); "
                              "start without --resume to make a new one") from None
+        data["_path"] = str(path)
     return data
 
 
@@ -146,11 +216,13 @@ def _build_run(data: dict, config):
 
 
 def restore_run(ws, data: dict) -> str:
-    """Rebuild the pipeline state from the saved tables (frames are re-read only when needed).
-    If a frame is not the one measured any more (size, mtime, digest: tui_stack.resume), the
-    tables are not used - they are measured again - and the reason is returned."""
+    """Rebuild the pipeline state from the saved tables (frames are re-read only when needed),
+    and what the screens showed (rows, fields). If a frame is not the one measured any more
+    (size, mtime, digest: tui_stack.resume), the tables are not used - they are measured
+    again - and the reason is returned."""
     from tui_stack import resume, safetext
 
+    ws.ui_restore = dict(data.get("ui") or {})
     if data.get("star_xy"):
         ws.star_xy = tuple(data["star_xy"])
     ws.suggested_ref = data.get("suggested_ref")

@@ -5,43 +5,45 @@ from __future__ import annotations
 import numpy as np
 from textual.app import ComposeResult
 
-from tui_stack.fmt import fmt
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Static
 
-from tui_stack.tui import plot
-from tui_stack.tui.app import WizardScreen
-from tui_stack.tui.preview import ImageView
-from tui_stack.tui.reference import cutout, stamp_limits
 from tui_stack import safetext
+from tui_stack.fmt import fmt
+from tui_stack.tui import plot
+from tui_stack.tui.common import WizardScreen, cutout, fixed_table, flag_codes, flag_legend, row_index, stamp_limits
+from tui_stack.tui.preview import ImageView
 
-COLUMNS = ("#", "file", "use", "shift x", "shift y", "stars", "rms", "rot°", "applied", "x", "y", "flags")
-
+# narrow columns; the detail line gives the highlighted frame in full
+COLUMNS = (("#", 2), ("file", 10), ("u", 1), ("shift x", 7), ("shift y", 7), ("n", 2), ("rms", 5), ("flags", 4))
 
 
 class ShiftsScreen(WizardScreen):
     STEP = 2
+    KEYS = "[b]k[/] blink  [b]x[/] use/skip  [b]e[/] residuals  [b]n[/] next"
+    HELP = ("The shift of each frame onto the reference: u ✓ used; n stars matched; rms of the fit (px); "
+            "the line under the table: the highlighted frame's shift to 0.001 px, rotation and flags in full. The cut-out shows the highlighted frame after shifting (k blinks it against "
+            "the reference); the plot shows all shifts, or with e the star residuals of one frame.")
     BINDINGS = [
-        Binding("k", "blink", "Blink"),
-        Binding("x", "exclude", "Use/skip"),
-        Binding("r", "measure", "Re-measure"),
-        Binding("e", "residuals", "Residuals"),
-        Binding("escape", "cancel_task", "Cancel", show=False),
+        Binding("k", "blink", "Blink the cut-out: this frame shifted / the reference"),
+        Binding("x,space", "exclude", "Use or skip the highlighted frame (space as on Files)", key_display="x"),
+        Binding("r", "measure", "Measure the shifts again"),
+        Binding("e", "residuals", "Plot: star residuals of this frame / shifts of all"),
     ]
+
+    def legend(self) -> str:
+        return "flags: " + flag_legend()
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(classes="main"):
             with Vertical():
-                table = DataTable(id="shifts", cursor_type="row")
-                table.add_columns(*COLUMNS)
-                yield table
+                yield fixed_table("shifts", COLUMNS)
+                yield Static("", id="detail", classes="detail", markup=False)
                 yield plot.PlotView("shifts (px)", "x", "y", id="plot", classes="plot")
             with Vertical(classes="side-narrow"):
                 yield Static("", id="cutinfo", classes="info")
                 yield ImageView(id="cutout", classes="cutout", magnify=True)
-                yield Static("k blink frame/reference\nx use or skip frame\nr measure again\n"
-                             "e residuals / shifts", classes="info")
         self._showing_ref = False
         self._residuals = False  # the plot: shifts of all frames, or the fit residuals of one
         self._frame_cut = None
@@ -72,15 +74,15 @@ class ShiftsScreen(WizardScreen):
         table.clear()
         for i, fr in enumerate(run.frames):
             table.add_row(
-                str(i), safetext.markup(fr.name), "✓" if fr.used else "·", fmt(fr.shift_x, ".3f"), fmt(fr.shift_y, ".3f"),
-                str(fr.n_matched or "-"), fmt(fr.fit_rms, ".3f"), fmt(fr.rotation, ".3f"),
-                f"{fmt(fr.applied_shift_x, 'g')},{fmt(fr.applied_shift_y, 'g')}",
-                fmt(fr.centroid_x, ".1f"), fmt(fr.centroid_y, ".1f"), " ".join(fr.flags), key=str(i),
+                str(i + 1), safetext.markup(fr.name), "✓" if fr.used else "·", fmt(fr.shift_x, ".2f"),
+                fmt(fr.shift_y, ".2f"), str(fr.n_matched or "-"), fmt(fr.fit_rms, ".3f"), flag_codes(fr.flags),
+                key=str(i),
             )
         if run.frames:
             table.move_cursor(row=min(row, len(run.frames) - 1))
         self._ref_cut = cutout(self.ws.ref_image, *self.ws.star_xy) if self.ws.ref_image is not None else None
         self._plot()
+        self.restore_ui()
         bad = [fr.name for fr in run.frames if fr.flags and not set(fr.flags) <= {"excluded"}]
         self.status(f"{sum(f.used for f in run.frames)} of {len(run.frames)} frames used"
                     + (f"; flagged: {', '.join(bad[:4])}" if bad else "") + ". n: scales")
@@ -89,8 +91,9 @@ class ShiftsScreen(WizardScreen):
         run = self.ws.run
         view = self.query_one("#plot", plot.PlotView)
         table = self.query_one(DataTable)
-        if self._residuals and run.frames and table.cursor_row is not None:
-            fr = run.frames[min(table.cursor_row, len(run.frames) - 1)]
+        i = row_index(table)
+        if self._residuals and run.frames and i is not None:
+            fr = run.frames[i]
             res = np.array(fr.residuals, float).reshape(-1, 4)
             view.title = f"{safetext.terminal(fr.name)}: star - fit (px), {len(res)} stars, rms {fmt(fr.fit_rms, '.3f')}"
             view.xlabel, view.ylabel = "dx", "dy"
@@ -117,6 +120,10 @@ class ShiftsScreen(WizardScreen):
             self._plot()
         self.query_one("#cutinfo", Static).update(f"[b]{safetext.markup(fr.name)}[/]\nafter shift ({fmt(fr.applied_shift_x, 'g')}, "
                                                   f"{fmt(fr.applied_shift_y, 'g')})")
+        self.query_one("#detail", Static).update(safetext.terminal(
+            f"{i + 1} {fr.name}: shift ({fmt(fr.shift_x, '.3f')}, {fmt(fr.shift_y, '.3f')}), rot "
+            f"{fmt(fr.rotation, '.3f')}°, star at ({fmt(fr.centroid_x, '.1f')}, {fmt(fr.centroid_y, '.1f')}); "
+            + (f"flags: {', '.join(fr.flags)}" if fr.flags else "no flags")))
         if not np.isfinite(fr.shift_x):
             return
 
@@ -127,7 +134,7 @@ class ShiftsScreen(WizardScreen):
             data = np.where(mask, np.nan, data)
             return cutout(data, *self.ws.star_xy)
 
-        self.run_task(f"cut-out of {fr.name}", load, self._show_cut)
+        self.run_task(f"cut-out of {fr.name}", load, self._show_cut, quiet=True)
 
     def _show_cut(self, cut) -> None:
         self._frame_cut = cut
@@ -145,8 +152,7 @@ class ShiftsScreen(WizardScreen):
         view.set_image(img, limits, keep_view=same)
         view.set_markers({(img.shape[1] // 2, img.shape[0] // 2): ("+", "green")})
         view.cursor_visible = False
-        label = "reference" if self._showing_ref else "this frame, shifted"
-        self.status(f"showing {label}; k: blink")
+        view.border_title = "reference" if self._showing_ref else "shifted"
 
     def action_blink(self) -> None:
         self._showing_ref = not self._showing_ref
@@ -154,10 +160,9 @@ class ShiftsScreen(WizardScreen):
 
     def action_exclude(self) -> None:
         run = self.ws.run
-        table = self.query_one(DataTable)
-        if run is None or not run.frames or table.cursor_row is None:
+        i = row_index(self.query_one(DataTable))
+        if run is None or not run.frames or i is None:
             return
-        i = table.cursor_row
         fr = run.frames[i]
         info_index = next(k for k, info in enumerate(self.ws.infos) if info.path == fr.path)
         if run.set_used(i, "excluded" in fr.flags):

@@ -26,6 +26,7 @@ class WizardState:
     dirty: bool = False  # measured work that is not written yet
     resume: dict | None = None  # a saved session still to be restored (after the file scan)
     restored_combined: list = field(default_factory=list)  # summaries of combines before a resume
+    ui_restore: dict = field(default_factory=dict)  # step -> {"rows": {table: row}, "fields": {input: text}}
 
     def usable_infos(self) -> list:
         return [info for i, info in enumerate(self.infos) if i in self.included and not info.error]

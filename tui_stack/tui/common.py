@@ -1,0 +1,447 @@
+"""Pieces every wizard screen shares: the base screen (step bar, status, progress, key line,
+help), the preview screen, the confirm dialog and table helpers.
+
+The app imports the screens and the screens import this module, never the app: a screen
+reaches the app only through `self.app` at run time.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen, Screen
+from textual.widgets import ProgressBar, Static
+
+from tui_stack import safetext
+from tui_stack.errors import InputError
+
+STEPS = ("Files", "Reference", "Shifts", "Scales", "Combine")
+MIN_SIZE = (80, 24)  # columns, rows: every screen is laid out for this
+PROGRESS_WIDTH = 16  # columns of the progress bar beside the status while work runs (app.tcss)
+PROGRESS_EVERY = 0.25  # s between progress repaints: a bar that moves 4 times a second is enough
+
+# Short codes for the flags in narrow table columns; the detail line and help give them in full.
+FLAG_CODES = {
+    "low_transparency": "T", "trailed": "E", "out_of_focus": "F", "high_sky": "S", "few_stars": "f",
+    "rotated": "R", "meridian_flip": "M", "star_off_frame": "O", "disagree": "D", "no_data": "0",
+    "no_stars": "N", "no_match": "X", "duplicate": "2", "excluded": "x", "no_comparison_star": "C",
+    "saturated": "s", "neighbour": "n", "off_frame": "o", "unreadable": "U",
+}
+
+
+def flag_codes(flags) -> str:
+    return "".join(FLAG_CODES.get(f, f[:1].upper()) for f in flags)
+
+
+def flag_legend(flags=None) -> str:
+    items = FLAG_CODES.items() if flags is None else ((f, FLAG_CODES.get(f, f[:1].upper())) for f in flags)
+    return "  ".join(f"{code} {name}" for name, code in items)
+
+
+def fit_line(text: str, width: int) -> str:
+    """One line of at most `width` characters that keeps the end of the sentence: what is cut
+    is the middle (usually a long path)."""
+    text = " ".join(text.split())
+    if len(text) <= width:
+        return text
+    head = width // 2 - 1
+    return text[:head] + "…" + text[-(width - head - 1):]
+
+
+def crash_log(exc: BaseException) -> Path | str:
+    """The traceback in a new private file of the user's state directory (tui_stack.crashlog)."""
+    from tui_stack import crashlog
+
+    return crashlog.write(exc) or "nowhere (the state directory is not writable)"
+
+
+def fixed_table(id: str, columns):
+    """A row-cursor table with fixed column widths: no reflow (and no extra bytes over SSH)
+    when rows arrive."""
+    from textual.widgets import DataTable
+
+    table = DataTable(id=id, cursor_type="row", classes="small-table", zebra_stripes=False)
+    for label, width in columns:
+        table.add_column(label, width=width)
+    return table
+
+
+def row_index(table) -> int | None:
+    """The key (an int) of the highlighted row, or None in an empty table."""
+    if not table.row_count or table.cursor_row is None:
+        return None
+    key = table.coordinate_to_cell_key((min(table.cursor_row, table.row_count - 1), 0)).row_key
+    return int(key.value)
+
+
+def key_name(app, binding: Binding) -> str:
+    return binding.key_display or app.get_key_display(binding)
+
+
+class StepBar(Static):
+    """Where the user is: ' 1 Files > 2 Reference > ...' with the current step highlighted."""
+
+    def __init__(self, step: int):
+        parts = []
+        for i, name in enumerate(STEPS):
+            label = f" {i + 1} {name} "
+            parts.append(f"[reverse bold]{label}[/]" if i == step else f"[dim]{label}[/]" if i > step else label)
+        super().__init__(" > ".join(parts))
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    BINDINGS = [Binding("y", "answer(True)", "Yes"), Binding("n,escape", "answer(False)", "No")]
+
+    def __init__(self, question: str):
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static(self.question)
+            yield Static("\n[b]y[/] yes    [b]n[/] no")
+
+    def action_answer(self, value: bool) -> None:
+        self.dismiss(value)
+
+
+def screen_bindings(screen) -> list[Binding]:
+    """Every binding of a wizard screen (its classes' and the app's), first one wins per key."""
+    seen, out = set(), []
+    for cls in type(screen).__mro__:
+        for b in cls.__dict__.get("BINDINGS", []):
+            if isinstance(b, Binding) and b.description and b.key not in seen:
+                seen.add(b.key)
+                out.append(b)
+    for b in type(screen.app).BINDINGS:
+        if isinstance(b, Binding) and b.description and b.key not in seen:
+            seen.add(b.key)
+            out.append(b)
+    return out
+
+
+class HelpScreen(ModalScreen[None]):
+    """Every key of the screen underneath, with what it does; escape, q or ? closes."""
+
+    BINDINGS = [Binding("escape,q,question_mark,f1", "close", "Close")]
+
+    def __init__(self, title: str, lines: list[str]):
+        super().__init__()
+        self.title_text, self.lines = title, lines
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll():
+            yield Static(f"[b]{self.title_text}[/]  (escape closes; arrows scroll)")
+            yield Static("\n".join(self.lines), markup=False)
+
+    def on_mount(self) -> None:
+        self.query_one(VerticalScroll).focus()
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+class KeyLine(Static):
+    """The few keys that matter on this screen; `?` lists the rest. Static text: repainted only
+    when the screen changes, not on every focus change as Textual's Footer is."""
+
+
+class WizardScreen(Screen):
+    """A step of the wizard: step bar, body, progress line, status line, key line."""
+
+    STEP = 0
+    KEYS = "n next  b back"  # the key line after '? help'; each screen names its main keys
+    HELP = ""  # what the screen is for, shown above its keys in help
+    BINDINGS = [
+        Binding("n,ctrl+n", "next", "Next step", key_display="n"),
+        Binding("b,ctrl+b", "back", "Back a step", key_display="b"),
+        Binding("question_mark,f1", "help", "Help: every key of this screen", key_display="?"),
+        Binding("escape", "cancel_task", "Cancel the running task", show=False),
+    ]
+
+    @property
+    def ws(self):
+        return self.app.ws
+
+    def compose(self) -> ComposeResult:
+        yield StepBar(self.STEP)
+        yield Static("", id="toosmall")
+        yield from self.compose_body()
+        # the bar shares the status line while work runs; the status may take two lines
+        with Horizontal(id="statusrow"):
+            yield Static("", id="status", classes="status", markup=False)
+            yield ProgressBar(id="progress", show_eta=False, show_percentage=False, classes="idle")
+        yield KeyLine(f"[b]?[/] help  {self.KEYS}  [b]q[/] quit", id="keys")
+
+    def compose_body(self) -> ComposeResult:
+        yield from ()
+
+    def on_mount(self) -> None:
+        from tui_stack.tui.preview import no_colour
+        from tui_stack.tui.slim import terminal_kind
+
+        # without colour, focus and the cursor row are shown by reverse video and heavy borders
+        self.set_class(no_colour() or not terminal_kind()[0], "plain")
+
+    # ------------------------------------------------------------ what --resume brings back
+
+    def ui_state(self) -> dict:
+        """The highlighted row of each table and the text of each field."""
+        from textual.widgets import DataTable, Input
+
+        return {"rows": {t.id: t.cursor_row for t in self.query(DataTable) if t.id and t.row_count},
+                "fields": {i.id: i.value for i in self.query(Input) if i.id}}
+
+    def restore_ui(self, fields: bool = True, rows: bool = True) -> None:
+        """Once the tables are filled: back to the rows and fields of the saved session."""
+        from textual.widgets import DataTable, Input
+
+        saved = self.ws.ui_restore.get(str(self.STEP))
+        if not saved:
+            return
+        if fields:
+            for i in self.query(Input):
+                if i.id in saved.get("fields", {}):
+                    i.value = saved["fields"][i.id]
+            saved.pop("fields", None)
+        if rows:
+            for t in self.query(DataTable):
+                row = saved.get("rows", {}).get(t.id)
+                if row is not None and t.row_count:
+                    t.move_cursor(row=min(int(row), t.row_count - 1))
+            saved.pop("rows", None)
+        if not saved:
+            self.ws.ui_restore.pop(str(self.STEP), None)
+
+    def save_soon(self) -> None:
+        """Save the session a moment after the last change (a row, a field), not per key."""
+        if getattr(self, "_save_timer", None) is not None:
+            self._save_timer.stop()
+        self._save_timer = self.set_timer(1.0, lambda: self.app.save_session())
+
+    def on_input_changed(self, event) -> None:
+        self.save_soon()
+
+    def on_data_table_row_highlighted(self, event) -> None:
+        if not self.ws.ui_restore.get(str(self.STEP)):  # not while the saved rows are put back
+            self.save_soon()
+
+    def status(self, text: str, error: bool = False) -> None:
+        st = self.query_one("#status", Static)
+        # an error may take two lines (the layout moves, rarely); anything else keeps to one
+        busy = not self.query_one("#progress", ProgressBar).has_class("idle")
+        width = max(20, (self.size.width or self.app.size.width) - (PROGRESS_WIDTH if busy else 0))
+        st.update(fit_line(safetext.terminal(text), 2 * width - 2 if error else width))  # any file name as it is
+        st.set_class(error, "error")
+        self.query_one("#statusrow").set_class(error and len(text) > width, "two")
+
+    # ------------------------------------------------------------ size, help
+
+    def on_resize(self, event) -> None:
+        w, h = self.app.size
+        small = w < MIN_SIZE[0] or h < MIN_SIZE[1]
+        self.set_class(small, "too-small")
+        if small:
+            self.query_one("#toosmall", Static).update(
+                f"The terminal is {w}x{h}: tui-stack needs at least {MIN_SIZE[0]}x{MIN_SIZE[1]}. "
+                "Enlarge the window, or press q to quit.")
+
+    def help_lines(self) -> list[str]:
+        lines = [self.HELP, ""] if self.HELP else []
+        width = 14
+        for b in screen_bindings(self):
+            keys = ", ".join(self.app.get_key_display(Binding(k, b.action)) for k in b.key.split(","))
+            lines.append(f"{keys:<{width}} {b.description}")
+        lines += ["", f"{'tab, shift+tab':<{width}} move between the fields and tables",
+                  f"{'arrows':<{width}} move in the focused table, field or preview",
+                  f"{'ctrl+p':<{width}} command palette: every action by name"]
+        legend = self.legend()
+        if legend:
+            lines += ["", legend]
+        return lines
+
+    def legend(self) -> str:
+        return ""
+
+    def action_help(self) -> None:
+        self.app.push_screen(HelpScreen(f"{self.STEP + 1} {STEPS[self.STEP]}: keys", self.help_lines()))
+
+    # ------------------------------------------------------------ long work in a thread
+
+    def run_task(self, label: str, fn: Callable, done: Callable | None = None, quiet: bool = False) -> None:
+        """Run fn(progress) in a worker thread; progress(stage, k, n) drives the bar; errors become
+        messages (a bug also writes a log); done(result) runs on the UI thread. quiet: a short
+        task (a cut-out) that shows no bar and no status unless it fails."""
+        if not quiet:
+            bar = self.query_one("#progress", ProgressBar)
+            bar.remove_class("idle")
+            bar.update(total=100, progress=0)
+            self.status(f"{label}…")
+        last = [-1.0, ""] if not quiet else [float("inf"), None]
+
+        def progress(stage, k, n):
+            worker = self._worker
+            if worker is not None and worker.is_cancelled:
+                from tui_stack.core.combine import Cancelled
+
+                raise Cancelled()
+            if quiet:
+                return
+            now = time.monotonic()
+            # throttled: every repaint of the bar and the status line costs ~0.2 KB over SSH
+            if now - last[0] >= PROGRESS_EVERY or stage != last[1]:
+                last[0], last[1] = now, stage
+                self.app.call_from_thread(self._progress, stage, int(100 * k / max(n, 1)))
+
+        def work():
+            from tui_stack import compute
+            from tui_stack.core.combine import Cancelled
+
+            try:
+                with compute.using(self.app.engine()):
+                    result = fn(progress)
+            except Cancelled:
+                self.app.call_from_thread(self._finish, None, f"{label}: cancelled", False)
+                return
+            except InputError as exc:
+                self.app.call_from_thread(self._finish, None, str(exc), True)
+                return
+            except Exception as exc:  # a bug: keep the app alive, keep the evidence
+                log = crash_log(exc)
+                self.app.call_from_thread(
+                    self._finish, None, f"internal error ({type(exc).__name__}: {exc}); details in {log}", True
+                )
+                return
+            self.app.call_from_thread(self._finish, (done, result), None if quiet else f"{label}: done", False)
+
+        self._worker = self.run_worker(work, thread=True, exclusive=True, group="step")
+
+    _worker = None
+
+    def _progress(self, stage: str, pct: int) -> None:
+        self.query_one("#progress", ProgressBar).update(progress=pct)
+        dashboard = self.app.dashboard
+        self.status(f"{stage}… {pct}%" + (f"  Dask dashboard: {dashboard}" if dashboard else ""))
+
+    def _finish(self, payload, message: str, error: bool) -> None:
+        self._worker = None
+        if message is not None:  # not after a quiet task (a cut-out): nothing was decided
+            self.app.save_session(self.STEP)
+        self.query_one("#progress", ProgressBar).add_class("idle")
+        if message is not None:
+            self.status(message, error)
+        if payload is not None:
+            done, result = payload
+            if done is not None:
+                done(result)
+
+    @property
+    def busy(self) -> bool:
+        return self._worker is not None
+
+    def action_cancel_task(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+
+    # ------------------------------------------------------------ navigation
+
+    def can_leave(self) -> bool:
+        """Checked before going to the next step; say why not with self.status."""
+        return True
+
+    def action_next(self) -> None:
+        if self.busy:
+            self.status("still working; wait or press escape to cancel")
+            return
+        if self.STEP + 1 < len(STEPS) and self.can_leave():
+            self.app.goto(self.STEP + 1)
+
+    def action_back(self) -> None:
+        if self.STEP > 0 and not self.busy:
+            self.app.goto(self.STEP - 1)
+
+
+def cutout(image, x: float, y: float, size: int = 19):
+    """A size x size stamp centred on (x, y); NaN outside the image."""
+    import numpy as np
+
+    h, w = image.shape
+    half = size // 2
+    out = np.full((size, size), np.nan, dtype=np.float32)
+    xc, yc = int(round(x)), int(round(y))
+    x0, x1 = max(0, xc - half), min(w, xc + half + 1)
+    y0, y1 = max(0, yc - half), min(h, yc + half + 1)
+    if x1 > x0 and y1 > y0:
+        out[y0 - (yc - half) : y1 - (yc - half), x0 - (xc - half) : x1 - (xc - half)] = image[y0:y1, x0:x1]
+    return out
+
+
+def stamp_limits(stamp) -> tuple[float, float] | None:
+    """Linear from just above the stamp's sky to its peak: the star's profile on a flat sky
+    (a noisy sky would cost a colour change per cell over SSH and show nothing)."""
+    import numpy as np
+
+    if not np.isfinite(stamp).any():
+        return None
+    sky = float(np.nanmedian(stamp))
+    spread = float(np.nanmedian(np.abs(stamp - sky))) * 1.4826
+    lo, hi = sky + 2 * spread, float(np.nanmax(stamp))
+    return (lo, hi) if hi > lo else None
+
+
+class PreviewScreen(WizardScreen):
+    """Shared by the screens with a preview: cursor, pan and zoom keys."""
+
+    BINDINGS = [
+        Binding("up", "move(0, 1)", "Move the cursor (arrows)", show=False),
+        Binding("down", "move(0, -1)", show=False),
+        Binding("left", "move(-1, 0)", show=False),
+        Binding("right", "move(1, 0)", show=False),
+        Binding("shift+up,K", "pan(0, -5)", "Pan up (also shift+arrows)", key_display="K"),
+        Binding("shift+down,J", "pan(0, 5)", "Pan down", key_display="J"),
+        Binding("shift+left,H", "pan(-10, 0)", "Pan left", key_display="H"),
+        Binding("shift+right,L", "pan(10, 0)", "Pan right", key_display="L"),
+        Binding("plus,equals_sign", "zoom(2)", "Zoom in at the cursor", key_display="+"),
+        Binding("minus", "zoom(0.5)", "Zoom out", key_display="-"),
+        Binding("0", "fit", "Fit the whole frame"),
+    ]
+
+    def preview(self):
+        from tui_stack.tui.preview import ImageView
+
+        return self.query_one("#preview", ImageView)
+
+    def action_move(self, dx: int, dy: int) -> None:
+        self.preview().move_cursor(dx, dy)
+
+    def action_pan(self, dx: int, dy: int) -> None:
+        self.preview().pan(dx, dy)
+
+    def action_zoom(self, factor: float) -> None:
+        self.preview().zoom(factor)
+
+    def action_fit(self) -> None:
+        self.preview().fit(user=True)
+
+    def ensure_run(self) -> bool:
+        """The pipeline state for the frames chosen on step 1 (rebuilt when they change)."""
+        from tui_stack import pipeline
+
+        ws = self.ws
+        if ws.run is not None:
+            return True
+        cfg = ws.config_for_run()
+        try:
+            files = pipeline.select(cfg)
+        except InputError as exc:
+            self.status(str(exc), error=True)
+            return False
+        ws.run = pipeline.RunState(config=cfg, files=files)
+        ws.ref_image = None
+        ws.star_xy = None
+        return True
