@@ -270,6 +270,8 @@ class ImageView(Widget, can_focus=True):
                 spread = 1.4826 * np.nanmedian(np.abs(vals - sky))
             with np.errstate(invalid="ignore"):
                 vals = np.where(np.abs(vals - sky) < 2.5 * spread, sky, vals)
+            if self.mode == "ascii" and np.isfinite(sky) and lo < sky < hi:
+                lo = sky  # text: the sky blank, only what stands above it drawn
         with np.errstate(invalid="ignore"):
             lev = np.clip((vals - lo) / (hi - lo), 0, 1) * (n - 1)
         out = np.where(np.isfinite(lev), lev, -1).astype(np.int16)
