@@ -1,8 +1,18 @@
-"""Aperture photometry of comparison stars, and the scale factors it gives."""
+"""Aperture photometry of comparison stars, and the scale factors it gives.
+
+Two methods (`[scale] method`):
+- "growth" (default): each frame's stars are measured in an aperture, and the sum is divided
+  by the fraction of a star's light that aperture (less its annulus sky) holds in that frame,
+  from a Moffat PSF fitted to the frame's bright comparison stars (their curve of growth
+  extrapolated to infinity). Frames of different seeing and PSF wings then give the same
+  total flux; the scale is a noise-weighted, clipped mean of the star ratios.
+- "fixed": the lab's fixed aperture, same radius in every frame, median of the star ratios.
+  Exact only while every frame has the same PSF.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -13,13 +23,23 @@ OFF_FRAME = "off_frame"  # aperture reaches past the frame or into masked pixels
 NO_FLUX = "no_flux"
 
 
+SCALE_METHODS = ("growth", "fixed")
+STARS_DISAGREE = "stars_disagree"  # a frame's star ratios spread more than their noise allows
+
+
 @dataclass
 class StarFluxes:
     """Fluxes of the comparison stars in one frame, with a reason per star it cannot be used."""
 
-    flux: np.ndarray  # sky-subtracted aperture sums
+    flux: np.ndarray  # sky-subtracted aperture sums (method "growth": divided by `fraction`)
     local_sky: np.ndarray  # per-pixel sky removed from the aperture (0 with the global sky)
     flags: list[list[str]]
+    error: np.ndarray | None = None  # 1-sigma noise of each flux (sky and photon noise)
+    radius: float = float("nan")  # aperture radius used, px
+    fwhm: float = float("nan")  # of the frame's fitted Moffat PSF, px
+    beta: float = float("nan")  # its wing index
+    fraction: float = 1.0  # share of a star's light the aperture less annulus kept (1 / correction)
+    method: str = "fixed"
 
 
 @dataclass
@@ -28,6 +48,9 @@ class FrameScale:
     mad: float  # robust spread of the star ratios (1.4826 * MAD)
     n_used: int
     ratios: np.ndarray  # reference flux / frame flux per star, NaN where not used
+    error: float = float("nan")  # 1-sigma error of the scale from the star ratios' scatter
+    spread: float = float("nan")  # scatter of the star ratios over what their noise explains (1: noise)
+    flags: list[str] = field(default_factory=list)
 
 
 def measure_stars(
@@ -160,3 +183,112 @@ def frame_scale(ref: StarFluxes, frame: StarFluxes) -> FrameScale:
     med = float(np.median(r))
     mad = float(1.4826 * np.median(np.abs(r - med))) if r.size > 1 else 0.0
     return FrameScale(med, mad, int(ok.sum()), ratios)
+
+
+def measure_frame(
+    data: np.ndarray,
+    mask: np.ndarray | None,
+    positions,
+    method: str,
+    radius: float | None,
+    sky_level: float,
+    noise: float,
+    saturation: float | None,
+    annulus: tuple[float, float] | None | str = "auto",
+    fwhm_guess: float = 4.0,
+    fwhm_radius: float = 2.0,
+) -> StarFluxes:
+    """The comparison stars of one sky-subtracted frame, by `method` ("growth" or "fixed").
+
+    `radius` None: 20 px with "fixed" (the lab's), `fwhm_radius` times the frame's fitted FWHM
+    with "growth" (at least 4 px). `annulus` "auto": from radius + 5 to radius + 15; None: no local sky.
+    With "growth" the fluxes are total fluxes: the aperture sums divided by the share of the
+    light that aperture and annulus keep under the frame's fitted Moffat PSF. A frame whose PSF
+    cannot be fitted gets NaN fluxes (no scale rather than a wrong one).
+    """
+    from tui_stack.core import psf
+
+    if method not in SCALE_METHODS:
+        raise ValueError(f"unknown scale method {method!r}; one of {', '.join(SCALE_METHODS)}")
+    pos = np.atleast_2d(np.asarray(positions, dtype=float))
+    if mask is None:
+        mask = np.zeros(data.shape, dtype=bool)
+
+    def ring(r):
+        return (r + 5.0, r + 15.0) if annulus == "auto" else annulus
+
+    if method == "fixed":
+        r = 20.0 if radius is None else float(radius)
+        fl = measure_stars(data, mask, pos, r, sky_level, saturation, ring(r))
+        fl.error, fl.radius = flux_errors(fl.flux, r, sky_level, noise), r
+        return fl
+    # the stars fit to fit the PSF on: those an aperture of about the final size finds clean
+    first = measure_stars(data, mask, pos, float(radius or max(fwhm_radius * fwhm_guess, 4.0)), sky_level, saturation, None)
+    good = usable(first)
+    half = int(np.clip(np.ceil(4 * fwhm_guess), 15, 30))
+    shape = psf.fit_moffat(data, mask, pos[good], half, noise, sky_level, fwhm_guess) if good.sum() >= 2 else None
+    r = float(radius) if radius is not None else max(fwhm_radius * (shape.fwhm if shape else fwhm_guess), 4.0)
+    fl = measure_stars(data, mask, pos, r, sky_level, saturation, ring(r))
+    fl.error, fl.radius, fl.method = flux_errors(fl.flux, r, sky_level, noise), r, method
+    if shape is None:
+        fl.flux = np.full(len(pos), np.nan)
+        fl.fraction = float("nan")
+        return fl
+    fl.fwhm, fl.beta = shape.fwhm, shape.beta
+    fl.fraction = shape.aperture_fraction(r, ring(r))
+    fl.flux = fl.flux / fl.fraction
+    fl.error = fl.error / fl.fraction
+    return fl
+
+
+def flux_errors(flux: np.ndarray, radius: float, sky_level: float, noise: float) -> np.ndarray:
+    """1-sigma noise of aperture sums: the sky noise over the aperture and the star's own photon
+    noise at the gain the sky implies (sky / noise^2 electrons per unit), with a 0.1% floor
+    (flat field, centring) so that no one bright star outweighs all the others."""
+    gain = sky_level / noise**2 if sky_level > 0 and noise > 0 else np.inf
+    f = np.clip(np.nan_to_num(flux), 0, None)
+    return np.sqrt(np.pi * radius**2 * noise**2 + f / gain + (1e-3 * f) ** 2)
+
+
+def weighted_scale(ref: StarFluxes, frame: StarFluxes, clip: float = 4.0, disagree: float = 3.0) -> FrameScale:
+    """scale = noise-weighted mean of reference flux / frame flux over the usable stars, stars
+    more than `clip` times their own noise (or the robust spread, if larger) from it left out,
+    again until none is. The frame is flagged STARS_DISAGREE when the star ratios scatter more
+    than `disagree` times what their noise explains (a PSF that varies over the field, a
+    variable star, a cloud edge)."""
+    ok = usable(ref) & usable(frame)
+    ok &= np.isfinite(ref.flux) & np.isfinite(frame.flux)
+    ratios = np.full(len(ref.flux), np.nan)
+    ratios[ok] = ref.flux[ok] / frame.flux[ok]
+    if not ok.any():
+        return FrameScale(float("nan"), float("nan"), 0, ratios)
+    rel = np.hypot(ref.error / ref.flux, frame.error / frame.flux)
+    r, e = ratios[ok], (rel * ratios)[ok]
+    keep = np.ones(r.size, bool)
+    centre = float(np.median(r))
+    for _ in range(10):
+        chi = (r - centre) / e
+        spread = 1.4826 * float(np.median(np.abs(chi[keep]))) if keep.sum() > 2 else 1.0
+        new = np.abs(chi) <= clip * max(spread, 1.0)
+        if not new.any():
+            break
+        w = 1 / e[new] ** 2
+        centre = float(np.sum(w * r[new]) / w.sum())
+        if (new == keep).all():
+            break
+        keep = new
+    used = np.flatnonzero(ok)[~keep]
+    ratios[used] = np.nan  # clipped: shown as not used
+    w = 1 / e[keep] ** 2
+    n = int(keep.sum())
+    chi2 = float(np.sum(w * (r[keep] - centre) ** 2) / (n - 1)) if n > 1 else 1.0
+    spread = float(np.sqrt(chi2))
+    error = float(np.sqrt(max(chi2, 1.0) / w.sum()))
+    mad = float(1.4826 * np.median(np.abs(r[keep] - np.median(r[keep])))) if n > 1 else 0.0
+    flags = [STARS_DISAGREE] if n >= 3 and spread > disagree else []
+    return FrameScale(centre, mad, n, ratios, error, spread, flags)
+
+
+def scale_of(ref: StarFluxes, frame: StarFluxes) -> FrameScale:
+    """The frame's scale by the method its fluxes were measured with."""
+    return weighted_scale(ref, frame) if frame.method == "growth" else frame_scale(ref, frame)

@@ -312,3 +312,54 @@ def write_geometry_field(directory: Path, spec: FieldSpec, geometries: list[Fram
     truth = FieldTruth(files, shifts, np.asarray(transp), 0, ref_star, comps, stars)
     truth.transforms = [list(map(float, tr)) for tr in transforms]
     return truth
+
+
+# ---------------------------------------------------------------- seeing that changes (issue 22)
+
+
+def seeing_psfs(n_frames: int, seed: int = 22, fwhm=(2.5, 6.0), beta=(2.0, 4.5)) -> tuple[np.ndarray, np.ndarray]:
+    """A FWHM (px) and Moffat beta per frame, spread over the given ranges so that the set
+    holds both ends of each (sharp and soft frames, steep and broad wings) in a random order."""
+    rng = np.random.default_rng(seed)
+    fw = rng.permutation(np.linspace(*fwhm, n_frames))
+    be = rng.permutation(np.linspace(*beta, n_frames))
+    return fw, be
+
+
+def write_seeing_field(directory: Path, spec: FieldSpec, fwhms, betas, prefix: str = "demo_",
+                       ref_index: int = 0) -> FieldTruth:
+    """Like write_field, but frame i has its own PSF: FWHM fwhms[i] px, Moffat beta betas[i]
+    (recorded as TRUTH_FW and TRUTH_BE in its header)."""
+    from dataclasses import replace
+
+    from astropy.io import fits
+
+    if len(fwhms) != spec.n_frames or len(betas) != spec.n_frames:
+        raise ValueError("fwhms and betas must have one value per frame")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    stars, ref_star, comps = plan_field(spec)
+    shifts, transp = frame_shifts(spec, ref_index)
+    rng = np.random.default_rng(spec.seed + 2)
+    files = []
+    for i in range(spec.n_frames):
+        one = replace(spec, fwhm=float(fwhms[i]), beta=float(betas[i]))
+        data = render_frame(stars, shifts[i], transp[i], one, rng)
+        hdr = fits.Header()
+        hdr["OBJECT"] = "SEEING FIELD"
+        hdr["DATE-OBS"] = f"2026-11-26T03:{i * 2:02d}:00"
+        hdr["EXPTIME"] = 30.0
+        hdr["FILTER"] = "V"
+        hdr["PICTTYPE"] = 1
+        hdr["GAIN"] = (spec.gain, "e-/ADU")
+        hdr["RDNOISE"] = (spec.read_noise, "e-")
+        hdr["SATURATE"] = SATURATION
+        hdr["TRUTH_DX"] = (float(shifts[i, 0]), "true shift x (ref - frame), px")
+        hdr["TRUTH_DY"] = (float(shifts[i, 1]), "true shift y (ref - frame), px")
+        hdr["TRUTH_T"] = (float(transp[i]), "true transparency")
+        hdr["TRUTH_FW"] = (float(fwhms[i]), "true FWHM, px")
+        hdr["TRUTH_BE"] = (float(betas[i]), "true Moffat beta")
+        path = directory / f"{prefix}{i + 1:03d}.fits"
+        fits.PrimaryHDU(data, hdr).writeto(path, overwrite=True)
+        files.append(path)
+    return FieldTruth(files, shifts, transp, ref_index, ref_star, comps, stars)
