@@ -25,6 +25,8 @@ COMBINE_METHODS = cp.METHODS
 SCHEDULERS = ("local", "dask")
 SKY_METHODS = ("median", "sigmaclip")
 PHOT_SKY = ("global", "annulus")
+SCALE_METHODS = ("growth", "fixed")  # core.photometry.SCALE_METHODS
+FIXED_RADIUS = 20.0  # the lab's aperture, px
 
 
 @dataclass(slots=True)
@@ -56,15 +58,28 @@ class ShiftConfig:
 @dataclass(slots=True)
 class ScaleConfig:
     stars: list | str = "auto"
-    radius: float = 20.0
+    # "growth": each frame's aperture sums corrected by its own PSF's curve of growth;
+    # "fixed": the lab's fixed aperture (right only while every frame has the same PSF)
+    method: str = "growth"
+    radius: float | str = "auto"  # "auto": twice each frame's FWHM (growth), 20 px (fixed)
     saturation: float | None = 60000.0
     sky: str = "annulus"
     annulus: tuple[float, float] | None = None
 
-    def annulus_radii(self) -> tuple[float, float] | None:
+    def aperture(self) -> float | None:
+        """The aperture radius in px; None: per frame, from its PSF (growth with "auto")."""
+        if self.radius != "auto":
+            return float(self.radius)
+        return None if self.method == "growth" else FIXED_RADIUS
+
+    def annulus_radii(self) -> tuple[float, float] | str | None:
+        """(r_in, r_out); "auto": radius + 5 to radius + 15 of each frame's own aperture."""
         if self.sky != "annulus":
             return None
-        return self.annulus or (self.radius + 5.0, self.radius + 15.0)
+        if self.annulus:
+            return self.annulus
+        r = self.aperture()
+        return "auto" if r is None else (r + 5.0, r + 15.0)
 
 
 USER_PARAMS = tuple(p for p in cp.PARAMS if p.name != "sky")  # the sky is measured, not set
@@ -167,6 +182,10 @@ def _stars(where, v):
     return [_xy(f"{where}[{i}]", s) for i, s in enumerate(v)]
 
 
+def _radius(where, v):
+    return "auto" if v == "auto" else _pos_num(where, v)
+
+
 def _frame(where, v):
     if v == "auto" or isinstance(v, str):
         return v
@@ -251,7 +270,7 @@ SCHEMA: dict[str, dict[str, Callable]] = {
     "reference": {"frame": _frame, "star": _star, "box": _int(5), "centroid": _choice(CENTROIDS),
                   "sky": _choice(SKY_METHODS)},
     "shift": {"mode": _choice(SHIFT_MODES), "method": _choice(SHIFT_METHODS), "transform": _choice(TRANSFORMS)},
-    "scale": {"stars": _stars, "radius": _pos_num, "saturation": _saturation, "sky": _choice(PHOT_SKY),
+    "scale": {"stars": _stars, "method": _choice(SCALE_METHODS), "radius": _radius, "saturation": _saturation, "sky": _choice(PHOT_SKY),
               "annulus": _optional(_annulus)},
     "combine": {p.name: _param(p) for p in USER_PARAMS},
     "output": {"directory": _path, "write_shifted": _bool},

@@ -104,7 +104,7 @@ def _fit_star(stamp, weight, grid, centre, alpha, beta, free_shape: bool):
             cols += [fp * (-2 + 2 * b * (dx * dx + dy * dy) / (a * a * u)), fp * (1 - (b - 1) * np.log(u))]
         return -np.column_stack(cols) * wt[:, None]
 
-    res = least_squares(resid, t0, jac=jac, x_scale="jac", max_nfev=50)
+    res = least_squares(resid, t0, jac=jac, method="lm", x_scale="jac", max_nfev=50)
     a, b = (np.exp(res.x[4]), 1 + np.exp(res.x[5])) if free_shape else (alpha, beta)
     chi = np.zeros_like(stamp)
     chi[g] = res.fun
@@ -170,17 +170,13 @@ def fit_moffat(
 
     shapes = np.array([(a, be) for _, _, _, a, be in fits])
     t0 = [np.log(np.median(shapes[:, 0])), np.log(np.median(shapes[:, 1]) - 1)]
-    res = least_squares(resid, t0, x_scale="jac", max_nfev=40)
+    res = least_squares(resid, t0, method="lm", x_scale="jac", max_nfev=40)
     alpha, beta = float(np.exp(res.x[0])), float(1 + np.exp(res.x[1]))
     if not (np.isfinite(alpha) and np.isfinite(beta)) or beta > 50:
         return None
     flux = np.full(len(pos), np.nan)
     if fluxes:
-        # flux and background of each star under the shape, at the position given (linear)
+        # each star's total flux under the shape, with its own centre and background
         for k, idx in enumerate(keep):
-            g = weights[k] > 0
-            u = 1 + ((gx[g] - centres[k][0]) ** 2 + (gy[g] - centres[k][1]) ** 2) / (alpha * alpha)
-            prof = (beta - 1) / (np.pi * alpha * alpha) * u**-beta
-            A = np.column_stack([prof, np.ones_like(prof)]) * weights[k][g][:, None]
-            flux[idx] = np.linalg.lstsq(A, stamps[k][g] * weights[k][g], rcond=None)[0][0]
+            flux[idx] = _fit_star(stamps[k], weights[k], (gx, gy), centres[k], alpha, beta, False)[0]
     return MoffatPSF(alpha=alpha, beta=beta, n_stars=len(sel), flux=flux)

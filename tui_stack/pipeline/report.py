@@ -38,6 +38,12 @@ def report_dict(state: RunState) -> dict:
                 "xcorr_shift_y": _nan_to_none(round(fr.xcorr_shift_y, 3)),
                 "scale_mad": _nan_to_none(round(fr.scale_mad, 6)),
                 "n_scale_stars": fr.n_scale_stars,
+                "scale_error": _nan_to_none(round(fr.scale_error, 6)),
+                "scale_spread": _nan_to_none(round(fr.scale_spread, 3)),
+                "psf_fwhm": _nan_to_none(round(fr.psf_fwhm, 3)),
+                "psf_beta": _nan_to_none(round(fr.psf_beta, 3)),
+                "aperture_radius": _nan_to_none(round(fr.aperture_radius, 3)),
+                "aperture_correction": _nan_to_none(round(fr.aperture_correction, 5)),
                 "rotation_deg": _nan_to_none(round(fr.rotation, 5)),
                 "transform": fr.transform,
                 "scale_ratio": round(fr.scale_ratio, 7),
@@ -63,6 +69,7 @@ def report_dict(state: RunState) -> dict:
         c = chosen[0] if chosen else state.combined[-1]
         out["combined"] = _combined_entry(c)
         out["photometry"] = {
+            "scale_method": state.config.scale.method,
             "stars": [list(s) for s in c.photometry.stars],
             "reference_flux": [_nan_to_none(v) for v in c.photometry.reference_flux],
             "combined_flux": [_nan_to_none(v) for v in c.photometry.combined_flux],

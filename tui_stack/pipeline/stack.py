@@ -108,9 +108,15 @@ def combine_frames(
     )
     st = stats.image_stats(result.data)
     comb_mask = ~np.isfinite(result.data)
-    comb_flux = photometry.measure_stars(
-        np.where(comb_mask, 0.0, result.data), comb_mask, state.comparison_stars, cfg.scale.radius, 0.0, None, cfg.scale.annulus_radii()
-    )
+    # measured as the frames were ([scale] method), so that "growth" compares total fluxes
+    comb_data = np.where(comb_mask, 0.0, result.data)
+    good = result.data[~comb_mask][:: max(1, int(comb_mask.size // 200_000))]
+    noise = float(1.4826 * np.median(np.abs(good - np.median(good)))) if good.size else 1.0
+    ref_fr = state.frames[state.ref_index]
+    guess = ref_fr.psf_fwhm if np.isfinite(ref_fr.psf_fwhm) else 4.0
+    comb_flux = photometry.measure_frame(comb_data, comb_mask, state.comparison_stars, cfg.scale.method,
+                                         cfg.scale.aperture(), 0.0, noise, None, cfg.scale.annulus_radii(),
+                                         fwhm_guess=guess)
     ref_flux = state.frames[state.ref_index].star_flux
     phot = stats.compare_photometry(ref_flux, comb_flux.flux, state.comparison_stars)
     combined = CombinedResult(method, None, result.data, len(used), st, phot, result, params,

@@ -50,6 +50,14 @@ class FrameResult:
     n_scale_stars: int = 0
     star_flux: list = field(default_factory=list)
     star_flags: list = field(default_factory=list)
+    # how the scale was measured ([scale] method "growth": the frame's own PSF and the
+    # aperture correction it gives; NaN with "fixed")
+    psf_fwhm: float = float("nan")  # px, of the Moffat fitted to the comparison stars
+    psf_beta: float = float("nan")  # its wing index (small: broad wings)
+    aperture_radius: float = float("nan")  # px
+    aperture_correction: float = float("nan")  # total flux / (aperture sum - annulus sky)
+    scale_error: float = float("nan")  # 1-sigma, from the star ratios
+    scale_spread: float = float("nan")  # scatter of the star ratios / their noise (1: noise alone)
     rotation: float = float("nan")  # degrees, from matching stars after the shift
     # reference -> frame as read, [a, b, c, d, e, f] (notes/TRANSFORM_CONTRACT): a similarity or
     # affine fit (subpixel), or an exact quarter turn / mirror with the shift; None: shift only
@@ -139,6 +147,9 @@ class RunState:
         self.comparison_stars = stars
         for fr in self.frames:
             fr.scale, fr.scale_mad, fr.n_scale_stars, fr.star_flux, fr.star_flags = float("nan"), float("nan"), 0, [], []
+            fr.scale_error = fr.scale_spread = float("nan")
+            if "stars_disagree" in fr.flags:
+                fr.flags.remove("stars_disagree")
             if "no_comparison_star" in fr.flags:
                 fr.flags.remove("no_comparison_star")
                 fr.used = "excluded" not in fr.flags
