@@ -363,3 +363,21 @@ def write_seeing_field(directory: Path, spec: FieldSpec, fwhms, betas, prefix: s
         fits.PrimaryHDU(data, hdr).writeto(path, overwrite=True)
         files.append(path)
     return FieldTruth(files, shifts, transp, ref_index, ref_star, comps, stars)
+
+
+SEEING_SETS = {"sparse": 400, "crowded": 1500, "same": 400}
+
+
+def seeing_set(kind: str, n_frames: int = 8, size: int = 1024) -> tuple[FieldSpec, np.ndarray, np.ndarray]:
+    """The sets of issue 22 (benchmarks/run.py --scales and the tests): `n_frames` frames of
+    size^2 with subpixel offsets, transparency 0.6-1 (the reference 1), 400 ("sparse") or 1,500
+    ("crowded") stars, FWHM 2.5-6 px and Moffat beta 2-4.5 varying from frame to frame, or
+    ("same") every frame at FWHM 3.5, beta 3. Returns (spec, fwhms, betas) for write_seeing_field."""
+    n = SEEING_SETS[kind]
+    t = np.r_[1.0, np.random.default_rng(n).uniform(0.6, 1.0, n_frames - 1)]
+    spec = FieldSpec(n_frames=n_frames, shape=(size, size), n_stars=round(n * (size / 1024) ** 2),
+                     seed=2200 + n, transparencies=tuple(t))
+    if kind == "same":
+        return spec, np.full(n_frames, 3.5), np.full(n_frames, 3.0)
+    fw, be = seeing_psfs(n_frames, seed=n)
+    return spec, fw, be

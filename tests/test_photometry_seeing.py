@@ -1,0 +1,143 @@
+"""Scales that do not depend on the seeing (issue 22): the Moffat PSF of each frame, the
+aperture correction it gives, and the scales against known transparencies on frames whose
+FWHM and PSF wings differ, with the lab's fixed aperture alongside to show what it misses."""
+
+import numpy as np
+import pytest
+
+from tui_stack import pipeline
+from tui_stack.config import config_from_dict
+from tui_stack.core import photometry, psf, synthetic
+
+
+def _frame(stars, fwhm, beta, transparency=1.0, sky=1000.0, seed=0, shape=(300, 300)):
+    img = np.full(shape, sky)
+    for x, y, f in stars:
+        synthetic.add_star(img, x, y, f * transparency, fwhm, beta)
+    rng = np.random.default_rng(seed)
+    noisy = rng.poisson(img * 1.5) / 1.5 + rng.normal(0, 8 / 1.5, shape)
+    return (noisy - sky).astype(np.float32)
+
+
+def _grid_stars(shape=(300, 300), n=5, flux=(1e5, 4e5), seed=3):
+    rng = np.random.default_rng(seed)
+    xs = np.linspace(40, shape[1] - 40, n)
+    return [(x + rng.uniform(-0.5, 0.5), y + rng.uniform(-0.5, 0.5), rng.uniform(*flux)) for y in xs for x in xs]
+
+
+@pytest.mark.parametrize("beta", [2.0, 3.0, 4.5])
+def test_aperture_fraction_matches_a_rendered_star(beta):
+    """The correction's model against pixels: a noise-free star measured with the annulus median."""
+    img = np.zeros((161, 161))
+    synthetic.add_star(img, 80.3, 80.6, 1e5, 5.0, beta)
+    shape = psf.MoffatPSF(psf.alpha_of(5.0, beta), beta)
+    for r in (6.0, 10.0, 20.0):
+        fl = photometry.measure_stars(img, None, [(80.3, 80.6)], r, 0.0, None, (r + 5, r + 15))
+        # pixels sampled at their centres: within 0.2% of the integral at r = 1.2 FWHM
+        assert fl.flux[0] / 1e5 == pytest.approx(shape.aperture_fraction(r, (r + 5, r + 15)), abs=2e-3), r
+
+
+@pytest.mark.parametrize("fwhm,beta", [(2.5, 4.5), (5.5, 2.0), (4.0, 3.0)])
+def test_moffat_fit_recovers_fwhm_and_wings(fwhm, beta):
+    stars = _grid_stars()
+    img = _frame(stars, fwhm, beta)
+    noise = np.sqrt(1000 / 1.5 + (8 / 1.5) ** 2)
+    fit = psf.fit_moffat(img, None, [(x, y) for x, y, _ in stars], 20, noise, 1000.0, 4.0)
+    assert fit.fwhm == pytest.approx(fwhm, rel=0.01) and fit.beta == pytest.approx(beta, rel=0.03)
+
+
+def test_growth_scale_holds_across_seeing_fixed_aperture_does_not():
+    """Same 36 stars, transparency 0.7, a sharp steep frame against a soft broad-winged one. The
+    fitted beta of the soft frame comes out up to 1% high (2.02 for 2.00 over a few noise
+    draws), 0.5% on its correction, and the annulus median takes a little more of the broad
+    wing than the model says: 0.7% in all here, against 5.7% for the fixed aperture. The
+    goals (0.1% RMS over a set of frames) are tested on whole sets below."""
+    shape = (500, 500)
+    stars = _grid_stars(shape, n=6, flux=(2e5, 4e5), seed=4)
+    ref = _frame(stars, 2.5, 4.5, 1.0, seed=1, shape=shape)
+    soft = _frame(stars, 5.5, 2.0, 0.7, seed=14, shape=shape)
+    pos = [(x, y) for x, y, _ in stars]
+    noise = float(np.sqrt(1000 / 1.5 + (8 / 1.5) ** 2))
+    scales = {}
+    for method in ("growth", "fixed"):
+        a, b = (photometry.measure_frame(f, None, pos, method, None, 1000.0, noise, 60000.0, fwhm_guess=4.0)
+                for f in (ref, soft))
+        scales[method] = photometry.scale_of(a, b)
+    assert scales["growth"].scale == pytest.approx(1 / 0.7, rel=1e-2)
+    assert abs(scales["fixed"].scale * 0.7 - 1) > 0.04  # the wings a fixed 20 px aperture loses
+    assert not scales["growth"].flags
+
+
+def test_weighted_scale_clips_an_outlier_and_flags_disagreeing_stars():
+    rng = np.random.default_rng(5)
+    flux = rng.uniform(1e5, 5e5, 20)
+    err = np.full(20, 100.0)
+    ref = photometry.StarFluxes(flux, np.zeros(20), [[] for _ in flux], err, method="growth")
+    frame = photometry.StarFluxes(flux / 1.25 * (1 + rng.normal(0, 3e-4, 20)), np.zeros(20), [[] for _ in flux],
+                                  err / 1.25, method="growth")
+    frame.flux[3] *= 1.2  # a variable star, a cosmic ray in the aperture
+    sc = photometry.scale_of(ref, frame)
+    assert sc.scale == pytest.approx(1.25, rel=3e-4) and sc.n_used == 19 and np.isnan(sc.ratios[3])
+    assert not sc.flags and sc.spread < 3
+    frame.flux[::2] *= 1.02  # half the stars 2% brighter: the frame's stars disagree
+    assert photometry.STARS_DISAGREE in photometry.scale_of(ref, frame).flags
+
+
+@pytest.fixture(scope="module")
+def seeing_runs(tmp_path_factory):
+    """Each set of synthetic.seeing_set through the whole pipeline with stars = "auto", by both methods."""
+    runs = {}
+    for kind in ("sparse", "crowded", "same"):
+        d = tmp_path_factory.mktemp(kind)
+        spec, fw, be = synthetic.seeing_set(kind)
+        truth = synthetic.write_seeing_field(d, spec, fw, be)
+        for method in ("growth", "fixed"):
+            cfg = config_from_dict({
+                "input": {"directory": str(d), "pattern": "demo_*.fits"},
+                "reference": {"frame": 0, "star": [round(v) for v in truth.ref_star]},
+                "scale": {"stars": "auto", "method": method},
+                "output": {"directory": str(d / f"out_{method}"), "write_shifted": False},
+            })
+            state = pipeline.run(cfg)
+            err = np.array([fr.scale for fr in state.frames]) / truth.scales - 1
+            runs[kind, method] = (state, err[1:], fw, be, d / f"out_{method}")
+    return runs
+
+
+def _rms(e):
+    return float(np.sqrt(np.mean(e**2)))
+
+
+@pytest.mark.parametrize("kind", ["sparse", "same"])
+def test_growth_scales_within_goal_of_true_transparency(seeing_runs, kind):
+    _, err, _, _, _ = seeing_runs[kind, "growth"]
+    assert _rms(err) < 1e-3 and np.abs(err).max() < 2e-3, err
+
+
+@pytest.mark.xfail(strict=True, reason="goal not reached on 1,500 stars: 0.17% RMS, 0.27% worst (notes/issue22.md)")
+def test_growth_scales_within_goal_on_crowded_field(seeing_runs):
+    _, err, _, _, _ = seeing_runs["crowded", "growth"]
+    assert _rms(err) < 1e-3 and np.abs(err).max() < 2e-3, err
+
+
+@pytest.mark.parametrize("kind", ["sparse", "crowded"])
+def test_growth_ten_times_better_than_the_fixed_aperture_when_seeing_changes(seeing_runs, kind):
+    growth, fixed = seeing_runs[kind, "growth"][1], seeing_runs[kind, "fixed"][1]
+    assert _rms(fixed) > 0.01 and _rms(growth) < 0.1 * _rms(fixed) and np.abs(growth).max() < 0.005
+
+
+def test_each_frame_reports_its_psf_and_correction(seeing_runs):
+    import json
+
+    state, _, fw, be, out = seeing_runs["sparse", "growth"]
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["photometry"]["scale_method"] == "growth"
+    for fr, f, want_fw, want_be in zip(state.frames, rep["frames"], fw, be):
+        assert f["psf_fwhm"] == pytest.approx(want_fw, rel=0.01) and f["psf_beta"] == pytest.approx(want_be, rel=0.03)
+        assert f["aperture_radius"] == pytest.approx(2 * f["psf_fwhm"], abs=3e-3)
+        assert 1.0 < f["aperture_correction"] < 1.3 and f["scale_spread"] < 3
+        assert "stars_disagree" not in f["flags"]
+    # broad wings (beta 2) need the largest correction
+    corr = [f["aperture_correction"] for f in rep["frames"]]
+    assert int(np.argmax(corr)) == int(np.argmin(be))
+    assert 0.99 < rep["photometry"]["ratio_median"] < 1.01  # the stack measured the same way
