@@ -640,6 +640,57 @@ def _rms_vs_truth(shifts: np.ndarray, truth: dict) -> float | None:
 # ------------------------------------------------------------------ main
 
 
+def scales_case(work: Path, repeat: int = 1) -> list[dict]:
+    """Issue 22: [scale] method "growth" (each frame's aperture sums corrected by its own Moffat
+    PSF) against the lab's "fixed" aperture. Accuracy: 8 frames of 1024^2 with known
+    transparency (synthetic.seeing_set: FWHM 2.5-6 px and beta 2-4.5 varying per frame, 400 or
+    1,500 stars; or one PSF throughout), stars = "auto". Time: a whole `run` on 16 frames of
+    4096^2 (stars = "auto"), the two methods taking turns `repeat` times, medians."""
+    from tui_stack.core import synthetic
+
+    ts = tui_stack_cmd()
+    rows = []
+    for kind in synthetic.SEEING_SETS:
+        d = CACHE / f"seeing_{kind}"
+        truth_file = d / "truth.json"
+        if not truth_file.exists():
+            spec, fw, be = synthetic.seeing_set(kind)
+            t = synthetic.write_seeing_field(d, spec, fw, be)
+            truth_file.write_text(json.dumps({"scales": t.scales.tolist(), "ref_star": list(t.ref_star),
+                                              "fwhm": list(fw), "beta": list(be)}))
+        truth = json.loads(truth_file.read_text())
+        for method in ("growth", "fixed"):
+            out = work / f"scales_{kind}_{method}"
+            cfg = write_config(work / f"scales_{kind}_{method}.toml", {
+                "input": {"directory": str(d), "pattern": "demo_*.fits"},
+                "reference": {"frame": 0, "star": [round(v) for v in truth["ref_star"]]},
+                "scale": {"stars": "auto", "method": method},
+                "output": {"directory": str(out), "write_shifted": False}})
+            res = measure(ts + ["run", str(cfg), "--quiet"])
+            if res["ok"]:
+                frames = json.loads((out / "report.json").read_text())["frames"]
+                err = np.array([f["scale"] for f in frames]) / np.array(truth["scales"]) - 1
+                res["rms_pct"] = round(100 * float(np.sqrt(np.mean(err[1:] ** 2))), 3)
+                res["worst_pct"] = round(100 * float(np.abs(err[1:]).max()), 3)
+            rows.append({"tool": "tui-stack", "case": f"{kind} 8x1024 {method}", **res})
+    frames_dir, files, truth = make_frames(16, 4096)
+    runs = {m: [] for m in ("fixed", "growth")}
+    for _ in range(max(1, repeat)):
+        for method in runs:
+            cfg = write_config(work / f"scales_time_{method}.toml", {
+                "input": {"directory": str(frames_dir), "pattern": "frame_*.fits"},
+                "reference": {"frame": 0, "star": list(truth["ref_star"])},
+                "scale": {"stars": "auto", "method": method},
+                "output": {"directory": str(work / f"scales_time_{method}"), "write_shifted": False}})
+            runs[method].append(measure(ts + ["run", str(cfg), "--quiet"]))
+    for method, results in runs.items():
+        res = dict(sorted(results, key=lambda r: r["wall_s"])[len(results) // 2])
+        res["walls_s"] = [r["wall_s"] for r in results]
+        res["ok"] = all(r["ok"] for r in results)
+        rows.append({"tool": "tui-stack", "case": f"run 16x4096 {method}", **res})
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=20)
@@ -656,7 +707,20 @@ def main() -> int:
                          "the turned, flipped, mirrored and rescaled sets (GEOMETRY_SETS)")
     ap.add_argument("--sets", default=",".join(GEOMETRY_SETS),
                     help="with --registration: which geometry sets (comma-separated; '' for none)")
+    ap.add_argument("--scales", action="store_true",
+                    help="only the scale race (issue 22): [scale] method growth vs fixed on frames of varied "
+                         "seeing with known transparency, and the run time of 16 frames of 4096^2")
     args = ap.parse_args()
+    if args.scales:
+        work = CACHE / "work"
+        work.mkdir(parents=True, exist_ok=True)
+        rows = scales_case(work, args.repeat)
+        for r in rows:
+            print(f"{r['case']:28s} {r['wall_s']!s:>7} s {r['peak_rss_mb']!s:>7} MB  {'ok' if r['ok'] else 'FAILED'}"
+                  + (f"  scale error rms {r['rms_pct']}%  worst {r['worst_pct']}%" if "rms_pct" in r else "")
+                  + (f"  runs {r['walls_s']}" if "walls_s" in r else ""))
+        (HERE / "results-scales.json").write_text(json.dumps(rows, indent=2))
+        return 0
     if args.registration:
         work = CACHE / "work"
         work.mkdir(parents=True, exist_ok=True)

@@ -140,4 +140,57 @@ def test_each_frame_reports_its_psf_and_correction(seeing_runs):
     # broad wings (beta 2) need the largest correction
     corr = [f["aperture_correction"] for f in rep["frames"]]
     assert int(np.argmax(corr)) == int(np.argmin(be))
-    assert 0.99 < rep["photometry"]["ratio_median"] < 1.01  # the stack measured the same way
+    # the stack measured the same way matches the reference where the PSF holds (a median of
+    # frames of different seeing is not flux-conserving in the star cores: 0.956 on "sparse")
+    same = json.loads((seeing_runs["same", "growth"][4] / "report.json").read_text())
+    assert 0.99 < same["photometry"]["ratio_median"] < 1.01
+
+
+# ------------------------------------------------------------------ the real frames
+
+from conftest import REPO, requires_pydia  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def pydia_registered(tmp_path_factory):
+    from tui_stack.config import load_config
+
+    cfg = load_config(REPO / "sample_configs" / "pydia.toml")
+    cfg.output.directory = tmp_path_factory.mktemp("pydia22")
+    cfg.scale.method, cfg.scale.radius = "growth", "auto"
+    state = pipeline.RunState(config=cfg)
+    state.set_files(pipeline.select(cfg))
+    pipeline.choose_reference(state)
+    pipeline.register(state)
+    return state
+
+
+def _scales_with(state, **scale):
+    cfg = state.config.copy()
+    for k, v in scale.items():
+        cfg.set("scale", k, v)
+    state.config = cfg
+    pipeline.measure_scales(state)
+    return np.array([fr.scale for fr in state.frames])
+
+
+@requires_pydia
+@pytest.mark.parametrize("change", [
+    pytest.param({"annulus": [30, 45]}, id="annulus"),
+    pytest.param({"radius": 12}, id="aperture", marks=pytest.mark.xfail(
+        strict=True, reason="aperture 12 vs 20 px moves frame 0002 by 2.2% (crowded bulge field: neighbours and "
+                            "halo light the Moffat model does not hold; notes/issue22.md)")),
+    pytest.param("half", id="half of the stars", marks=pytest.mark.xfail(
+        strict=True, reason="one half of the 12 stars moves frame 0002 by ~4% (notes/issue22.md)")),
+])
+def test_real_frame_scales_stable_to_half_a_percent(pydia_registered, change):
+    """Each frame's scale moves by less than 0.5% when the annulus, the aperture or the half of
+    the comparison stars used changes (goal of issue 22)."""
+    state = pydia_registered
+    stars = [list(s) for s in state.config.scale.stars]
+    if change == "half":
+        base, other = _scales_with(state, stars=stars[0::2]), _scales_with(state, stars=stars[1::2])
+    else:
+        base = _scales_with(state, stars=stars, radius=20 if "radius" in change else "auto")
+        other = _scales_with(state, stars=stars, **change)
+    assert np.abs(other / base - 1).max() < 0.005, np.round(other / base - 1, 4)

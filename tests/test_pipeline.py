@@ -164,7 +164,8 @@ def test_photometry_in_the_registration_pass_equals_the_shifted_frames(field_int
     for i, fr in enumerate(state.frames):
         assert getattr(fr, "early_fluxes", None) is not None
         data, mask, _ = pipeline.prepared_frame(state, i)  # the shifted frame, as the lab measures
-        want = photometry.measure_stars(data, mask, state.comparison_stars, cfg.scale.radius, fr.sky, cfg.scale.saturation,
-                                        cfg.scale.annulus_radii())
+        want = photometry.measure_frame(data, mask, state.comparison_stars, cfg.scale.method, cfg.scale.aperture(),
+                                        fr.sky, fr.noise, cfg.scale.saturation, cfg.scale.annulus_radii(),
+                                        fwhm_guess=fr.quality.fwhm)
         np.testing.assert_allclose(fr.star_flux, want.flux, rtol=1e-6)
         assert fr.star_flags == want.flags

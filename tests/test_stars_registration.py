@@ -79,4 +79,5 @@ def test_auto_scales_within_three_tenths_of_a_percent(crowded, tmp_path, mode):
     err = scales / crowded.scales - 1
     assert np.abs(err).max() < 0.003, err
     assert len(state.comparison_stars) >= 20
-    assert all(f.scale_mad < 0.03 for f in state.frames)
+    # relative: the spread of the ratios grows with the scale (the half-transparent frame's are near 2)
+    assert all(f.scale_mad / f.scale < 0.03 for f in state.frames), [round(f.scale_mad / f.scale, 4) for f in state.frames]

@@ -21,6 +21,7 @@ SATURATED = "saturated"
 CROWDED = "crowded"
 OFF_FRAME = "off_frame"  # aperture reaches past the frame or into masked pixels
 NO_FLUX = "no_flux"
+NO_PSF = "no_psf"  # method "growth": no PSF could be fitted in this frame (no whole stamp of a clean star)
 
 
 SCALE_METHODS = ("growth", "fixed")
@@ -226,13 +227,14 @@ def measure_frame(
     first = measure_stars(data, mask, pos, float(radius or max(fwhm_radius * fwhm_guess, 4.0)), sky_level, saturation, None)
     good = usable(first)
     half = int(np.clip(np.ceil(4 * fwhm_guess), 15, 30))
-    shape = psf.fit_moffat(data, mask, pos[good], half, noise, sky_level, fwhm_guess) if good.sum() >= 2 else None
+    shape = psf.fit_moffat(data, mask, pos[good], half, noise, sky_level, fwhm_guess) if good.any() else None
     r = float(radius) if radius is not None else max(fwhm_radius * (shape.fwhm if shape else fwhm_guess), 4.0)
     fl = measure_stars(data, mask, pos, r, sky_level, saturation, ring(r))
     fl.error, fl.radius, fl.method = flux_errors(fl.flux, r, sky_level, noise), r, method
     if shape is None:
         fl.flux = np.full(len(pos), np.nan)
         fl.fraction = float("nan")
+        fl.flags = [f + [NO_PSF] for f in fl.flags]
         return fl
     fl.fwhm, fl.beta = shape.fwhm, shape.beta
     fl.fraction = shape.aperture_fraction(r, ring(r))

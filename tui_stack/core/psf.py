@@ -130,7 +130,7 @@ def fit_moffat(
     left out, then alpha and beta are fitted to them all at once. With `fluxes`, every star's
     total flux under that shape is fitted too. Pixels are weighted by their noise: the sky
     `noise` and the star's photon noise at the gain the sky implies (`sky_level` / noise^2).
-    None when fewer than 2 stars have a whole stamp.
+    None when no star has a whole stamp.
     """
     from scipy.optimize import least_squares
 
@@ -138,7 +138,7 @@ def fit_moffat(
     if mask is None:
         mask = np.zeros(data.shape, bool)
     stamps, goods, centres, keep = _stamps(data, mask, pos, half)
-    if len(stamps) < 2:
+    if not stamps:
         return None
     off = np.arange(-half, half + 1, dtype=float)
     gy, gx = np.meshgrid(off, off, indexing="ij")
