@@ -223,11 +223,10 @@ def measure_frame(
         fl = measure_stars(data, mask, pos, r, sky_level, saturation, ring(r))
         fl.error, fl.radius = flux_errors(fl.flux, r, sky_level, noise), r
         return fl
-    # the stars fit to fit the PSF on: those an aperture of about the final size finds clean
-    first = measure_stars(data, mask, pos, float(radius or max(fwhm_radius * fwhm_guess, 4.0)), sky_level, saturation, None)
-    good = usable(first)
+    # the PSF is fitted on the unsaturated stars (a neighbour in a stamp is clipped by the fit)
+    good = np.array([not _saturated(data, x, y, sky_level, saturation) for x, y in pos], bool)
     half = int(np.clip(np.ceil(4 * fwhm_guess), 15, 30))
-    shape = psf.fit_moffat(data, mask, pos[good], half, noise, sky_level, fwhm_guess) if good.any() else None
+    shape = psf.fit_moffat(data, mask, pos[good], half, noise, sky_level, fwhm_guess, fluxes=False) if good.any() else None
     r = float(radius) if radius is not None else max(fwhm_radius * (shape.fwhm if shape else fwhm_guess), 4.0)
     fl = measure_stars(data, mask, pos, r, sky_level, saturation, ring(r))
     fl.error, fl.radius, fl.method = flux_errors(fl.flux, r, sky_level, noise), r, method
@@ -241,6 +240,15 @@ def measure_frame(
     fl.flux = fl.flux / fl.fraction
     fl.error = fl.error / fl.fraction
     return fl
+
+
+def _saturated(data: np.ndarray, x: float, y: float, sky_level: float, saturation: float | None) -> bool:
+    """A pixel at or above `saturation` within 2 px of (x, y), or the star off the frame."""
+    h, w = data.shape
+    ix, iy = int(np.floor(x + 0.5)), int(np.floor(y + 0.5))
+    if not (np.isfinite(x) and np.isfinite(y)) or not (2 <= ix < w - 2 and 2 <= iy < h - 2):
+        return True
+    return saturation is not None and bool(np.nanmax(data[iy - 2:iy + 3, ix - 2:ix + 3]) + sky_level >= saturation)
 
 
 def flux_errors(flux: np.ndarray, radius: float, sky_level: float, noise: float) -> np.ndarray:

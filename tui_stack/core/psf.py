@@ -159,19 +159,22 @@ def fit_moffat(
         fits.append((k, x, y, a, be))
     # the shared shape: centres as each star's own fit put them; flux and background are
     # linear given the shape, so solved exactly inside each evaluation
-    sel = [(stamps[k], weights[k], x, y) for k, x, y, _, _ in fits]
+    S = np.array([stamps[k] for k, *_ in fits])
+    W = np.array([weights[k] for k, *_ in fits])
+    X = np.array([x for _, x, _, _, _ in fits])[:, None, None]
+    Y = np.array([y for _, _, y, _, _ in fits])[:, None, None]
+    W2 = W * W
+    s11, s1d = W2.sum(axis=(1, 2)), (W2 * S).sum(axis=(1, 2))
 
     def resid(t):
         a, b = np.exp(t[0]), 1 + np.exp(t[1])
-        out = []
-        for s, wt, x, y in sel:
-            g = wt > 0
-            u = 1 + ((gx[g] - x) ** 2 + (gy[g] - y) ** 2) / (a * a)
-            prof = (b - 1) / (np.pi * a * a) * u**-b
-            A = np.column_stack([prof, np.ones_like(prof)]) * wt[g][:, None]
-            coef = np.linalg.lstsq(A, s[g] * wt[g], rcond=None)[0]
-            out.append(s[g] * wt[g] - A @ coef)
-        return np.concatenate(out)
+        prof = (b - 1) / (np.pi * a * a) * (1 + ((gx - X) ** 2 + (gy - Y) ** 2) / (a * a)) ** -b
+        wp = W2 * prof
+        spp, sp1, spd = (wp * prof).sum(axis=(1, 2)), wp.sum(axis=(1, 2)), (wp * S).sum(axis=(1, 2))
+        det = spp * s11 - sp1 * sp1
+        flux = (spd * s11 - sp1 * s1d) / det  # weighted least squares of flux and background, star by star
+        bg = (spp * s1d - sp1 * spd) / det
+        return ((S - flux[:, None, None] * prof - bg[:, None, None]) * W).ravel()
 
     shapes = np.array([(a, be) for _, _, _, a, be in fits])
     t0 = [np.log(np.median(shapes[:, 0])), np.log(np.median(shapes[:, 1]) - 1)]
@@ -184,4 +187,4 @@ def fit_moffat(
         # each star's total flux under the shape, with its own centre and background
         for k, idx in enumerate(keep):
             flux[idx] = _fit_star(stamps[k], weights[k], (gx, gy), centres[k], alpha, beta, False)[0]
-    return MoffatPSF(alpha=alpha, beta=beta, n_stars=len(sel), flux=flux)
+    return MoffatPSF(alpha=alpha, beta=beta, n_stars=len(fits), flux=flux)
