@@ -121,11 +121,17 @@ AUTO_STARS = 30  # at most this many comparison stars with stars = "auto"
 def check_scale(cfg, shape: tuple[int, int], n_stars: int | None = None) -> None:
     """[scale] radius and annulus of a config against frames of `shape` (the wizard's steps call
     this as well as `run`: a radius typed there must not take the machine's memory either)."""
+    from tui_stack.config import FIXED_RADIUS
+
     stars = cfg.scale.stars
     if n_stars is None:
-        n_stars = AUTO_STARS if isinstance(stars, str) else len(stars)
-    check_photometry(float(cfg.scale.radius), cfg.scale.annulus_radii(), shape, n_stars,
-                     int(cfg.combine.memory_limit))
+        n_stars = (2 if cfg.scale.method == "growth" else 1) * AUTO_STARS if isinstance(stars, str) else len(stars)
+    # radius "auto" with method "growth": twice each frame's FWHM, checked as the lab's 20 px
+    radius = cfg.scale.aperture() or FIXED_RADIUS
+    annulus = cfg.scale.annulus_radii()
+    if annulus == "auto":
+        annulus = (radius + 5.0, radius + 15.0)
+    check_photometry(radius, annulus, shape, n_stars, int(cfg.combine.memory_limit))
 
 
 def check_run(cfg, files: list[Path], ref_path: Path) -> int:
