@@ -82,7 +82,7 @@ def _fit_star(stamp, weight, grid, centre, alpha, beta, free_shape: bool):
     g = weight > 0
     px, py, wt, d = gx[g], gy[g], weight[g], stamp[g]
     edge = np.hypot(px, py) > px.max() - 2
-    b0 = float(np.median(d[edge]))
+    b0 = float(np.median(d[edge])) if edge.any() else 0.0
     f0 = max(float((d - b0).sum()), 1.0)
     t0 = [np.log(f0), centre[0], centre[1], b0] + ([np.log(alpha), np.log(beta - 1)] if free_shape else [])
 
@@ -137,6 +137,8 @@ def fit_moffat(
     pos = np.atleast_2d(np.asarray(positions, float))
     if mask is None:
         mask = np.zeros(data.shape, bool)
+    if not (np.isfinite(noise) and noise > 0):
+        return None
     stamps, goods, centres, keep = _stamps(data, mask, pos, half)
     if not stamps:
         return None
@@ -154,9 +156,16 @@ def fit_moffat(
     alpha0 = alpha_of(fwhm_guess, beta0)
     fits = []
     for k in order:
-        f, x, y, b, a, be, chi = _fit_star(stamps[k], weights[k], (gx, gy), centres[k], alpha0, beta0, True)
+        try:
+            f, x, y, b, a, be, chi = _fit_star(stamps[k], weights[k], (gx, gy), centres[k], alpha0, beta0, True)
+        except ValueError:  # nothing finite to fit (a stamp of masked pixels)
+            continue
+        if not np.isfinite([x, y, a, be]).all():
+            continue
         weights[k] = np.where(np.abs(chi) > 5, 0.0, weights[k])
         fits.append((k, x, y, a, be))
+    if not fits:
+        return None
     # the shared shape: centres as each star's own fit put them; flux and background are
     # linear given the shape, so solved exactly inside each evaluation
     S = np.array([stamps[k] for k, *_ in fits])
@@ -178,7 +187,10 @@ def fit_moffat(
 
     shapes = np.array([(a, be) for _, _, _, a, be in fits])
     t0 = [np.log(np.median(shapes[:, 0])), np.log(np.median(shapes[:, 1]) - 1)]
-    res = least_squares(resid, t0, method="lm", x_scale="jac", max_nfev=40)
+    try:
+        res = least_squares(resid, t0, method="lm", x_scale="jac", max_nfev=40)
+    except ValueError:
+        return None
     alpha, beta = float(np.exp(res.x[0])), float(1 + np.exp(res.x[1]))
     if not (np.isfinite(alpha) and np.isfinite(beta)) or beta > 50:
         return None
@@ -186,5 +198,8 @@ def fit_moffat(
     if fluxes:
         # each star's total flux under the shape, with its own centre and background
         for k, idx in enumerate(keep):
-            flux[idx] = _fit_star(stamps[k], weights[k], (gx, gy), centres[k], alpha, beta, False)[0]
+            try:
+                flux[idx] = _fit_star(stamps[k], weights[k], (gx, gy), centres[k], alpha, beta, False)[0]
+            except ValueError:
+                pass
     return MoffatPSF(alpha=alpha, beta=beta, n_stars=len(fits), flux=flux)
