@@ -149,9 +149,9 @@ def fit_moffat(
     # ones and bias the fitted wings (beta 2.02 for 2.00, measured)
     from scipy.ndimage import uniform_filter
 
-    weights = [np.where(g, 1.0 / np.sqrt(noise**2 + np.clip(uniform_filter(s, 3), 0, None) / gain), 0.0)
-               for s, g in zip(stamps, goods)]
     order = np.argsort([-s.sum() for s in stamps])[:n_bright]
+    weights = {k: np.where(goods[k], 1.0 / np.sqrt(noise**2 + np.clip(uniform_filter(stamps[k], 3), 0, None) / gain), 0.0)
+               for k in (range(len(stamps)) if fluxes else order)}
     beta0 = 3.0
     alpha0 = alpha_of(fwhm_guess, beta0)
     fits = []
