@@ -226,7 +226,7 @@ def measure_frame(
     # the PSF is fitted on the unsaturated stars (a neighbour in a stamp is clipped by the fit)
     good = np.array([not _saturated(data, x, y, sky_level, saturation) for x, y in pos], bool)
     half = int(np.clip(np.ceil(4 * fwhm_guess), 15, 30))
-    shape = psf.fit_moffat(data, mask, pos[good], half, noise, sky_level, fwhm_guess, fluxes=False) if good.any() else None
+    shape = psf.fit_moffat(data, mask, pos[good], half, noise, sky_level, fwhm_guess) if good.any() else None
     r = float(radius) if radius is not None else max(fwhm_radius * (shape.fwhm if shape else fwhm_guess), 4.0)
     fl = measure_stars(data, mask, pos, r, sky_level, saturation, ring(r))
     fl.error, fl.radius, fl.method = flux_errors(fl.flux, r, sky_level, noise), r, method
