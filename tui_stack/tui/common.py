@@ -31,6 +31,7 @@ FLAG_CODES = {
     "rotated": "R", "meridian_flip": "M", "star_off_frame": "O", "disagree": "D", "no_data": "0",
     "no_stars": "N", "no_match": "X", "duplicate": "2", "excluded": "x", "no_comparison_star": "C",
     "saturated": "s", "neighbour": "n", "off_frame": "o", "unreadable": "U",
+    "stars_disagree": "d", "no_psf": "p",  # scale step, method "growth" (issue 22)
 }
 
 
