@@ -1,0 +1,248 @@
+"""Calibration (core/calibrate.py) against ccdproc and against the known truth of synthetic raw frames."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from tui_stack.core import calibrate as cal
+from tui_stack.core import synthetic_calib as sc
+from tui_stack.errors import InputError
+
+SPEC = sc.RawSpec()
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory):
+    return sc.write_raw_set(tmp_path_factory.mktemp("raw"), SPEC)
+
+
+@pytest.fixture(scope="module")
+def calib(raw):
+    return cal.build(raw.bias, raw.dark, raw.flat, raw.lights, cal.Options(overscan="BIASSEC", trim="TRIMSEC"))
+
+
+CLIP = dict(method="average", sigma_clip=True, sigma_clip_low_thresh=5, sigma_clip_high_thresh=5,
+            sigma_clip_func=np.ma.median, sigma_clip_dev_func=np.ma.std)
+
+
+@pytest.fixture(scope="module")
+def ccdproc_reduction(raw):
+    """The same reduction done by ccdproc, step by step as its guide does it."""
+    import astropy.units as u
+    import ccdproc
+    from astropy.nddata import CCDData
+
+    warnings.simplefilter("ignore")
+
+    def prep(p):
+        ccd = CCDData.read(p, unit="adu")
+        ccd = ccdproc.subtract_overscan(ccd, fits_section=ccd.header["BIASSEC"], median=True, overscan_axis=1)
+        return ccdproc.trim_image(ccd, fits_section=ccd.header["TRIMSEC"])
+
+    bias = ccdproc.combine([prep(p) for p in raw.bias], **CLIP)
+    dark = ccdproc.combine([ccdproc.subtract_bias(prep(p), bias) for p in raw.dark], **CLIP)
+    dark.header["EXPTIME"] = SPEC.dark_exptime
+
+    def debias_dedark(p):
+        return ccdproc.subtract_dark(ccdproc.subtract_bias(prep(p), bias), dark, exposure_time="EXPTIME",
+                                     exposure_unit=u.s, scale=True)
+
+    flat = ccdproc.combine([debias_dedark(p) for p in raw.flat], scale=lambda a: 1 / np.ma.median(a), **CLIP)
+    norm = float(np.median(flat.data))
+    lights = [ccdproc.flat_correct(debias_dedark(p), flat, norm_value=norm) for p in raw.lights]
+    return {"bias": bias.data, "dark": dark.data, "flat": flat.data / norm, "lights": [c.data for c in lights]}
+
+
+def test_masters_equal_ccdproc_combine(calib, ccdproc_reduction):
+    ref = ccdproc_reduction
+    np.testing.assert_allclose(calib.bias.data, ref["bias"], rtol=0, atol=2e-4)
+    np.testing.assert_allclose(calib.dark.data, ref["dark"], rtol=0, atol=2e-4)
+    np.testing.assert_allclose(calib.flats["V"].data, ref["flat"], rtol=2e-6, atol=1e-7)
+
+
+def test_lights_equal_ccdproc_calibration(calib, raw, ccdproc_reduction):
+    for path, want in zip(raw.lights, ccdproc_reduction["lights"]):
+        frame = calib.read_frame(path)
+        ok = ~frame.mask
+        # masked: exactly the hot and dead pixels, nothing else
+        assert frame.mask.sum() == SPEC.n_hot + SPEC.n_dead
+        np.testing.assert_allclose(frame.data[ok], want[ok], rtol=1e-5, atol=2e-3)
+
+
+def test_masters_against_truth(calib, raw):
+    flat = calib.flats["V"]
+    good = ~flat.mask
+    resid = flat.data[good] / raw.flat_truth[good] - 1
+    # photon noise of the master: the flats' electrons, averaged
+    levels = flat.level * SPEC.gain * len(raw.flat)
+    expected = np.sqrt(np.mean(1 / (levels * raw.flat_truth[good])))
+    assert 0.9 * expected < resid.std() < 1.15 * expected
+    # no structure left: box means of the residual within their noise (vignetting, dust removed)
+    boxes = resid[: resid.size // 1024 * 1024].reshape(-1, 1024).mean(axis=1)
+    assert np.abs(boxes).max() < 5 * expected / np.sqrt(1024)
+    assert {tuple(p) for p in np.argwhere(calib.dark.mask)} == {tuple(p) for p in raw.hot}
+    assert {tuple(p) for p in np.argwhere(flat.mask)} == {tuple(p) for p in raw.dead}
+    # the dark current per second (bias subtracted, hot pixels aside)
+    rate = calib.dark.data / calib.dark.exptime
+    cold = ~calib.dark.mask
+    assert abs(np.median(rate[cold]) - np.median(raw.dark_rate[cold])) < 0.005
+
+
+def test_calibrated_rows_equal_whole_frame(calib, raw):
+    """The combine's row blocks (with a shift and a meridian flip) are the registration's frame."""
+    path = raw.lights[1]
+    whole = calib.read_frame(path)
+    img = np.where(whole.mask, np.nan, whole.data)
+    h, w = img.shape
+    for dx, dy, flip in ((0, 0, False), (5, -7, False), (-3, 4, True)):
+        src = calib.source(path, dx, dy, flip=flip)
+        got = np.empty((h, w), np.float32)
+        for y0 in range(0, h, 37):
+            src.read_into(y0, min(h, y0 + 37), got[y0:y0 + 37])
+        src.close()
+        turned = img[::-1, ::-1] if flip else img
+        want = np.full((h, w), np.nan, np.float32)
+        ys, xs = slice(max(0, dy), min(h, h + dy)), slice(max(0, dx), min(w, w + dx))
+        want[ys, xs] = turned[max(0, -dy):min(h, h - dy), max(0, -dx):min(w, w - dx)]
+        np.testing.assert_array_equal(got, want)
+
+
+def test_overscan_variants_equal_ccdproc(raw):
+    """Mean per row, and a line fitted through the rows (ccdproc's model=Polynomial1D(1))."""
+    import ccdproc
+    from astropy.modeling import models
+    from astropy.nddata import CCDData
+
+    path = raw.lights[0]
+    info = cal.read_info(path)
+    ccd = CCDData.read(path, unit="adu")
+    for stat, order in (("mean", None), ("median", 1)):
+        geo = cal.resolve_geometry(info, "BIASSEC", None, stat, order)  # trim: the side beyond the overscan
+        assert geo.trim == cal.parse_section(info.header["TRIMSEC"], info.shape)
+        model = models.Polynomial1D(order) if order is not None else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            want = ccdproc.trim_image(ccdproc.subtract_overscan(ccd, fits_section=info.header["BIASSEC"],
+                                                                median=stat == "median", model=model),
+                                      fits_section=info.header["TRIMSEC"]).data
+        got = cal.calibrate_array(fits.getdata(path).astype(np.float32), geo, None)
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-3)
+        r = cal.CalibratedReader(path, 0, info.shape, geo, None)
+        np.testing.assert_array_equal(r.rows(10, 90, 3, 200), got[10:90, 3:200])
+        r.close()
+
+
+def test_overscan_of_rows_and_sections():
+    s = cal.parse_section("[1:100, 201:300]", (400, 120))
+    assert (s.y0, s.y1, s.x0, s.x1) == (200, 300, 0, 100)
+    assert cal.parse_section("[*,5:1]", (10, 20)) == cal.Section(0, 5, 0, 20)
+    with pytest.raises(InputError, match="outside"):
+        cal.parse_section("[1:500,1:10]", (10, 20))
+    raw = np.add.outer(np.arange(30.0), np.zeros(20)) + np.arange(20.0)[None, :] * 2
+    geo = cal.Geometry(cal.Section(24, 30, 0, 20), cal.Section(0, 24, 0, 20), axis=0)
+    out = cal.calibrate_array(raw.astype(np.float32), geo, None)
+    # each column's overscan (rows 24-29, median 26.5 + 2x) taken off that column
+    np.testing.assert_allclose(out, np.add.outer(np.arange(24.0), np.zeros(20)) - 26.5)
+
+
+def test_dark_scaling_needs_bias(raw, tmp_path):
+    opts = cal.Options(overscan="BIASSEC", trim="TRIMSEC")
+    with pytest.raises(InputError, match="without bias frames"):
+        cal.build([], raw.dark, [], raw.lights, opts)
+    # darks of the lights' exposure: subtracted as they are, bias and all
+    spec = sc.RawSpec(n_bias=0, n_flat=0, n_lights=2, n_dark=5, dark_exptime=30.0, seed=3)
+    t = sc.write_raw_set(tmp_path, spec)
+    c = cal.build([], t.dark, [], t.lights, opts)
+    assert not c.dark.bias_subtracted
+    assert c.dark_scale(30.0, "x") == 1.0
+    frame = c.read_frame(t.lights[0])
+    # what is left is the sky through the flat and the stars: the bias pattern went with the dark
+    resid = frame.data - SPEC.sky * t.flat_truth
+    faint = ~frame.mask & (np.abs(resid) < 50)
+    assert abs(np.median(resid[faint])) < 3
+    assert abs(np.corrcoef(resid[faint], t.bias_pattern[faint])[0, 1]) < 0.05
+    raw = cal.calibrate_array(fits.getdata(t.lights[0]).astype(np.float32), c.geometry, None)
+    assert np.corrcoef((raw - SPEC.sky * t.flat_truth)[faint], t.bias_pattern[faint])[0, 1] > 0.1  # noise 0.004
+
+
+def _copy_with(src: Path, dst: Path, data=None, **keys) -> Path:
+    d, h = fits.getdata(src, header=True)
+    for k, v in keys.items():
+        if v is None:
+            h.remove(k, ignore_missing=True)
+        else:
+            h[k] = v
+    fits.PrimaryHDU(d if data is None else data, h).writeto(dst, overwrite=True)
+    return dst
+
+
+def test_bad_calibration_sets(raw, tmp_path):
+    opts = cal.Options(overscan="BIASSEC", trim="TRIMSEC")
+    bad_shape = tmp_path / "bias_small.fits"
+    fits.PrimaryHDU(np.zeros((100, 100), np.uint16), fits.getheader(raw.bias[0])).writeto(bad_shape)
+    with pytest.raises(InputError, match="bias_small.fits: bias frame is 100x100"):
+        cal.build(raw.bias + [bad_shape], [], [], raw.lights, opts)
+    binned = _copy_with(raw.dark[0], tmp_path / "dark_bin.fits", XBINNING=2, YBINNING=2)
+    with pytest.raises(InputError, match="dark_bin.fits: dark frame binned 2x2"):
+        cal.build(raw.bias, raw.dark + [binned], [], raw.lights, opts)
+    b_flats = [_copy_with(p, tmp_path / f"B_{p.name}", FILTER="B") for p in raw.flat]
+    with pytest.raises(InputError, match="filter 'V' but no flat for it"):
+        cal.build(raw.bias, raw.dark, b_flats, raw.lights, opts)
+    # flats of another filter beside the right ones are left out and said so
+    c = cal.build(raw.bias[:3], [], raw.flat[:3] + b_flats[:3], raw.lights[:1], opts)
+    assert set(c.flats) == {"V"} and len(c.report()["ignored_flats"]) == 3
+    with pytest.raises(InputError, match="too few for sigmaclip"):
+        cal.build(raw.bias[:2], [], [], raw.lights, opts)
+    opts_mm = cal.Options(overscan="BIASSEC", trim="TRIMSEC")
+    opts_mm.dark_params = cal.combine.CombineParams("minmax", nlow=3, nhigh=3)
+    with pytest.raises(InputError, match="dark: 6 frames .* too few for minmax, which needs at least 7"):
+        cal.build(raw.bias, raw.dark[:6], [], raw.lights, opts_mm)
+    short = [_copy_with(p, tmp_path / f"short_{p.name}", EXPTIME=5.0) for p in raw.dark[:3]]
+    with pytest.raises(InputError, match=r"exposure 30 s is more than 2x the darks' 5 s"):
+        cal.build(raw.bias, short, [], raw.lights, opts)
+    blank = np.zeros(fits.getdata(raw.flat[0]).shape, np.uint16)
+    zeros = [_copy_with(raw.flat[0], tmp_path / "flat_zero.fits", data=blank)] + raw.flat[1:4]
+    with pytest.raises(InputError, match="flat_zero.fits: 100.0% of its pixels are exactly 0"):
+        cal.build(raw.bias, [], zeros, raw.lights, opts)
+    nokey = _copy_with(raw.lights[0], tmp_path / "light_nokey.fits", BIASSEC=None)
+    with pytest.raises(InputError, match="light_nokey.fits: no BIASSEC keyword"):
+        cal.build(raw.bias, [], [], [nokey], opts)
+
+
+def test_cosmic_rays_masked_not_filled(tmp_path):
+    spec = sc.RawSpec(n_lights=2, n_dark=3, n_flat=3, n_bias=3, cosmic_rays=40, seed=8)
+    t = sc.write_raw_set(tmp_path, spec)
+    opts = cal.Options(overscan="BIASSEC", trim="TRIMSEC", cosmics=True)
+    c = cal.build(t.bias, t.dark, t.flat, t.lights, opts)
+    frame = c.read_frame(t.lights[0])
+    hits = {p for p in t.cosmic[0]}
+    found = {tuple(p) for p in np.argwhere(frame.mask)} - {tuple(p) for p in t.hot} - {tuple(p) for p in t.dead}
+    assert len(hits & found) >= 0.9 * len(hits)
+    assert len(found - hits) < 0.5 * len(hits)  # a few neighbours of a hit at most
+    # the row reader masks the same pixels
+    r = c.reader(t.lights[0])
+    rows = r.rows(0, spec.shape[0])
+    r.close()
+    np.testing.assert_array_equal(np.isnan(rows), frame.mask)
+    assert c.report()["cosmic_rays"][t.lights[0].name] == int(frame.mask.sum()) - spec.n_hot - spec.n_dead
+
+
+def test_classify_headers():
+    for value, kind in (("Bias Frame", "bias"), ("zero", "bias"), ("DARK", "dark"), ("Flat Field", "flat"),
+                        ("skyflat", "flat"), ("Light Frame", "light"), ("object", "light"), ("", "")):
+        assert cal.classify({"IMAGETYP": value}) == kind
+    assert cal.binning_of({"CCDSUM": "2 2"}) == (2, 2) and cal.binning_of({"BINNING": "1x2"}) == (1, 2)
+
+
+def test_master_file_has_provenance(calib):
+    hdul = cal.master_hdul(calib.flats["V"], "9.9", calib.geometry)
+    hdr = hdul[0].header
+    assert hdr["IMAGETYP"] == "master flat" and hdr["FILTER"] == "V" and hdr["NCOMBINE"] == SPEC.n_flat
+    assert hdr["TSMETHOD"] == "sigmaclip" and hdr["OVERSCAN"] == "[257:272,1:256]"
+    assert sum("input flat_V_" in str(h) for h in hdr["HISTORY"]) == SPEC.n_flat
+    assert int(hdul["DEADPIX"].data.sum()) == SPEC.n_dead
