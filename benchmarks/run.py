@@ -637,6 +637,301 @@ def _rms_vs_truth(shifts: np.ndarray, truth: dict) -> float | None:
     return None if not np.isfinite(err).all() else round(float(np.sqrt(np.mean(np.sum(err**2, axis=1)))), 4)
 
 
+# ------------------------------------------------------------------ calibration (issue 21)
+
+CALIB_COUNTS = {"bias": 50, "dark": 20, "flat": 20, "light": 16}
+
+# A thread samples the process's resident memory while each step runs: one process, one
+# peak per step. Shared by the tui-stack and ccdproc scripts below.
+STEP_SAMPLER = """
+import json, sys, threading, time
+_steps, _cur = {}, [None, 0, 0.0]
+def _rss():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) // 1024
+def _watch():
+    while True:
+        if _cur[0] is not None:
+            _cur[1] = max(_cur[1], _rss())
+        time.sleep(0.02)
+threading.Thread(target=_watch, daemon=True).start()
+class step:
+    def __init__(self, name):
+        self.name = name
+    def __enter__(self):
+        _cur[:] = [self.name, _rss(), time.perf_counter()]
+    def __exit__(self, *a):
+        _steps[self.name] = {"wall_s": round(time.perf_counter() - _cur[2], 2), "peak_rss_mb": max(_cur[1], _rss())}
+        _cur[0] = None
+def done():
+    print("STEPS " + json.dumps(_steps))
+"""
+
+OURS_CALIB_SCRIPT = STEP_SAMPLER + """
+from pathlib import Path
+import numpy as np
+from tui_stack import __version__
+from tui_stack.core import calibrate as cal, io
+src, out = Path(sys.argv[1]), Path(sys.argv[2])
+kinds = {k: sorted(src.glob(k + "_*.fits")) for k in ("bias", "dark", "flat", "light")}
+opts = cal.Options()
+infos = {k: [cal.read_info(p) for p in v] for k, v in kinds.items()}
+geo = cal.resolve_geometry(infos["light"][0], None, None)
+c = cal.Calibration(opts, geo, infos["light"][0].shape)
+def save(m):
+    io.write_fits_atomic(out / m.file_name, cal.master_hdul(m, __version__, geo))
+with step("master bias"):
+    c.bias = cal.build_bias(infos["bias"], geo, opts)
+    save(c.bias)
+with step("master dark"):
+    c.dark = cal.build_dark(infos["dark"], geo, opts, c.bias)
+    save(c.dark)
+with step("master flat"):
+    c.flats["V"] = cal.build_flat(infos["flat"], geo, opts, c.bias, c.dark, "V")
+    save(c.flats["V"])
+with step("calibrate lights"):
+    for p in kinds["light"]:
+        r = c.reader(p)
+        h = r.shape[0]
+        with io.FitsStream(out / ("c" + p.name), c.calibrated_header(infos["light"][0].header), r.shape) as s:
+            for y0 in range(0, h, 256):
+                s.write(r.rows(y0, min(h, y0 + 256)))
+            s.finish()
+        r.close()
+done()
+"""
+
+CCDPROC_CALIB_SCRIPT = STEP_SAMPLER + """
+# ccdproc's reduction guide: each frame calibrated and written, then combined from the files
+# with mem_limit (350 MB, the guide's), average with 5-sigma clipping about the median.
+import warnings
+warnings.simplefilter("ignore")
+from pathlib import Path
+import numpy as np
+import astropy.units as u
+from astropy.nddata import CCDData
+import ccdproc as ccdp
+src, out = Path(sys.argv[1]), Path(sys.argv[2])
+red = out / "reduced"
+red.mkdir(exist_ok=True)
+kinds = {k: sorted(src.glob(k + "_*.fits")) for k in ("bias", "dark", "flat", "light")}
+clip = dict(method="average", sigma_clip=True, sigma_clip_low_thresh=5, sigma_clip_high_thresh=5,
+            sigma_clip_func=np.ma.median, sigma_clip_dev_func=np.ma.std, mem_limit=350e6, dtype=np.float32)
+with step("master bias"):
+    bias = ccdp.combine([str(p) for p in kinds["bias"]], unit="adu", **clip)
+    bias.write(out / "master_bias.fits", overwrite=True)
+with step("master dark"):
+    names = []
+    for p in kinds["dark"]:
+        ccd = ccdp.subtract_bias(CCDData.read(p, unit="adu"), bias)
+        ccd.write(red / p.name, overwrite=True)
+        names.append(str(red / p.name))
+    dark = ccdp.combine(names, **clip)
+    dark.meta["EXPTIME"] = CCDData.read(kinds["dark"][0], unit="adu").header["EXPTIME"]
+    dark.write(out / "master_dark.fits", overwrite=True)
+kw = dict(exposure_time="EXPTIME", exposure_unit=u.s, scale=True)
+with step("master flat"):
+    names = []
+    for p in kinds["flat"]:
+        ccd = ccdp.subtract_dark(ccdp.subtract_bias(CCDData.read(p, unit="adu"), bias), dark, **kw)
+        ccd.write(red / p.name, overwrite=True)
+        names.append(str(red / p.name))
+    flat = ccdp.combine(names, scale=lambda a: 1 / np.ma.median(a), **clip)
+    norm = float(np.median(flat.data))
+    flat.data = flat.data / norm
+    flat.write(out / "master_flat_V.fits", overwrite=True)
+with step("calibrate lights"):
+    for p in kinds["light"]:
+        ccd = ccdp.subtract_dark(ccdp.subtract_bias(CCDData.read(p, unit="adu"), bias), dark, **kw)
+        ccdp.flat_correct(ccd, flat, norm_value=1.0).write(out / ("c" + p.name), overwrite=True)
+done()
+"""
+
+# Siril 1.0.6 (its `preprocess` is `calibrate` from 1.2 on): no overscan and no scaling of darks by exposure (the generated darks have the
+# lights' exposure); 5-sigma rejection (Siril's is iterative); flats normalised by multiplication.
+SIRIL_CALIB_STEPS = {  # step: (the kind of frame it converts, script)
+    "master bias": ("bias", "convert bias -out={w}\ncd {w}\nstack bias_ rej s 5 5 -nonorm -out={w}/master_bias\n"),
+    "master dark": ("dark", "convert dark -out={w}\ncd {w}\npreprocess dark_ -bias={w}/master_bias\n"
+                    "stack pp_dark_ rej s 5 5 -nonorm -out={w}/master_dark\n"),
+    "master flat": ("flat", "convert flat -out={w}\ncd {w}\npreprocess flat_ -bias={w}/master_bias\n"
+                    "stack pp_flat_ rej s 5 5 -norm=mul -out={w}/master_flat\n"),
+    "calibrate lights": ("light", "convert light -out={w}\ncd {w}\n"
+                         "preprocess light_ -bias={w}/master_bias -dark={w}/master_dark -flat={w}/master_flat\n"),
+}
+
+
+def make_calib_frames(size: int) -> tuple[Path, dict]:
+    """Raw 16-bit frames (BZERO 32768) of one camera with known truth, cached: 50 bias, 20 darks
+    and 20 flats, 16 lights of a star field with integer shifts and transparencies. The camera
+    of core/synthetic_calib (bias pattern, dark current, hot pixels, vignetting, dust, dead
+    pixels); noise Gaussian (sqrt of the signal) for speed."""
+    from astropy.io import fits
+
+    from tui_stack.core import synthetic, synthetic_calib
+
+    d = CACHE / f"calib{size}"
+    truth_file = d / "truth.json"
+    if truth_file.exists():
+        return d, json.loads(truth_file.read_text())
+    d.mkdir(parents=True, exist_ok=True)
+    spec = synthetic_calib.RawSpec(shape=(size, size), n_hot=int(400 * (size / 1024) ** 2),
+                                   n_dead=int(100 * (size / 1024) ** 2), n_dust=6)
+    rng = np.random.default_rng(21)
+    pattern, rate, _, flat, _ = synthetic_calib.camera(spec, rng)
+    pattern, rate, flat = (a.astype(np.float32) for a in (pattern, rate, flat))
+    texp = 30.0
+
+    def write(name, signal, kind, exptime, **extra):
+        img = signal + pattern + np.float32(spec.bias_level + rng.uniform(-6, 6))
+        noise = np.sqrt(np.maximum(signal, 0) / spec.gain + (spec.read_noise / spec.gain) ** 2)
+        img += rng.standard_normal(img.shape, dtype=np.float32) * noise
+        data = np.clip(np.round(img), 0, 65535).astype(np.uint16)
+        hdr = fits.Header({"IMAGETYP": kind, "EXPTIME": exptime, "FILTER": "V", "GAIN": spec.gain,
+                           "RDNOISE": spec.read_noise, **extra})
+        fits.PrimaryHDU(data, hdr).writeto(d / name, overwrite=True)
+
+    zero = np.zeros((size, size), np.float32)
+    for i in range(CALIB_COUNTS["bias"]):
+        write(f"bias_{i:03d}.fits", zero, "Bias Frame", 0.0)
+    for i in range(CALIB_COUNTS["dark"]):
+        write(f"dark_{i:03d}.fits", rate * np.float32(texp), "Dark Frame", texp)
+    for i in range(CALIB_COUNTS["flat"]):
+        write(f"flat_{i:03d}.fits", flat * np.float32(20000 * rng.uniform(0.9, 1.1)) + rate * np.float32(2.0),
+              "Flat Field", 2.0)
+    fspec = synthetic.FieldSpec(shape=(size, size), n_stars=int(400 * (size / 1024) ** 2), sky=0.0)
+    stars, ref_star, comps = synthetic.plan_field(fspec)
+    base = np.zeros((size, size), np.float32)
+    for x, y, f in stars:
+        synthetic.add_star(base, x, y, f, fspec.fwhm, fspec.beta)
+    n = CALIB_COUNTS["light"]
+    shifts = np.round(rng.uniform(-8, 8, (n, 2))).astype(int)
+    shifts[0] = 0
+    transp = np.clip(rng.normal(0.92, 0.05, n), 0.7, 1.0)
+    transp[0] = 1.0
+    for i in range(n):
+        sky = np.roll(base, (-shifts[i, 1], -shifts[i, 0]), axis=(0, 1)) * np.float32(transp[i]) + np.float32(800)
+        write(f"light_{i:03d}.fits", sky * flat + rate * np.float32(texp), "Light Frame", texp)
+    truth = {"shifts": shifts.tolist(), "transparencies": transp.tolist(), "ref_star": list(ref_star),
+             "comparison_stars": [list(c) for c in comps]}
+    truth_file.write_text(json.dumps(truth))
+    return d, truth
+
+
+def _steps_of(res: dict) -> dict:
+    for line in res.pop("stdout", "").splitlines():
+        if line.startswith("STEPS "):
+            return json.loads(line[6:])
+    return {}
+
+
+def _measure_steps(cmd: list[str]) -> dict:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = proc.stdout.read().decode(errors="replace")
+    _, status, usage = os.wait4(proc.pid, 0)
+    ok = os.waitstatus_to_exitcode(status) == 0
+    return {"wall_s": round(time.perf_counter() - t0, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "ok": ok,
+            "output": "" if ok else out[-800:], "stdout": out}
+
+
+def _read_master(path: Path) -> np.ndarray | None:
+    from astropy.io import fits
+
+    for p in (path, path.with_suffix(".fit"), Path(str(path) + ".fit")):
+        if p.exists():
+            return fits.getdata(p).astype(np.float64)
+    return None
+
+
+def _difference(ours: np.ndarray | None, ref: np.ndarray | None, relative: bool = False):
+    if ours is None or ref is None or ours.shape != ref.shape:
+        return None
+    ok = np.isfinite(ours) & np.isfinite(ref)
+    d = np.abs(ours[ok] - ref[ok])
+    if relative:
+        d = d / np.maximum(np.abs(ref[ok]), 1e-12)
+    return float(np.max(d)), float(np.median(d))
+
+
+def calibration_case(size: int, only: str) -> list[dict]:
+    """50 bias, 20 dark, 20 flat and 16 lights of size^2: masters and calibrated lights written by
+    tui-stack's core, by ccdproc as its guide does it, and by Siril; time and peak memory per
+    step and in all, and each tool's masters and lights against ccdproc's."""
+    src, truth = make_calib_frames(size)
+    work = CACHE / "work" / "calib"
+    rows = []
+    tools = [("tui-stack", [sys.executable, "-c", OURS_CALIB_SCRIPT])]
+    if only == "all":
+        tools.append(("ccdproc", [sys.executable, "-c", CCDPROC_CALIB_SCRIPT]))
+    for tool, cmd in tools:
+        out = work / tool
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        res = _measure_steps(cmd + [str(src), str(out)])
+        steps = _steps_of(res)
+        rows.append({"tool": tool, "step": "all", **res})
+        rows += [{"tool": tool, "step": k, "ok": res["ok"], **v} for k, v in steps.items()]
+    if only == "all" and siril_available():
+        out = work / "siril"
+        shutil.rmtree(out, ignore_errors=True)
+        total = {"wall_s": 0.0, "peak_rss_mb": 0.0, "ok": True}
+        for kind in ("bias", "dark", "flat", "light"):
+            k = out / kind
+            k.mkdir(parents=True)
+            for f in sorted(src.glob(f"{kind}_*.fits")):
+                os.symlink(f, k / f.name)
+        for name, (kind, body) in SIRIL_CALIB_STEPS.items():
+            script = out / f"{kind}.ssf"
+            script.write_text("requires 1.0.0\n" + body.format(w=out))
+            res = measure(["siril-cli", "-d", str(out / kind), "-s", str(script)])
+            rows.append({"tool": "siril", "step": name, **res})
+            total["wall_s"] = round(total["wall_s"] + res["wall_s"], 2)
+            total["peak_rss_mb"] = max(total["peak_rss_mb"], res["peak_rss_mb"])
+            total["ok"] = total["ok"] and res["ok"]
+        rows.append({"tool": "siril", "step": "all", **total, "output": ""})
+    # differences to ccdproc: masters (ADU, a flat relative) and the calibrated lights (relative)
+    ref_dir = work / "ccdproc"
+    if (ref_dir / "master_bias.fits").exists():
+        refs = {"master bias": _read_master(ref_dir / "master_bias.fits"),
+                "master dark": _read_master(ref_dir / "master_dark.fits"),
+                "master flat": _read_master(ref_dir / "master_flat_V.fits"),
+                "calibrate lights": _read_master(ref_dir / "clight_000.fits")}
+        ours = {"master bias": _read_master(work / "tui-stack" / "master_bias.fits"),
+                "master dark": _read_master(work / "tui-stack" / "master_dark.fits"),
+                "master flat": _read_master(work / "tui-stack" / "master_flat_V.fits"),
+                "calibrate lights": _read_master(work / "tui-stack" / "clight_000.fits")}
+        siril = {}
+        if (work / "siril").exists():
+            sd = work / "siril"
+            siril = {"master bias": _read_master(sd / "master_bias.fit"), "master dark": _read_master(sd / "master_dark.fit"),
+                     "master flat": _read_master(sd / "master_flat.fit"),
+                     "calibrate lights": _read_master(sd / "pp_light_00001.fit")}
+            for k, v in siril.items():  # Siril keeps 32-bit results in [0, 1] of the 16-bit range
+                if v is not None and k != "master flat" and np.nanmax(v) <= 2:
+                    siril[k] = v * 65535
+            if siril.get("master flat") is not None:
+                siril["master flat"] = siril["master flat"] / np.nanmedian(siril["master flat"])
+            lights, ref = siril.get("calibrate lights"), refs.get("calibrate lights")
+            if lights is not None and ref is not None:  # its flat is normalised otherwise: one overall factor
+                siril["calibrate lights"] = lights * np.nanmedian(ref / lights)
+        for r in rows:
+            got = {"tui-stack": ours, "siril": siril}.get(r["tool"], {}).get(r["step"])
+            rel = r["step"] in ("master flat", "calibrate lights")
+            diff = _difference(got, refs.get(r["step"]), rel)
+            if diff is not None:
+                r["diff_max"], r["diff_median"] = round(diff[0], 7), round(diff[1], 7)
+                r["diff_unit"] = "relative" if rel else "ADU"
+    by = {(r["tool"], r["step"]): r for r in rows}
+    for r in rows:
+        o = by.get(("tui-stack", r["step"]))
+        if r["tool"] != "tui-stack" and o and o["ok"] and r["ok"] and o["wall_s"]:
+            r["time_ratio"] = round(r["wall_s"] / o["wall_s"], 1)
+            r["memory_ratio"] = round(r["peak_rss_mb"] / o["peak_rss_mb"], 1)
+    return rows
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -710,6 +1005,8 @@ def main() -> int:
     ap.add_argument("--scales", action="store_true",
                     help="only the scale race (issue 22): [scale] method growth vs fixed on frames of varied "
                          "seeing with known transparency, and the run time of 16 frames of 4096^2")
+    ap.add_argument("--calibration", action="store_true",
+                    help="only the calibration case: 50 bias, 20 dark, 20 flat, 16 lights of --size^2, vs ccdproc and Siril")
     args = ap.parse_args()
     if args.scales:
         work = CACHE / "work"
@@ -721,6 +1018,16 @@ def main() -> int:
                   + (f"  runs {r['walls_s']}" if "walls_s" in r else ""))
         (HERE / "results-scales.json").write_text(json.dumps(rows, indent=2))
         return 0
+    if args.calibration:
+        rows = calibration_case(args.size, args.only)
+        for r in rows:
+            print(f"{r['tool']:10s} {r['step']:17s} {r['wall_s']!s:>8} s {r['peak_rss_mb']!s:>8} MB "
+                  f"{'ok' if r['ok'] else 'FAILED ' + r.get('output', '')[-300:]}"
+                  + (f"  x{r['time_ratio']} time, x{r['memory_ratio']} memory" if "time_ratio" in r else "")
+                  + (f"  diff to ccdproc max {r['diff_max']:.3g} median {r['diff_median']:.3g} {r['diff_unit']}"
+                     if "diff_max" in r else ""))
+        (HERE / f"results-calibration-{args.size}.json").write_text(json.dumps(rows, indent=2))
+        return 0 if all(r["ok"] for r in rows) else 1
     if args.registration:
         work = CACHE / "work"
         work.mkdir(parents=True, exist_ok=True)
