@@ -246,3 +246,20 @@ def test_master_file_has_provenance(calib):
     assert hdr["TSMETHOD"] == "sigmaclip" and hdr["OVERSCAN"] == "[257:272,1:256]"
     assert sum("input flat_V_" in str(h) for h in hdr["HISTORY"]) == SPEC.n_flat
     assert int(hdul["DEADPIX"].data.sum()) == SPEC.n_dead
+
+
+def test_propose_sets_from_headers(raw, tmp_path):
+    b_flats = [_copy_with(p, tmp_path / f"B_{p.name}", FILTER="B") for p in raw.flat[:2]]
+    b_lights = [_copy_with(p, tmp_path / f"B_{p.name}", FILTER="B") for p in raw.lights[:2]]
+    paths = raw.bias + raw.dark + raw.flat + raw.lights + b_flats + b_lights
+    frames = []
+    for p in paths:
+        h = fits.getheader(p)
+        frames.append((p, h, h["EXPTIME"], cal.filter_of(h)))
+    prop = cal.propose(frames)
+    assert prop.lights == sorted(raw.lights) and prop.bias == sorted(raw.bias)
+    assert prop.dark == sorted(raw.dark) and prop.flat == sorted(raw.flat)
+    kinds = {(g["type"], g["filter"]): len(g["files"]) for g in prop.groups}
+    assert kinds == {("light", "V"): SPEC.n_lights, ("light", "B"): 2, ("bias", ""): SPEC.n_bias,
+                     ("dark", ""): SPEC.n_dark, ("flat", "V"): SPEC.n_flat, ("flat", "B"): 2}
+    assert "lights in 2 filters" in prop.notes[0]

@@ -877,3 +877,61 @@ def master_hdul(master: Master, version: str, geometry: Geometry | None = None):
         name = "HOTPIX" if master.kind == "dark" else "DEADPIX"
         hdus.append(fits.ImageHDU(master.mask.astype(np.uint8), name=name))
     return fits.HDUList(hdus)
+
+
+# ---------------------------------------------------------------- sorting a directory
+
+
+@dataclass
+class Proposal:
+    """Frames of a directory sorted by type: the lights to stack and the sets that calibrate them."""
+
+    lights: list[Path] = field(default_factory=list)
+    bias: list[Path] = field(default_factory=list)
+    dark: list[Path] = field(default_factory=list)
+    flat: list[Path] = field(default_factory=list)
+    groups: list[dict] = field(default_factory=list)  # every (type, filter, exposure) with its files
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def any_calibration(self) -> bool:
+        return bool(self.bias or self.dark or self.flat)
+
+
+def propose(frames) -> Proposal:
+    """Group (path, header, exptime, filter) frames by IMAGETYP and filter and propose the sets:
+    the largest group of lights (one filter: frames of two filters are not stacked together),
+    every bias, the darks (those of the lights' exposure, if there are any, else all), and the
+    flats of the lights' filter. Frames of no known type count as lights."""
+    groups: dict = {}
+    for path, header, exptime, filt in frames:
+        kind = classify(header) or "light"
+        key = (kind, filt if kind in ("light", "flat") else "", exptime if kind != "bias" else None)
+        groups.setdefault(key, []).append(Path(path))
+    p = Proposal()
+    order = {"light": 0, "bias": 1, "dark": 2, "flat": 3}
+    for (kind, filt, exp), files in sorted(groups.items(), key=lambda kv: (order[kv[0][0]], kv[0][1], kv[0][2] or 0)):
+        p.groups.append({"type": kind, "filter": filt, "exptime": exp, "files": sorted(files)})
+    by_filter: dict = {}
+    for g in p.groups:
+        if g["type"] == "light":
+            by_filter.setdefault(g["filter"], []).extend(g["files"])
+    if by_filter:
+        filt = max(by_filter, key=lambda f: len(by_filter[f]))
+        p.lights = sorted(by_filter[filt])
+        if len(by_filter) > 1:
+            p.notes.append(f"lights in {len(by_filter)} filters; proposing the {len(p.lights)} in {filt or 'no filter'!r}")
+        light_exp = {e for (k, f, e) in groups if k == "light" and f == filt}
+    else:
+        filt, light_exp = "", set()
+    p.bias = sorted(f for g in p.groups if g["type"] == "bias" for f in g["files"])
+    darks = [g for g in p.groups if g["type"] == "dark"]
+    same = [g for g in darks if g["exptime"] in light_exp]
+    p.dark = sorted(f for g in (same or darks) for f in g["files"])
+    flats = [g for g in p.groups if g["type"] == "flat"]
+    p.flat = sorted(f for g in flats if g["filter"] == filt or not g["filter"] for f in g["files"])
+    if flats and not p.flat:
+        p.notes.append(f"no flat in the lights' filter {filt!r} (flats: {', '.join(sorted({g['filter'] for g in flats}))})")
+    if darks and not p.bias and not same:
+        p.notes.append("darks of another exposure than the lights and no bias: they cannot be scaled")
+    return p
