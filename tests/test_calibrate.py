@@ -263,3 +263,14 @@ def test_propose_sets_from_headers(raw, tmp_path):
     assert kinds == {("light", "V"): SPEC.n_lights, ("light", "B"): 2, ("bias", ""): SPEC.n_bias,
                      ("dark", ""): SPEC.n_dark, ("flat", "V"): SPEC.n_flat, ("flat", "B"): 2}
     assert "lights in 2 filters" in prop.notes[0]
+
+
+def test_prepare_releases_masters_keeps_results(raw):
+    c = cal.build(raw.bias, raw.dark, raw.flat, raw.lights, cal.Options(overscan="BIASSEC", trim="TRIMSEC"))
+    before = c.read_frame(raw.lights[2])
+    report = c.report()
+    c.prepare(raw.lights)
+    assert all(m.data is None for m in c.masters)
+    after = c.read_frame(raw.lights[2])
+    np.testing.assert_array_equal(after.data, before.data)
+    assert c.report() == report and report["masked_pixels"] == SPEC.n_hot + SPEC.n_dead

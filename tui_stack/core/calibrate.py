@@ -390,15 +390,27 @@ class Master:
     dark_subtracted: bool = False  # flat
     scales: list[float] = field(default_factory=list)  # flat: 1/median of each frame
 
+    _summary: dict | None = field(default=None, repr=False)
+
     @property
     def n_masked(self) -> int:
+        if self._summary is not None:
+            return self._summary.get("hot_pixels", self._summary.get("dead_pixels", 0))
         return 0 if self.mask is None else int(self.mask.sum())
+
+    def release(self) -> None:
+        """Drop the pixels (64 MB a 4k master) once written and folded into the lights'
+        corrections; the summary stays."""
+        self.summary()
+        self.data = self.mask = None
 
     @property
     def file_name(self) -> str:
         return f"master_flat_{safe_filter(self.filter)}.fits" if self.kind == "flat" else f"master_{self.kind}.fits"
 
     def summary(self) -> dict:
+        if self._summary is not None:
+            return dict(self._summary)
         d = {"file": self.file_name, "frames": [p.name for p in self.files], "n_frames": len(self.files),
              "method": self.params.method, "parameters": {name: v for _, name, v, _ in combine.method_parameters(self.params)},
              "level": _finite(self.level), "noise": _finite(self.noise)}
@@ -407,7 +419,8 @@ class Master:
         if self.kind == "flat":
             d.update(filter=self.filter, dark_subtracted=self.dark_subtracted, dead_pixels=self.n_masked,
                      min=_finite(float(np.nanmin(self.data))), max=_finite(float(np.nanmax(self.data))))
-        return d
+        self._summary = d
+        return dict(d)
 
 
 def _finite(v):
@@ -553,6 +566,15 @@ class Calibration:
             mask = None
         return Correction(offset, fl, mask)
 
+    def prepare(self, lights) -> None:
+        """Check every light and make the corrections they need now; then the masters' own
+        pixels can go (release): a run holds two arrays per group of lights, not five."""
+        for p in lights:
+            self.light_correction(p)
+        self._masked_count = self._count_masked()
+        for m in self.masters:
+            m.release()
+
     def light_correction(self, path: Path) -> Correction:
         info = self.info(path)
         self.check_frame(info, "light")
@@ -633,16 +655,22 @@ class Calibration:
         return CalibratedSource(lambda: self.reader(path), self.shape, dx, dy, zero, scale, out_shape=out_shape,
                                 flip=flip)
 
+    def _count_masked(self) -> int:
+        """Pixels masked in every light: hot (dark) or dead (any flat)."""
+        masked = None
+        for m in (self.dark, *self.flats.values()):
+            if m is not None and m.mask is not None:
+                masked = m.mask.copy() if masked is None else masked | m.mask
+        return 0 if masked is None else int(masked.sum())
+
     def report(self) -> dict:
         d = {"geometry": self.geometry.describe(), "masters": {}}
         for m in self.masters:
             key = m.kind if m.kind != "flat" else f"flat_{safe_filter(m.filter)}"
             d["masters"][key] = m.summary()
-        masked = None
-        for m in (self.dark, *self.flats.values()):
-            if m is not None and m.mask is not None:
-                masked = m.mask.copy() if masked is None else masked | m.mask
-        d["masked_pixels"] = 0 if masked is None else int(masked.sum())
+        d["masked_pixels"] = getattr(self, "_masked_count", None)
+        if d["masked_pixels"] is None:
+            d["masked_pixels"] = self._count_masked()
         if self.ignored_flats:
             d["ignored_flats"] = [p.name for p in self.ignored_flats]
         if self.options.cosmics:
