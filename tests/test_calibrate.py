@@ -274,3 +274,112 @@ def test_prepare_releases_masters_keeps_results(raw):
     after = c.read_frame(raw.lights[2])
     np.testing.assert_array_equal(after.data, before.data)
     assert c.report() == report and report["masked_pixels"] == SPEC.n_hot + SPEC.n_dead
+
+
+# ---------------------------------------------------------------- the pipeline with [calibrate]
+
+
+def _run_config(raw, out: Path, calibrate: dict | None = None, directory: Path | None = None, pattern="light_V_*.fits"):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import make_config
+
+    over = {f"calibrate__{k}": v for k, v in (calibrate or {}).items()}
+    cfg = make_config(raw.stars_truth, out, input__pattern=pattern, scale__radius=8.0, output__write_shifted=False,
+                      combine__method="average", **over)
+    if directory is not None:
+        cfg.input.directory = directory
+    return cfg
+
+
+def _calibrate_keys(raw):
+    d = raw.bias[0].parent
+    return {"bias": str(d / "bias_*.fits"), "dark": str(d / "dark_*.fits"), "flat": str(d / "flat_V_*.fits"),
+            "overscan": "BIASSEC", "trim": "TRIMSEC"}
+
+
+@pytest.fixture(scope="module")
+def run_raw(raw, tmp_path_factory):
+    from tui_stack import pipeline
+
+    out = tmp_path_factory.mktemp("run_raw")
+    state = pipeline.run(_run_config(raw, out, _calibrate_keys(raw)))
+    return state, out
+
+
+def test_run_on_raw_equals_run_on_ccdproc_calibrated(raw, run_raw, ccdproc_reduction, tmp_path):
+    from tui_stack import pipeline
+
+    state, out = run_raw
+    # ccdproc's calibrated lights, with the pixels we mask (hot and dead: the truth) masked too
+    masked = np.zeros(SPEC.shape, bool)
+    masked[tuple(raw.hot.T)] = masked[tuple(raw.dead.T)] = True
+    d = tmp_path / "ccdproc_lights"
+    d.mkdir()
+    for path, data in zip(raw.lights, ccdproc_reduction["lights"]):
+        hdr = fits.getheader(path)
+        for k in ("BZERO", "BSCALE", "BIASSEC", "TRIMSEC"):
+            hdr.remove(k, ignore_missing=True)
+        fits.PrimaryHDU(np.where(masked, np.nan, data).astype(np.float32), hdr).writeto(d / path.name)
+    theirs = pipeline.run(_run_config(raw, tmp_path / "out", directory=d))
+    ours = fits.getdata(out / "combined_average.fits")
+    want = fits.getdata(tmp_path / "out" / "combined_average.fits")
+    assert [(f.applied_shift_x, f.applied_shift_y) for f in state.frames] == \
+        [(f.applied_shift_x, f.applied_shift_y) for f in theirs.frames]
+    np.testing.assert_allclose([f.scale for f in state.frames], [f.scale for f in theirs.frames], rtol=1e-5)
+    np.testing.assert_array_equal(np.isnan(ours), np.isnan(want))
+    ok = np.isfinite(want)
+    np.testing.assert_allclose(ours[ok], want[ok], rtol=1e-5, atol=2e-3)
+
+
+def test_run_on_raw_frames_against_truth(raw, run_raw, tmp_path):
+    from tui_stack import pipeline
+
+    state, out = run_raw
+    truth = raw.stars_truth
+    scales = np.array([f.scale for f in state.frames])
+    err = np.abs(scales / truth.scales - 1)
+    assert err.max() < 0.003, err
+    # without calibration the vignetting and dust the stars move across bias the scales
+    uncal = pipeline.run(_run_config(raw, tmp_path / "uncal"))
+    assert np.abs(np.array([f.scale for f in uncal.frames]) / truth.scales - 1).max() > 0.01
+    # the outputs: masters with provenance, the report's calibration block
+    import json
+
+    rep = json.loads((out / "report.json").read_text())["calibration"]
+    assert set(rep["masters"]) == {"bias", "dark", "flat_V"}
+    assert rep["masters"]["dark"]["hot_pixels"] == SPEC.n_hot and rep["masters"]["flat_V"]["dead_pixels"] == SPEC.n_dead
+    assert rep["masked_pixels"] == SPEC.n_hot + SPEC.n_dead and rep["geometry"]["trim"] == "[1:256,1:256]"
+    assert rep["masters"]["bias"]["frames"] == [p.name for p in raw.bias]
+    for name in ("master_bias.fits", "master_dark.fits", "master_flat_V.fits"):
+        assert fits.getheader(out / name)["NCOMBINE"] > 0
+    assert fits.getdata(out / "combined_average.fits").shape == SPEC.shape  # trimmed
+
+
+def test_cli_calibration_errors_exit_2(raw, tmp_path, capsys):
+    from tui_stack import cli
+    from tui_stack.config import config_to_toml
+
+    def run(**keys):
+        cfg = _run_config(raw, tmp_path / "out", {**_calibrate_keys(raw), **keys})
+        p = tmp_path / "c.toml"
+        p.write_text(config_to_toml(cfg))
+        code = cli.main(["run", str(p)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and "Traceback" not in err[0], err
+        return err[0]
+
+    b_flats = [_copy_with(p, tmp_path / f"B_{p.name}", FILTER="B") for p in raw.flat]
+    assert "filter 'V' but no flat for it" in run(flat=str(tmp_path / "B_flat_*.fits"))
+    assert "matches no file" in run(dark=str(tmp_path / "nothing_*.fits"))
+    assert "too few for sigmaclip" in run(bias=[str(raw.bias[0]), str(raw.bias[1])])
+    assert len(b_flats) == SPEC.n_flat
+    # relative to the config file: a config beside the frames, globs relative to it
+    cfg_text = config_to_toml(_run_config(raw, tmp_path / "rel", {"bias": "bias_00*.fits", "overscan": "BIASSEC"}))
+    assert 'bias = "bias_00*.fits"' in cfg_text
+    p = raw.bias[0].parent / "rel.toml"
+    p.write_text(cfg_text)
+    assert cli.main(["run", str(p), "--quiet"]) == 0
+    p.unlink()
+    assert fits.getheader(tmp_path / "rel" / "master_bias.fits")["NCOMBINE"] == SPEC.n_bias

@@ -101,8 +101,38 @@ class ComputeConfig:
     workers: int | None = None  # LocalCluster size (default: one per core)
 
 
+@dataclass(slots=True)
+class CalibrateConfig:
+    """Raw frames in: masters from these frames (globs or lists, relative to the config), applied
+    to the lights before the steps above (core/calibrate.py). Defaults as ccdproc's guide."""
+
+    bias: list | str | None = None
+    dark: list | str | None = None
+    flat: list | str | None = None
+    method: str = "sigmaclip"  # every master; any [combine] method
+    sigma: float = 5.0
+    maxiters: int = 1
+    nlow: int = 1
+    nhigh: int = 1
+    overscan: str | None = None  # "[x1:x2,y1:y2]" or a header keyword ("BIASSEC")
+    trim: str | None = None  # "[x1:x2,y1:y2]" or a header keyword ("TRIMSEC")
+    overscan_stat: str = "median"
+    overscan_order: int | None = None  # polynomial along the overscan; none: each line's own value
+    hot_sigma: float = 8.0
+    dead_below: float = 0.5
+    max_dark_scale: float = 2.0
+    cosmics: bool = False
+    cosmic_sigma: float = 4.5
+    cosmic_objlim: float = 5.0
+
+    @property
+    def any(self) -> bool:
+        return any(bool(v) for v in (self.bias, self.dark, self.flat))
+
+
 SECTIONS = {"input": InputConfig, "reference": ReferenceConfig, "shift": ShiftConfig, "scale": ScaleConfig,
-            "combine": CombineConfig, "output": OutputConfig, "compute": ComputeConfig}
+            "combine": CombineConfig, "output": OutputConfig, "compute": ComputeConfig,
+            "calibrate": CalibrateConfig}
 
 
 @dataclass(slots=True)
@@ -115,6 +145,7 @@ class Config:
     combine: Any = field(default_factory=CombineConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
 
     def set(self, section: str, key: str, value) -> None:
         """Set one key through its validator (the wizard and command-line overrides)."""
@@ -130,6 +161,8 @@ class Config:
         if self.shift.transform in ("similarity", "affine") and self.shift.mode != "subpixel":
             raise ConfigError(f'config: [shift].transform = "{self.shift.transform}" resamples the frames: '
                               'it needs mode = "subpixel"')
+        if self.calibrate.any and self.compute.scheduler == "dask":
+            raise ConfigError('config: [calibrate] runs on this machine only: it needs [compute].scheduler = "local"')
 
     def copy(self) -> "Config":
         return dataclasses.replace(self, **{s: dataclasses.replace(getattr(self, s)) for s in SECTIONS})
@@ -220,6 +253,15 @@ def _saturation(where, v):
     return None if v is False or v is None else _pos_num(where, v)
 
 
+def _frames(where, v):
+    """A glob or a list of files (the [calibrate] sets)."""
+    if isinstance(v, str):
+        return v
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise _fail(where, "must be a glob or a list of file names", v)
+    return list(v)
+
+
 def _annulus(where, v):
     r = _xy(where, v)
     if not 0 < r[0] < r[1]:
@@ -275,6 +317,12 @@ SCHEMA: dict[str, dict[str, Callable]] = {
     "combine": {p.name: _param(p) for p in USER_PARAMS},
     "output": {"directory": _path, "write_shifted": _bool},
     "compute": {"scheduler": _choice(SCHEDULERS), "address": _optional(_str), "workers": _optional(_int(1))},
+    "calibrate": {"bias": _optional(_frames), "dark": _optional(_frames), "flat": _optional(_frames),
+                  "method": _choice(COMBINE_METHODS), "sigma": _pos_num, "maxiters": _int(1), "nlow": _int(0),
+                  "nhigh": _int(0), "overscan": _optional(_str), "trim": _optional(_str),
+                  "overscan_stat": _choice(("median", "mean")), "overscan_order": _optional(_int(0)),
+                  "hot_sigma": _pos_num, "dead_below": _pos_num, "max_dark_scale": _pos_num, "cosmics": _bool,
+                  "cosmic_sigma": _pos_num, "cosmic_objlim": _pos_num},
 }
 REQUIRED_SECTIONS = ("input",)
 
@@ -338,6 +386,8 @@ def config_to_toml(cfg: Config) -> str:
     """The config as TOML that load_config reads back to the same Config (paths made absolute)."""
     lines = []
     for section, keys in SCHEMA.items():
+        if section == "calibrate" and not cfg.calibrate.any:
+            continue
         lines.append(f"[{section}]")
         for key in keys:
             v = getattr(getattr(cfg, section), key)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from tui_stack import compute
 from tui_stack.config import Config
+from tui_stack.pipeline import calibration
 from tui_stack.pipeline.outputs import planned_outputs, write_combined, write_outputs
 from tui_stack.pipeline.reference import assess, choose_reference, measure_frame, reference_star, sky_subtracted, \
     suggested_reference
@@ -66,6 +67,10 @@ def run(cfg: Config, progress: Progress = noop) -> RunState:
 
 def _run_steps(state: RunState, od, progress: Progress) -> None:
     cfg = state.config
+    if cfg.calibrate.any:  # masters first, staged with the outputs; then only the lights' corrections kept
+        calibration.calibrate(state, progress)
+        calibration.write_masters(state, od.staging)
+        calibration.release(state)
     choose_reference(state, progress)
     register(state, progress)
     if cfg.output.write_shifted:

@@ -9,6 +9,7 @@ import numpy as np
 
 from tui_stack import __version__, safetext
 from tui_stack.core import combine, io
+from tui_stack.pipeline import calibration
 from tui_stack.pipeline.report import report_dict
 from tui_stack.pipeline.shift import reference_header, write_shifted_frames
 from tui_stack.pipeline.stack import combine_params
@@ -59,6 +60,7 @@ def write_outputs(state: RunState, out: Path, progress: Progress = noop, shifted
     """Shifted frames (if asked and not yet written), every combined image, report.json."""
     if state.config.output.write_shifted and not shifted_written:
         write_shifted_frames(state, out, progress)
+    calibration.write_masters(state, out)  # unless `run` wrote them already and let them go
     for c in state.combined:
         write_combined(state, c, out)
     io.write_text_atomic(out / "report.json", json.dumps(report_dict(state), indent=2) + "\n")

@@ -13,6 +13,7 @@ import numpy as np
 from tui_stack.config import Config
 from tui_stack.core import background, io, quality, registration
 from tui_stack.errors import InputError
+from tui_stack.pipeline import calibration
 from tui_stack.pipeline.select import excluded_indices, resolve_reference
 from tui_stack.pipeline.state import Progress, RunState, noop
 
@@ -21,7 +22,7 @@ def measure_frame(path: Path, cfg: Config):
     """Read a frame, its sky and its stars: what every per-frame step starts from. The sky
     is taken off in place, so `frame.data` is the sky-subtracted `sub` (the frame's digest is
     of the pixels as read)."""
-    frame = io.read_frame(path)
+    frame = calibration.read_frame(path, cfg)
     frame.digest = frame.pixel_digest()
     sky = background.estimate_sky(frame.data, frame.mask, cfg.reference.sky)
     if np.isfinite(sky.level):
@@ -37,7 +38,7 @@ def measure_frame(path: Path, cfg: Config):
 
 def sky_subtracted(path: Path, cfg: Config) -> tuple[np.ndarray, float]:
     """A frame less its sky, NaN where it has no data, and its noise: what previews show."""
-    frame = io.read_frame(path)
+    frame = calibration.read_frame(path, cfg)
     sky = background.estimate_sky(frame.data, frame.mask, cfg.reference.sky)
     img = frame.data
     img -= np.float32(sky.level)

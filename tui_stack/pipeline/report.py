@@ -77,6 +77,10 @@ def report_dict(state: RunState) -> dict:
         }
         if len(state.combined) > 1:
             out["all_combined"] = [_combined_entry(x) for x in state.combined]
+    if state.calibration is not None:
+        from tui_stack.pipeline.calibration import report
+
+        out["calibration"] = report(state)
     return out
 
 

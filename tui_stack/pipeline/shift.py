@@ -10,13 +10,14 @@ import numpy as np
 
 from tui_stack import __version__, safetext
 from tui_stack.core import io, registration, shifting
+from tui_stack.pipeline import calibration
 from tui_stack.pipeline.state import FrameResult, Progress, RunState, measurable, noop
 
 
 def prepared_frame(state: RunState, i: int) -> tuple[np.ndarray, np.ndarray, object]:
     """Frame i sky-subtracted and shifted onto the reference grid: (data, mask, header)."""
     fr = state.frames[i]
-    frame = io.read_frame(fr.path)
+    frame = calibration.read_frame(fr.path, state.config)
     data = frame.data
     data -= np.float32(fr.sky)
     if fr.flipped:
@@ -109,7 +110,13 @@ def reference_header(state: RunState):
     """The reference frame's descriptive keywords and WCS (the combined image and every
     resampled frame are on its grid). Read once per file version, not once per frame."""
     path = state.files[state.ref_index]
-    return _reference_header_of(path, state.frames[state.ref_index].hdu_index, path.stat().st_mtime_ns).copy()
+    hdr = _reference_header_of(path, state.frames[state.ref_index].hdu_index, path.stat().st_mtime_ns).copy()
+    calib = calibration.active(state.config)
+    if calib is not None and calib.geometry.trim is not None:  # the WCS of the trimmed frame
+        for key, off in (("CRPIX1", calib.geometry.trim.x0), ("CRPIX2", calib.geometry.trim.y0)):
+            if key in hdr:
+                hdr[key] = hdr[key] - off
+    return hdr
 
 
 @lru_cache(maxsize=4)

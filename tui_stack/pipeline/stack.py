@@ -12,6 +12,7 @@ from tui_stack.config import Config
 from tui_stack.core import combine, io, photometry, stats
 from tui_stack.core.combine_params import PARAMS
 from tui_stack.errors import InputError
+from tui_stack.pipeline import calibration
 from tui_stack.pipeline.state import CombinedResult, Progress, RunState, noop
 
 
@@ -24,12 +25,8 @@ def combine_sources(state: RunState, shifted_dir: Path | None) -> list:
         if not fr.used:
             continue
         if state.config.shift.mode == "integer" and fr.transform is None:
-            sources.append(
-                combine.FileSource(
-                    fr.path, fr.hdu_index, state.shape, fr.applied_shift_x, fr.applied_shift_y, fr.sky, fr.scale,
-                    flip=fr.flipped,
-                )
-            )
+            sources.append(calibration.source(state, fr.path, fr.hdu_index, fr.applied_shift_x, fr.applied_shift_y,
+                                              fr.sky, fr.scale, flip=fr.flipped))
         else:
             sources.append(combine.FileSource(shifted_dir / f"s{fr.name}", 0, state.shape, 0, 0, 0.0, fr.scale))
     return sources

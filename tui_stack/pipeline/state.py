@@ -114,6 +114,7 @@ class RunState:
     comparison_stars: list[tuple[float, float]] = field(default_factory=list)
     frames: list[FrameResult] = field(default_factory=list)
     combined: list[CombinedResult] = field(default_factory=list)
+    calibration: object = None  # core.calibrate.Calibration of the lights, when [calibrate] has frames
 
     # ------------------------------------------------ choices, each clearing what depends on it
 
