@@ -263,6 +263,7 @@ def test_propose_sets_from_headers(raw, tmp_path):
     assert kinds == {("light", "V"): SPEC.n_lights, ("light", "B"): 2, ("bias", ""): SPEC.n_bias,
                      ("dark", ""): SPEC.n_dark, ("flat", "V"): SPEC.n_flat, ("flat", "B"): 2}
     assert "lights in 2 filters" in prop.notes[0]
+    assert (prop.overscan, prop.trim) == ("BIASSEC", "TRIMSEC")
 
 
 def test_prepare_releases_masters_keeps_results(raw):
@@ -383,3 +384,56 @@ def test_cli_calibration_errors_exit_2(raw, tmp_path, capsys):
     assert cli.main(["run", str(p), "--quiet"]) == 0
     p.unlink()
     assert fits.getheader(tmp_path / "rel" / "master_bias.fits")["NCOMBINE"] == SPEC.n_bias
+
+
+def test_wizard_groups_frames_builds_masters_and_saves_a_config_run_repeats(raw, tmp_path):
+    import asyncio
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_tui import SIZE, press, settle
+
+    from tui_stack import pipeline
+    from tui_stack.config import load_config
+    from tui_stack.tui.app import StackApp
+    from tui_stack.tui.calibration import CalibrationPanel
+
+    cfg = _run_config(raw, tmp_path / "wizard_out", pattern="*.fits")
+    app = StackApp(cfg.input.directory, cfg)
+
+    async def go():
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            panel = app.screen.query_one(CalibrationPanel)
+            assert panel.has_class("shown")
+            groups = str(panel.query_one("#cal-groups").render())
+            assert f"light V 30s x{SPEC.n_lights}" in groups and f"bias x{SPEC.n_bias}" in groups
+            assert f"flat V 2s x{SPEC.n_flat}" in groups and "calibrate with: bias 9, dark 7, flat 7" in groups
+            # the table now lists the lights only: the header filter is their IMAGETYP
+            assert app.screen.query_one("#filter").value == "IMAGETYP=Light Frame"
+            assert sorted(i.path for i in app.ws.infos) == sorted(raw.lights)
+            await press(pilot, "c")
+            masters = str(panel.query_one("#cal-masters").render())
+            assert "flat V" in masters and "dark 60s" in masters and str(SPEC.n_hot) in masters
+            assert panel.query_one("#cal-preview").image is not None
+            await press(pilot, "v")
+            assert panel.shown_master == 1
+            await press(pilot, "n", 4)
+            assert app.screen.STEP == 4
+            await press(pilot, "c")
+            await press(pilot, "w")
+
+    asyncio.run(go())
+    out = tmp_path / "wizard_out"
+    for name in ("master_bias.fits", "master_dark.fits", "master_flat_V.fits"):
+        assert (out / name).exists()
+    rerun = load_config(out / "tui-stack.toml")
+    rerun.output.directory = tmp_path / "run_out"
+    pipeline.run(rerun)
+    a = fits.getdata(out / "combined_average.fits")
+    b = fits.getdata(tmp_path / "run_out" / "combined_average.fits")
+    np.testing.assert_array_equal(a, b)
+    ra = json.loads((out / "report.json").read_text())
+    rb = json.loads((tmp_path / "run_out" / "report.json").read_text())
+    assert ra["calibration"] == rb["calibration"] and ra["calibration"]["masked_pixels"] == SPEC.n_hot + SPEC.n_dead

@@ -826,6 +826,10 @@ def build(bias: list, dark: list, flat: list, lights: list, opts: Options = Opti
     if not lights:
         raise InputError("calibration: no light frames")
     linfos = [read_info(p, opts.exposure_key) for p in lights]
+    for info in linfos:
+        if info.kind in KINDS:
+            raise InputError(f"{info.path.name}: IMAGETYP says {info.kind}, but it is selected as a light; narrow "
+                             '[input] pattern or select (e.g. select = { IMAGETYP = "Light Frame" })')
     ref = linfos[0]
     _check_set(linfos[1:], "light", ref.shape, ref.binning, ref.path.name)
     sets = {}
@@ -919,6 +923,8 @@ class Proposal:
     dark: list[Path] = field(default_factory=list)
     flat: list[Path] = field(default_factory=list)
     groups: list[dict] = field(default_factory=list)  # every (type, filter, exposure) with its files
+    overscan: str | None = None  # "BIASSEC" when every frame's header has it
+    trim: str | None = None  # "TRIMSEC" likewise
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -930,13 +936,19 @@ def propose(frames) -> Proposal:
     """Group (path, header, exptime, filter) frames by IMAGETYP and filter and propose the sets:
     the largest group of lights (one filter: frames of two filters are not stacked together),
     every bias, the darks (those of the lights' exposure, if there are any, else all), and the
-    flats of the lights' filter. Frames of no known type count as lights."""
+    flats of the lights' filter. Frames of no known type count as lights. Overscan and trim from
+    BIASSEC/TRIMSEC when every frame has them."""
     groups: dict = {}
+    frames = list(frames)
     for path, header, exptime, filt in frames:
         kind = classify(header) or "light"
         key = (kind, filt if kind in ("light", "flat") else "", exptime if kind != "bias" else None)
         groups.setdefault(key, []).append(Path(path))
     p = Proposal()
+    if frames and all("BIASSEC" in h for _, h, _, _ in frames):
+        p.overscan = "BIASSEC"
+    if frames and all("TRIMSEC" in h for _, h, _, _ in frames):
+        p.trim = "TRIMSEC"
     order = {"light": 0, "bias": 1, "dark": 2, "flat": 3}
     for (kind, filt, exp), files in sorted(groups.items(), key=lambda kv: (order[kv[0][0]], kv[0][1], kv[0][2] or 0)):
         p.groups.append({"type": kind, "filter": filt, "exptime": exp, "files": sorted(files)})

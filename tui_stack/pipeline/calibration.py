@@ -100,9 +100,16 @@ def calibrate(state: RunState, progress: Progress = noop) -> cal.Calibration | N
     return calib
 
 
+def _of(state: RunState) -> cal.Calibration | None:
+    """The state's calibration (the wizard builds it on a state of its own: found by settings)."""
+    if state.calibration is None and state.config.calibrate.any:
+        state.calibration = active(state.config)
+    return state.calibration
+
+
 def write_masters(state: RunState, out: Path) -> list[Path]:
     """master_bias.fits, master_dark.fits, master_flat_<FILTER>.fits with provenance."""
-    calib = state.calibration
+    calib = _of(state)
     if calib is None:
         return []
     written = []
@@ -121,27 +128,34 @@ def release(state: RunState) -> None:
         state.calibration.prepare(state.files)
 
 
+def _active_or_built(cfg: Config) -> cal.Calibration | None:
+    """The calibration for cfg; built here, for the config's lights, if no step built it yet
+    (a wizard session resumed after a dropped link)."""
+    calib = active(cfg)
+    if calib is None and cfg.calibrate.any:
+        from tui_stack.pipeline.select import select
+
+        calib = calibrate(RunState(config=cfg, files=select(cfg)))
+    return calib
+
+
 def read_frame(path: Path, cfg: Config) -> io.Frame:
     """A light as the steps see it: calibrated when the config has [calibrate]."""
-    calib = active(cfg)
-    if calib is None:
-        if cfg.calibrate.any:
-            raise InputError("[calibrate] frames are set but the masters are not built (the calibrate step)")
-        return io.read_frame(path)
-    return calib.read_frame(path)
+    calib = _active_or_built(cfg)
+    return io.read_frame(path) if calib is None else calib.read_frame(path)
 
 
 def source(state: RunState, path: Path, hdu_index: int, dx: int, dy: int, zero: float, scale: float,
            flip: bool = False):
     """A light's combine source: calibrated row blocks when calibrating, else the file's rows."""
-    calib = active(state.config)
+    calib = _active_or_built(state.config)
     if calib is None:
         return combine.FileSource(path, hdu_index, state.shape, dx, dy, zero, scale, flip=flip)
     return calib.source(path, dx, dy, zero, scale, flip=flip)
 
 
 def report(state: RunState) -> dict | None:
-    calib = state.calibration
+    calib = _of(state)
     if calib is None:
         return None
     d = calib.report()

@@ -77,7 +77,7 @@ def report_dict(state: RunState) -> dict:
         }
         if len(state.combined) > 1:
             out["all_combined"] = [_combined_entry(x) for x in state.combined]
-    if state.calibration is not None:
+    if state.config.calibrate.any:
         from tui_stack.pipeline.calibration import report
 
         out["calibration"] = report(state)

@@ -12,6 +12,7 @@ from textual.widgets import DataTable, Input, Static
 from tui_stack import safetext
 from tui_stack.fmt import fmt
 from tui_stack.tui.common import WizardScreen, fixed_table, row_index
+from tui_stack.tui.calibration import CalibrationPanel
 
 # narrow columns for 80 columns; the detail line under the table gives the highlighted file in full
 COLUMNS = (("u", 1), ("file", 15), ("date  time", 11), ("exp", 4), ("filt", 4), ("shape", 9), ("median", 7),
@@ -29,6 +30,10 @@ class FilesScreen(WizardScreen):
         Binding("a", "toggle_all", "Use all frames, or skip all"),
         Binding("r", "rescan", "Read the directory again"),
         Binding("slash", "edit", "Edit the header filter (enter applies)", key_display="/"),
+        # the calibration panel's keys (tui/calibration.py), shown in its own lines
+        Binding("c", "calibration('build')", "Calibration: build the masters and show them", show=False),
+        Binding("v", "calibration('next_master')", "Calibration: preview the next master", show=False),
+        Binding("k", "calibration('toggle')", "Calibration: on or off", show=False),
     ]
 
     def compose_body(self) -> ComposeResult:
@@ -40,6 +45,7 @@ class FilesScreen(WizardScreen):
             yield Input(select, placeholder="header filter, e.g. PICTTYPE=1", id="filter")
         yield fixed_table("files", COLUMNS)
         yield Static("", id="detail", classes="detail", markup=False)
+        yield CalibrationPanel(id="calibration")
 
     def on_mount(self) -> None:
         for inp in self.query(Input):
@@ -149,6 +155,7 @@ class FilesScreen(WizardScreen):
         if bad:
             msg += f"; {bad} unreadable (the line above says why)"
         self.status(msg)
+        self.query_one(CalibrationPanel).scanned(self)
         if ws.resume is not None:
             self.call_after_refresh(self._resume)  # once the scan's worker has fully ended
 
@@ -242,4 +249,15 @@ class FilesScreen(WizardScreen):
         if len(shapes) > 1:
             self.status("the selected frames differ in shape; skip the odd ones (space)", error=True)
             return False
-        return not self._changed or self._apply_selection()
+        if self._changed and not self._apply_selection():
+            return False
+        return self.query_one(CalibrationPanel).ready(self, self.action_next)
+
+    def action_calibration(self, what: str) -> None:
+        panel = self.query_one(CalibrationPanel)
+        if what == "build" and not self.busy:
+            panel.build(self)
+        elif what == "toggle" and not self.busy:
+            panel.toggle(self)
+        elif what == "next_master":
+            panel.next_master()
