@@ -255,17 +255,22 @@ def fit_overscan(values: np.ndarray, order: int) -> np.ndarray:
 @dataclass
 class Correction:
     """What is taken off and divided out of one frame, on the trimmed grid:
-    out = ((raw - offset) / flat), NaN where masked (folded into flat, or offset without one)."""
+    out = (raw - offset - dark_scale * dark) / flat, NaN where masked. The arrays are the
+    masters' own (no copies), or for a run one merged offset and a flat with the mask as NaN."""
 
-    offset: np.ndarray | None = None  # bias + dark x exposure ratio
-    flat: np.ndarray | None = None  # normalised master flat, NaN at masked pixels
-    mask: np.ndarray | None = None  # only when there is neither: True = masked
+    offset: np.ndarray | None = None  # the master bias (or bias + scaled dark, merged)
+    flat: np.ndarray | None = None  # normalised master flat
+    mask: np.ndarray | None = None  # True = masked
+    dark: np.ndarray | None = None  # the master dark, taken off times dark_scale
+    dark_scale: float = 0.0
 
     def apply(self, rows: np.ndarray, y0: int, x0: int = 0) -> None:
         """In place on rows [y0, y0 + len) and columns [x0, x0 + width) of the trimmed frame."""
         y1, x1 = y0 + rows.shape[0], x0 + rows.shape[1]
         if self.offset is not None:
             rows -= self.offset[y0:y1, x0:x1]
+        if self.dark is not None and self.dark_scale:
+            rows -= self.dark[y0:y1, x0:x1] * np.float32(self.dark_scale)
         if self.flat is not None:
             rows /= self.flat[y0:y1, x0:x1]
         if self.mask is not None:
@@ -356,17 +361,27 @@ class CalibratedSource(combine.FileSource):
         return self._reader
 
 
-def calibrate_array(raw: np.ndarray, geo: Geometry, correction: Correction | None) -> np.ndarray:
-    """The whole frame at once (for registration): overscan, trim, correction. NaN = masked."""
+def calibrate_array(raw: np.ndarray, geo: Geometry, correction: Correction | None, inplace: bool = False) -> np.ndarray:
+    """The whole frame at once (for registration): overscan, trim, correction. NaN = masked.
+    With `inplace` a float32 `raw` is worked on (and returned when nothing is trimmed): no
+    second 64 MB frame per 4k frame in flight."""
     if geo.overscan is not None:
         vals = overscan_line_values(raw, geo)
         if geo.order is not None:
             vals = fit_overscan(vals, geo.order)
-        raw = raw - (vals[:, None] if geo.axis == 1 else vals[None, :])
+        vals = vals[:, None] if geo.axis == 1 else vals[None, :]
+        if inplace and raw.dtype == np.float32:
+            raw -= vals
+        else:
+            raw = raw - vals
+            inplace = True
     if geo.trim is not None:
         t = geo.trim
         raw = raw[t.y0:t.y1, t.x0:t.x1]
-    out = np.array(raw, dtype=np.float32, copy=True) if geo.overscan is None else np.ascontiguousarray(raw)
+    if inplace and raw.dtype == np.float32:
+        out = np.ascontiguousarray(raw)
+    else:
+        out = np.array(raw, dtype=np.float32, copy=True)
     if correction is not None:
         correction.apply(out, 0, 0)
     return out
@@ -542,36 +557,52 @@ class Calibration:
         have = ", ".join(repr(f) for f in self.flats)
         raise InputError(f"{name}: no flat for filter {filt!r} (the flats are {have})")
 
-    def _make_correction(self, k: float, flat: Master | None) -> Correction:
-        offset = None
-        if self.bias is not None:
-            offset = self.bias.data.copy()
-        if self.dark is not None and k:
-            if offset is None:
-                offset = (self.dark.data * np.float32(k)).astype(np.float32)
-            else:
-                offset += np.float32(k) * self.dark.data
+    def _make_correction(self, k: float, flat: Master | None, consume: bool = False) -> Correction:
+        """One offset (bias + scaled dark) and the flat with the masked pixels as NaN: new arrays,
+        or with `consume` (one group of lights, the masters about to be let go) the masters'
+        own, changed in place. The same arithmetic either way, so the wizard and `run` agree
+        to the bit."""
+        if any(m.data is None for m in self.masters):
+            raise RuntimeError("the masters were released; corrections are made before (prepare)")
         mask = None
         for m in (self.dark, flat):
             if m is not None and m.mask is not None and m.mask.any():
-                mask = m.mask.copy() if mask is None else (mask | m.mask)
-        fl = None
-        if flat is not None:
-            fl = flat.data.copy()
-            if mask is not None:
-                fl[mask] = np.nan
-                mask = None
-        elif mask is not None and offset is not None:
-            offset[mask] = np.nan
+                mask = m.mask if mask is None else (mask | m.mask)
+        own = (lambda a: a) if consume else (lambda a: a.copy())  # noqa: E731
+        offset = own(self.bias.data) if self.bias is not None else None
+        if self.dark is not None and k:
+            dark = own(self.dark.data)
+            if k != 1:
+                dark *= np.float32(k)
+            offset = dark if offset is None else np.add(offset, dark, out=offset)
+        fl = own(flat.data) if flat is not None else None
+        if mask is not None and (fl is not None or offset is not None):
+            np.copyto(fl if fl is not None else offset, np.float32(np.nan), where=mask)
             mask = None
         return Correction(offset, fl, mask)
 
     def prepare(self, lights) -> None:
-        """Check every light and make the corrections they need now; then the masters' own
-        pixels can go (release): a run holds two arrays per group of lights, not five."""
+        """Check every light and make the corrections they need now, then let the masters go
+        (written already): with one group of lights (one exposure, one filter), the usual
+        case, the masters' arrays become its correction in place."""
+        keys = {}
         for p in lights:
-            self.light_correction(p)
+            info = self.info(p)
+            self.check_frame(info, "light")
+            flat = self._flat_for(info.filter, info.path.name)
+            k = self.dark_scale(info.exptime, info.path.name)
+            keys[(round(k, 9), flat.filter if flat is not None else None)] = (k, flat)
         self._masked_count = self._count_masked()
+        for m in self.masters:
+            m.summary()
+        with self._lock:
+            self._corrections.clear()
+            if len(keys) == 1:
+                (key, (k, flat)), = keys.items()
+                self._corrections[key] = self._make_correction(k, flat, consume=True)
+            else:
+                for key, (k, flat) in keys.items():
+                    self._corrections[key] = self._make_correction(k, flat)
         for m in self.masters:
             m.release()
 
@@ -600,7 +631,7 @@ class Calibration:
         raw = frame.data
         if frame.mask.any():
             raw[frame.mask] = np.nan
-        data = calibrate_array(raw, self.geometry, corr)
+        data = calibrate_array(raw, self.geometry, corr, inplace=True)
         if self.options.cosmics:
             idx = self._cosmic_indices(path, data)
             data.reshape(-1)[idx] = np.nan
@@ -787,12 +818,10 @@ def build_flat(infos, geo, opts, bias: Master | None, dark: Master | None, filt:
                 k = t / dark.exptime
             elif not dark.bias_subtracted and abs(t - dark.exptime) <= 0.01 * dark.exptime:
                 k = 1.0
-    offset = None
-    if bias is not None:
-        offset = bias.data.copy()
-    if k:
-        offset = dark.data * np.float32(k) if offset is None else offset + np.float32(k) * dark.data
-    corr = Correction(offset=offset) if offset is not None else None
+    corr = None
+    if bias is not None or k:
+        corr = Correction(offset=bias.data if bias is not None else None, dark=dark.data if k else None,
+                          dark_scale=k or 0.0)
     meds = []
     for j, info in enumerate(infos):
         progress(f"flat {filt} levels", j, len(infos))
