@@ -79,6 +79,10 @@ def calibrate(state: RunState, progress: Progress = noop) -> cal.Calibration | N
     if not cfg.calibrate.any:
         state.calibration = None
         return None
+    from tui_stack import compute
+
+    if compute.current().name != "local":
+        raise InputError('[calibrate] runs on this machine only: use [compute] scheduler = "local"')
     key = _key(cfg)
     with _lock:
         calib = _BUILT.get(key)
