@@ -167,14 +167,14 @@ class CalibrationPanel(Vertical):
 
     def show_masters(self) -> None:
         masters = self.calib.masters if self.calib is not None else []
-        lines = [f"  {'master':<12}{'n':>4} {'method':<10}{'level':>9}{'noise':>9}{'masked':>7}"]
+        lines = [f"  {'master':<11}{'n':>4}{'level':>10}{'noise':>9}{'masked':>8}"]
         for k, m in enumerate(masters):
             s = m.summary()
             name = m.kind + (f" {m.filter}" if m.kind == "flat" else "") + (f" {fmt(m.exptime, 'g')}s" if m.kind == "dark" else "")
             masked = s.get("hot_pixels", s.get("dead_pixels", ""))
-            lines.append(f"{'>' if k == self.shown_master else ' '} {name:<12}{s['n_frames']:>4} {s['method']:<10}"
-                         f"{fmt(s['level'], '.5g', ''):>9}{fmt(s['noise'], '.3g', ''):>9}{masked!s:>7}")
-        lines.append("v: preview the next master   k: calibration on/off")
+            lines.append(f"{'>' if k == self.shown_master else ' '} {name:<11}{s['n_frames']:>4}"
+                         f"{fmt(s['level'], '.5g', ''):>10}{fmt(s['noise'], '.3g', ''):>9}{masked!s:>8}")
+        lines.append("v: next master  k: calibration on/off")
         self.query_one("#cal-masters", Static).update("\n".join(lines))
         view = self.query_one("#cal-preview", ImageView)
         if masters and masters[self.shown_master].data is not None:
