@@ -376,6 +376,11 @@ def test_cli_calibration_errors_exit_2(raw, tmp_path, capsys):
     assert "matches no file" in run(dark=str(tmp_path / "nothing_*.fits"))
     assert "too few for sigmaclip" in run(bias=[str(raw.bias[0]), str(raw.bias[1])])
     assert len(b_flats) == SPEC.n_flat
+    # a master's name taken by a file tui-stack did not write: refused before any work
+    (tmp_path / "out").mkdir(exist_ok=True)
+    (tmp_path / "out" / "master_flat_V.fits").write_text("mine")
+    assert "master_flat_V.fits" in run() and (tmp_path / "out" / "master_flat_V.fits").read_text() == "mine"
+    (tmp_path / "out" / "master_flat_V.fits").unlink()
     # relative to the config file: a config beside the frames, globs relative to it
     cfg_text = config_to_toml(_run_config(raw, tmp_path / "rel", {"bias": "bias_00*.fits", "overscan": "BIASSEC"}))
     assert 'bias = "bias_00*.fits"' in cfg_text

@@ -48,6 +48,22 @@ def frame_lists(cfg: Config) -> dict[str, list[Path]]:
     return out
 
 
+def planned_masters(cfg: Config, lights) -> list[str]:
+    """The master files a run with this config writes (checked with the other outputs first)."""
+    if not cfg.calibrate.any:
+        return []
+    sets = frame_lists(cfg)
+    names = [f"master_{k}.fits" for k in ("bias", "dark") if sets[k]]
+    if sets["flat"]:
+        flat_filters = {cal.read_info(p).filter for p in sets["flat"]}
+        if flat_filters == {""}:
+            names.append(f"master_flat_{cal.safe_filter('')}.fits")
+        else:
+            light_filters = {cal.read_info(p).filter for p in lights}
+            names += [f"master_flat_{cal.safe_filter(f)}.fits" for f in sorted(flat_filters & light_filters)]
+    return names
+
+
 def options(cfg: Config) -> cal.Options:
     c = cfg.calibrate
     try:

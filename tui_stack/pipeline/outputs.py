@@ -53,7 +53,7 @@ def planned_outputs(state: RunState, methods=None) -> list[str]:
     names = [f"combined_{m}.fits" for m in (methods or [cfg.combine.method])] + ["report.json"]
     if cfg.output.write_shifted:
         names += [f"s{p.name}" for p in state.files]
-    return names
+    return names + calibration.planned_masters(cfg, state.files)
 
 
 def write_outputs(state: RunState, out: Path, progress: Progress = noop, shifted_written: bool = False) -> None:
