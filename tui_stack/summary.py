@@ -33,6 +33,10 @@ def print_summary(state, console) -> None:
     for fr in state.frames:
         if fr.message:  # what to do about a frame left out, where the flag alone does not say
             console.print(f"{fr.name}: {fr.message}", markup=False)
+    calib = getattr(state, "calibration", None)
+    if calib is not None:  # [calibrate]: which masters, how many pixels masked in every light
+        parts = [f"{m.kind}{' ' + m.filter if m.kind == 'flat' and m.filter else ''} ({len(m.files)})" for m in calib.masters]
+        console.print(f"calibrated: {_safe(', '.join(parts))}; {calib.report()['masked_pixels']} pixels masked (hot, dead)")
     for c in state.combined:
         r = Table(title=f"combined ({c.method})", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False)
         for col in ("file", "frames", "median", "std [{}:{},{}:{}]".format(*c.stats.region), "flux / ref"):
