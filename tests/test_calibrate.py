@@ -388,6 +388,7 @@ def test_cli_calibration_errors_exit_2(raw, tmp_path, capsys):
     p.write_text(cfg_text)
     assert cli.main(["run", str(p), "--quiet"]) == 0
     p.unlink()
+    assert "calibrated: bias (9); 0 pixels masked" in capsys.readouterr().out
     assert fits.getheader(tmp_path / "rel" / "master_bias.fits")["NCOMBINE"] == SPEC.n_bias
 
 
