@@ -443,3 +443,14 @@ def test_wizard_groups_frames_builds_masters_and_saves_a_config_run_repeats(raw,
     ra = json.loads((out / "report.json").read_text())
     rb = json.loads((tmp_path / "run_out" / "report.json").read_text())
     assert ra["calibration"] == rb["calibration"] and ra["calibration"]["masked_pixels"] == SPEC.n_hot + SPEC.n_dead
+
+
+def test_dead_pixels_are_local_not_the_vignetted_corners(tmp_path):
+    """A flat down to 0.3 in its corners: dead pixels are those far under their neighbourhood,
+    not the dark corners an absolute threshold would take."""
+    spec = sc.RawSpec(shape=(200, 232), vignetting=0.7, n_bias=3, n_dark=0, n_flat=4, n_lights=1, n_dead=20, seed=9)
+    t = sc.write_raw_set(tmp_path, spec)
+    c = cal.build(t.bias, [], t.flat, t.lights, cal.Options(overscan="BIASSEC", trim="TRIMSEC"))
+    flat = c.flats["V"]
+    assert np.nanmin(flat.data[~flat.mask]) < 0.45  # corners under the 0.5 threshold, kept
+    assert {tuple(p) for p in np.argwhere(flat.mask)} == {tuple(p) for p in t.dead}

@@ -17,7 +17,7 @@ Masters are made by the streaming combine engine (core.combine), reading calibra
 (CalibratedReader), so memory stays within its limit whatever the number of frames.
 
 Hot pixels (the master dark above its median by `hot_sigma` robust sigmas), dead pixels (the
-master flat under `dead_below` of its median, or not positive) and, optionally, cosmic rays in
+master flat under `dead_below` of its local level, or not positive) and, optionally, cosmic rays in
 each light (astroscrappy's L.A.Cosmic) are masked: NaN, no data, never filled.
 """
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -476,7 +477,7 @@ class Options:
     dark_params: combine.CombineParams = field(default_factory=lambda: combine.CombineParams(**vars(DEFAULT_PARAMS)))
     flat_params: combine.CombineParams = field(default_factory=lambda: combine.CombineParams(**vars(DEFAULT_PARAMS)))
     hot_sigma: float = 8.0  # master dark above its median by this many robust sigmas: hot
-    dead_below: float = 0.5  # normalised master flat under this: dead
+    dead_below: float = 0.5  # master flat under this fraction of its local level: dead
     max_dark_scale: float = MAX_DARK_SCALE
     cosmics: bool = False  # astroscrappy on each light
     cosmic_sigma: float = 4.5  # astroscrappy sigclip
@@ -807,6 +808,53 @@ def frame_median(reader: CalibratedReader, zero_check: bool, name: str) -> float
     return float(np.median(vals)) if vals.size else float("nan")
 
 
+DEAD_BOX = 32  # px: the flat's local level is the median of boxes this size, interpolated
+
+
+def _interp_weights(n: int, box: int, nb: int):
+    """For pixel positions 0..n-1: the two box centres around each and the weight of the second."""
+    centres = (np.arange(nb) + 0.5) * box - 0.5
+    pos = np.clip(np.arange(n, dtype=np.float64), centres[0], centres[-1])
+    i0 = np.clip(np.searchsorted(centres, pos, side="right") - 1, 0, max(nb - 2, 0))
+    i1 = np.minimum(i0 + 1, nb - 1)
+    t = np.where(i1 > i0, (pos - centres[i0]) / box, 0.0)
+    return i0, i1, t
+
+
+def dead_pixels(flat: np.ndarray, below: float, box: int = DEAD_BOX) -> np.ndarray:
+    """Pixels of a normalised flat under `below` x its local level (or not positive, or NaN).
+    The local level is the median of box x box blocks, interpolated bilinearly between block
+    centres, so vignetting and dust are not dead pixels however deep (an absolute threshold
+    would mask a vignetted corner). Worked a band of blocks at a time: no full-size temporaries."""
+    h, w = flat.shape
+    ny, nx = -(-h // box), -(-w // box)
+    med = np.empty((ny, nx))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN block: filled below
+        for by in range(ny):
+            band = flat[by * box:(by + 1) * box]
+            r = band.shape[0]
+            pad = np.full((r, nx * box), np.nan, np.float32)
+            pad[:, :w] = band
+            blocks = pad.reshape(r, nx, box).transpose(1, 0, 2).reshape(nx, -1)
+            holes = np.isnan(blocks).any(axis=1)  # nanmedian is 10x slower: only where needed
+            med[by] = np.median(blocks, axis=1)
+            if holes.any():
+                med[by, holes] = np.nanmedian(blocks[holes], axis=1)
+    med = np.where(np.isfinite(med), med, np.nanmedian(med))
+    yi0, yi1, yt = _interp_weights(h, box, ny)
+    xi0, xi1, xt = _interp_weights(w, box, nx)
+    dead = np.empty((h, w), bool)
+    with np.errstate(invalid="ignore"):
+        for y0 in range(0, h, box):
+            y1 = min(h, y0 + box)
+            col = med[yi0[y0:y1]] * (1 - yt[y0:y1, None]) + med[yi1[y0:y1]] * yt[y0:y1, None]  # (rows, nx)
+            level = col[:, xi0] * (1 - xt) + col[:, xi1] * xt
+            rows = flat[y0:y1]
+            dead[y0:y1] = ~(rows >= below * level) | ~(rows > 0)
+    return dead
+
+
 def build_flat(infos, geo, opts, bias: Master | None, dark: Master | None, filt: str, progress=_noop) -> Master:
     # each flat: bias and dark off (the dark scaled to the flat's exposure where it can be)
     k = None
@@ -839,7 +887,7 @@ def build_flat(infos, geo, opts, bias: Master | None, dark: Master | None, filt:
     if not level > 0:
         raise InputError(f"flat {filt}: the combined flat's median is {level:g}")
     data /= np.float32(level)
-    dead = ~(data >= opts.dead_below)  # NaN and <= 0 too
+    dead = dead_pixels(data, opts.dead_below)
     _, noise = robust_stats(data)
     return Master("flat", data, [i.path for i in infos], opts.flat_params, filter=filt, level=float(np.median(meds)),
                   noise=noise, mask=dead, dark_subtracted=bool(k), scales=scales,
