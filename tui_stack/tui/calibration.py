@@ -58,7 +58,9 @@ class CalibrationPanel(Vertical):
         yield Static("", id="cal-groups", markup=False)
         with Horizontal():
             yield Static("", id="cal-masters", markup=False)
-            yield ImageView(id="cal-preview")
+            view = ImageView(id="cal-preview")
+            view.can_focus = False  # a picture of the master: nothing to do there with keys
+            yield view
 
     # ------------------------------------------------------------ the screen's hooks
 
