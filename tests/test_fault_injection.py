@@ -343,7 +343,7 @@ def test_9_any_name_works_in_run_and_combine(field, tmp_path, capsys, name):
     assert code == 0, err
     rep = json.loads((tmp_path / "out" / "report.json").read_text())
     assert rep["frames"][0]["file"] == name.format(0)
-    hdr = fits.getheader(tmp_path / "out" / f"combined_median.fits")
+    hdr = fits.getheader(tmp_path / "out" / "combined_median.fits")
     assert name.format(0).encode("ascii", "backslashreplace").decode() in "".join(hdr["HISTORY"]) + str(
         hdr.get("IMCMB001"))
     assert (tmp_path / "out" / ("s" + name.format(0))).exists()

@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                 args = _one_line_errors(parser).parse_args(argv[1:])
                 _quiet_astropy()
                 return handler(args)
+            _unknown_command(argv)
             return cmd_wizard(_one_line_errors(_parser()).parse_args(argv))
     except InputError as exc:
         return _error(str(exc))
@@ -172,6 +173,18 @@ def main(argv: list[str] | None = None) -> int:
         return _bug(exc)
 
 
+def _unknown_command(argv: list[str]) -> None:
+    """`tui-stack runn x.toml`: a mistyped command, not the wizard on a folder named runn."""
+    import difflib
+
+    from tui_stack.errors import InputError
+
+    if argv and not argv[0].startswith("-") and not Path(argv[0]).exists():
+        near = difflib.get_close_matches(argv[0], SUBCOMMANDS + ("help",), n=1, cutoff=0.6)
+        if near:
+            raise InputError(f"unknown command {argv[0]!r}; did you mean {near[0]!r}? (tui-stack --help)")
+
+
 def _bug(exc: BaseException) -> int:
     log = _crash_log(exc)
     where = f"details in {log}" if log else "no log could be written to the state directory"
@@ -185,7 +198,7 @@ def _progress_runner(quiet: bool):
 
     @contextmanager
     def runner():
-        if quiet:
+        if quiet or not sys.stderr.isatty():  # a log file gets the summary, not bars (nor blank lines)
             yield lambda stage, done, total: None
             return
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn

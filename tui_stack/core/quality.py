@@ -210,17 +210,25 @@ def _isolated(stars: Stars, idx: np.ndarray, radius: float, ratio: float, sat_ra
     return ok
 
 
-def pick_reference_star(stars: Stars, shape, sky: float, saturation: float | None, box: int) -> tuple[float, float] | None:
-    """Bright, unsaturated with margin (other frames may be brighter), no star half as bright
-    within half the box, away from the edges; the brightest such star nearest the centre wins."""
+def reference_candidates(stars: Stars, shape, sky: float, saturation: float | None, box: int,
+                         n: int = 5) -> np.ndarray:
+    """The stars an automatic reference pick chooses among, brightest first: bright,
+    unsaturated with margin (other frames may be brighter), no star half as bright within half
+    the box, away from the edges; the n brightest such stars."""
     h, w = shape
     limit = np.inf if saturation is None else 0.5 * saturation - sky
     saturated = np.zeros(len(stars), bool) if saturation is None else stars.peak + sky >= 0.9 * saturation
     margin = box / 2 + 10
     first = np.flatnonzero((stars.peak < limit) & (margin <= stars.x) & (stars.x < w - margin)
                            & (margin <= stars.y) & (stars.y < h - margin))
-    cands = list(first[_isolated(stars, first, box / 2, 0.5, box / 2, saturated)][:5])
-    if not cands:
+    return first[_isolated(stars, first, box / 2, 0.5, box / 2, saturated)][:n]
+
+
+def pick_reference_star(stars: Stars, shape, sky: float, saturation: float | None, box: int) -> tuple[float, float] | None:
+    """Of the reference candidates, the one nearest the centre."""
+    h, w = shape
+    cands = reference_candidates(stars, shape, sky, saturation, box)
+    if not len(cands):
         return None
     centre = min(cands, key=lambda i: np.hypot(stars.x[i] - w / 2, stars.y[i] - h / 2))
     return float(stars.x[centre]), float(stars.y[centre])

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from tui_stack.config import Config
-from tui_stack.core import background, io, quality, registration
+from tui_stack.core import background, quality, registration
 from tui_stack.errors import InputError
 from tui_stack.pipeline import calibration
 from tui_stack.pipeline.select import excluded_indices, resolve_reference

@@ -52,6 +52,7 @@ def report_dict(state: RunState) -> dict:
                 "flipped": fr.flipped,
                 "n_matched": fr.n_matched,
                 "fit_rms": _nan_to_none(round(fr.fit_rms, 4)),
+                "residuals": fr.residuals,  # [x, y, dx, dy] of each matched star after the fit, px
                 **_quality_entry(fr.quality),
             }
         )

@@ -69,7 +69,6 @@ def early_photometry(state: RunState, fr: FrameResult, sub: np.ndarray, mask: np
     aperture off the frame is off the shifted frame too). Subpixel shifts and rotations:
     the apertures sit at fractional positions (photutils' exact overlap) on pixels never
     interpolated, so a resampling's smoothing cannot bias the flux ratios."""
-    cfg = state.config
     if not state.comparison_stars or not fr.used:
         return
     ref_xy = np.array(state.comparison_stars, float)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from pathlib import Path
 from typing import Iterable
 
@@ -216,6 +218,10 @@ def run_app(directory: Path, config_path: Path | None = None, resume: bool = Fal
             raise InputError(f"{saved['_path']}: saved session's config: {exc}") from None
     else:
         config = load_config(config_path) if config_path else None  # it names its own directory
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        # without a terminal Textual waits for keys that never come, at full speed
+        raise InputError("the wizard needs a terminal; without one use `tui-stack run CONFIG.toml` "
+                         "(or `tui-stack demo --headless`)")
     engine = None
     if config is not None and config.compute.scheduler != "local":
         from tui_stack import compute

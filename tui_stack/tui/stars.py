@@ -34,16 +34,9 @@ def candidates(image: np.ndarray, noise: float, sky: float, saturation: float | 
     if n == 0:
         return []
     order = np.argsort(-stars.peak)[:n]
-    h, w = image.shape
     sat = np.zeros(len(stars), bool) if saturation is None else stars.peak + sky >= 0.9 * saturation
-    limit = np.inf if saturation is None else 0.5 * saturation - sky
-    margin = box / 2 + 10
-    # the automatic pick's own rules (core.quality.pick_reference_star): under half the
-    # saturation, no star half as bright and no saturated star within half the box, off the edges
-    inside = (stars.peak < limit) & (margin <= stars.x) & (stars.x < w - margin) & (margin <= stars.y) & (stars.y < h - margin)
-    good = np.zeros(len(stars), bool)
-    first = np.flatnonzero(inside)
-    good[first] = quality._isolated(stars, first, box / 2, 0.5, box / 2, sat)
+    good = np.zeros(len(stars), bool)  # what the automatic pick (`a`) chooses among
+    good[quality.reference_candidates(stars, image.shape, sky, saturation, box)] = True
     out = []
     for i in order:
         d = np.hypot(stars.x - stars.x[i], stars.y - stars.y[i])
