@@ -130,7 +130,7 @@ class DaskCompute:
         h, w = sources[0].shape
         n = len(sources)
         weights = combine.check_weights(weights, n, params.method)
-        rows = block_rows or combine.rows_per_block(n, w, memory_limit, params.method, 1, weights is not None)
+        rows = block_rows or combine.rows_for(sources, params.method, memory_limit, 1, weights is not None)
         out = combine.CombineResult.empty((h, w), maps, keep_data=sink is None)
         shared = self.client.scatter(list(sources), broadcast=True, hash=False)
         starts = list(range(0, h, rows))

@@ -94,7 +94,8 @@ class ArraySource:
 
 class FileSource:
     """A FITS frame on disk placed at integer (dx, dy) on the output grid as a slice offset:
-    out[y, x] = in[y - dy, x - dx], read block by block, never the whole frame.
+    out[y, x] = in[y - dy, x - dx], read block by block, never the whole frame. The file is
+    opened for each block and closed again (its header is read once).
 
     `out_shape` defaults to the frame's own shape (a shift); a larger one holds IRAF-style offsets.
     """
@@ -112,8 +113,12 @@ class FileSource:
         if self._reader is None:
             from tui_stack.core.io import RowReader
 
-            self._reader = RowReader(self.path, self.hdu_index)
+            # opened for each read: thousands of sources hold no file open
+            self._reader = RowReader(self.path, self.hdu_index, keep_open=False)
         return self._reader
+
+    def __getstate__(self):  # a Dask worker makes its own reader
+        return {**self.__dict__, "_reader": None}
 
     def read_into(self, y0, y1, out):
         """Rows [y0, y1) of the output grid into `out` (float32), NaN where the frame has no data."""
@@ -150,16 +155,79 @@ class FileSource:
             self._reader = None
 
 
+class WarpSource(FileSource):
+    """A frame resampled onto the output grid inside each block of rows: output pixel (x, y)
+    is the frame's (a x + b y + c, d x + e y + f) (the transform contract; a subpixel shift is
+    [1, 0, -dx, 0, 1, -dy], see shifting.shift_matrix). Each block reads only the frame rows
+    its pixels map into, plus the kernel's halo (and, turned, the rows the turn sweeps), and
+    resamples them with core.shifting.Warp: no resampled copy of the frame is ever written
+    or held. Pixels whose kernel touched a masked pixel or the outside are NaN.
+
+    From a file (`path`, `hdu_index`) or an in-memory frame (`data`, `mask`)."""
+
+    def __init__(self, path, hdu_index: int, shape, matrix, zero: float = 0.0, scale: float = 1.0, out_shape=None,
+                 kernel: str | None = None, data=None, mask=None):
+        from tui_stack.core import shifting
+
+        super().__init__(path, hdu_index, shape, 0, 0, zero, scale, out_shape)
+        self.warp = shifting.Warp(matrix, kernel or shifting.DEFAULT_KERNEL, max(self.in_shape))
+        self.data, self.mask = data, mask
+
+    @classmethod
+    def of_array(cls, data, mask, matrix, zero: float = 0.0, scale: float = 1.0, out_shape=None,
+                 kernel: str | None = None) -> "WarpSource":
+        return cls(None, 0, data.shape, matrix, zero, scale, out_shape, kernel, data=data, mask=mask)
+
+    def _read_box(self, r0, r1, c0, c1):
+        if self.data is not None:
+            from tui_stack.core.shifting import box_reader
+
+            return box_reader(self.data, self.mask)(r0, r1, c0, c1)
+        h, w = self.in_shape
+        out = np.full((r1 - r0, c1 - c0), np.nan, np.float32)
+        a0, a1, b0, b1 = max(r0, 0), min(r1, h), max(c0, 0), min(c1, w)
+        step = max(1, (8 << 20) // (4 * w))  # reads of at most 8 MB: a turned frame's box may be tall
+        for y in range(a0, a1, step):
+            y2 = min(a1, y + step)
+            if b1 > b0:
+                self._reader_().rows_into(y, y2, b0, b1, out[y - r0:y2 - r0, b0 - c0:b1 - c0])
+        return out
+
+    def read_into(self, y0, y1, out):
+        out[...] = self.warp.render(self._read_box, y0, y1, 0, self.shape[1])
+
+    def work_bytes(self, rows: int) -> int:
+        """Memory one block of `rows` takes while it is resampled: the frame box read and
+        the passes' arrays (about 4 of its size)."""
+        r0, r1, c0, c1 = self.warp.input_box(0, rows, 0, self.shape[1])
+        return 5 * 4 * (r1 - r0) * (c1 - c0)
+
+
 # Working copies of the block each method needs (the block itself, its sorted copy, float64
 # temporaries): sets how many rows fit in the memory limit.
 _COPIES = {"average": 3, "median": 4, "minmax": 5, "winsorized": 9, "gesd": 7}
 
 
+def _row_bytes(n_frames: int, width: int, method: str, threads: int, weighted: bool) -> int:
+    copies = _COPIES.get(method, 6) + (3 if weighted else 0)  # argsort's int64 order and the weights
+    return max(1, n_frames * width * 4 * copies * threads)
+
+
 def rows_per_block(n_frames: int, width: int, memory_limit: int, method: str = "minmax", threads: int = 2,
                    weighted: bool = False) -> int:
-    copies = _COPIES.get(method, 6) + (3 if weighted else 0)  # argsort's int64 order and the weights
-    per_row = max(1, n_frames * width * 4 * copies * threads)
-    return max(1, int(memory_limit // per_row))
+    return max(1, int(memory_limit // _row_bytes(n_frames, width, method, threads, weighted)))
+
+
+def rows_for(sources, method: str, memory_limit: int, threads: int = 2, weighted: bool = False) -> int:
+    """rows_per_block, less what resampling sources take while they read a block (one frame
+    at a time per thread)."""
+    w = sources[0].shape[1]
+    per_row = _row_bytes(len(sources), w, method, threads, weighted)
+    rows = rows_per_block(len(sources), w, memory_limit, method, threads, weighted)
+    warps = [s for s in sources if hasattr(s, "work_bytes")]
+    while warps and rows > 1 and per_row * rows + threads * max(s.work_bytes(rows) for s in warps) > memory_limit:
+        rows = max(1, int(rows * 0.8))
+    return rows
 
 
 def reduce_block(block: np.ndarray, params: CombineParams, with_sigma: bool = False, weights=None):
@@ -863,7 +931,7 @@ def combine(
     h, w = sources[0].shape
     n = len(sources)
     weights = check_weights(weights, n, params.method)
-    rows = block_rows or rows_per_block(n, w, memory_limit, params.method, threads, weights is not None)
+    rows = block_rows or rows_for(sources, params.method, memory_limit, threads, weights is not None)
     out = CombineResult.empty((h, w), maps, keep_data=sink is None)
     starts = list(range(0, h, rows))
 

@@ -210,12 +210,17 @@ class RowReader:
     through astropy's section reader.
     """
 
-    def __init__(self, path: Path, hdu_index: int = 0):
+    def __init__(self, path: Path, hdu_index: int = 0, keep_open: bool = True):
+        """`keep_open` False: the file is opened for each read and closed again, so thousands
+        of readers hold no descriptor (the open-file limit is 1024 by default)."""
         from astropy.io import fits
 
         self.path = Path(path)
+        self.hdu_index = hdu_index
+        self.keep_open = keep_open
         self._hdul = None
         self._fd = None
+        self._section = None
         with fits.open(self.path, memmap=False, lazy_load_hdus=True) as hdul:
             hdu = hdul[hdu_index]
             hdr = hdu.header
@@ -223,17 +228,25 @@ class RowReader:
             compressed = isinstance(hdu, fits.CompImageHDU) or bool(getattr(hdul._file, "compression", None))
             if not compressed:
                 self._offset = hdu.fileinfo()["datLoc"]
+            else:
+                shape = tuple(hdu.section.shape)
         if compressed:
-            self._hdul = fits.open(self.path)
-            self._section = self._hdul[hdu_index].section
-            self.shape = tuple(self._section.shape)
+            self.shape = shape
+            if keep_open:
+                self._hdul = fits.open(self.path)
+                self._section = self._hdul[hdu_index].section
             return
         self.shape = (int(hdr["NAXIS2"]), int(hdr["NAXIS1"]))
         self._dtype = np.dtype(_BITPIX_DTYPES[hdr["BITPIX"]])
         self._bscale = float(hdr.get("BSCALE", 1.0))
         self._bzero = float(hdr.get("BZERO", 0.0))
         self._blank = hdr.get("BLANK") if hdr["BITPIX"] > 0 else None
-        self._fd = os.open(self.path, os.O_RDONLY)
+        if keep_open:
+            self._fd = os.open(self.path, os.O_RDONLY)
+
+    @property
+    def compressed(self) -> bool:
+        return not hasattr(self, "_offset")
 
     def rows(self, y0: int, y1: int, x0: int = 0, x1: int | None = None) -> np.ndarray:
         """float32 pixels [y0:y1, x0:x1]; BLANK pixels become NaN."""
@@ -244,12 +257,23 @@ class RowReader:
 
     def rows_into(self, y0: int, y1: int, x0: int, x1: int, out: np.ndarray) -> None:
         """Pixels [y0:y1, x0:x1] into `out`, converted in one pass (byte order, BZERO, BLANK)."""
-        if self._hdul is not None:
-            out[...] = self._section[y0:y1, x0:x1]
+        if self.compressed:
+            if self._section is not None:
+                out[...] = self._section[y0:y1, x0:x1]
+                return
+            from astropy.io import fits
+
+            with fits.open(self.path) as hdul:
+                out[...] = hdul[self.hdu_index].section[y0:y1, x0:x1]
             return
         w = self.shape[1]
         nbytes = (y1 - y0) * w * self._dtype.itemsize
-        buf = os.pread(self._fd, nbytes, self._offset + y0 * w * self._dtype.itemsize)
+        fd = self._fd if self._fd is not None else os.open(self.path, os.O_RDONLY)
+        try:
+            buf = os.pread(fd, nbytes, self._offset + y0 * w * self._dtype.itemsize)
+        finally:
+            if fd != self._fd:
+                os.close(fd)
         if len(buf) != nbytes:
             raise InputError(f"{self.path}: file is truncated (rows {y0}-{y1} missing)")
         raw = np.frombuffer(buf, dtype=self._dtype).reshape(y1 - y0, w)[:, x0:x1]
@@ -265,6 +289,7 @@ class RowReader:
         if self._hdul is not None:
             self._hdul.close()
             self._hdul = None
+            self._section = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

@@ -1,8 +1,33 @@
-"""Moving a frame onto the reference grid, with a mask for pixels that came from outside it."""
+"""Moving a frame onto the reference grid, with a mask for pixels that came from outside it.
+
+Integer shifts move pixels (slices). Everything else - a subpixel shift, a turn, a mirror, any
+affine map of the transform contract (reference (x, y) -> frame (a x + b y + c, d x + e y + f))
+- is resampled by `Warp`, one box of output pixels at a time, so the combine can resample each
+frame's rows inside its own row blocks (core.combine.WarpSource) and the written `s<name>`
+frames come from the same code. The map is split into 1-D passes with a short kernel:
+
+    L = X(p) Y(q) X(p + c) D,    X(s) = [[1, s], [0, 1]],  Y(s) = [[1, 0], [s, 1]],
+    D = diag(sx, sy)
+
+(a QR split L = R(theta) U, the turn as Paeth's three shears, U's shear folded into the last
+one). A shear moves each line by one constant amount, so a line needs one set of kernel
+weights; the last pass is separable (each output column, and each row, its own weights). A
+pure shift is that last pass alone. Any output pixel whose kernel touched a masked pixel or
+one outside the frame is masked: NaN spreads through the passes and is the mask.
+"""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+# The kernel chosen by benchmarks/kernels.py (alignment, flux, noise, ringing, speed; see README).
+DEFAULT_KERNEL = "poly5"
+KERNELS = ("lanczos3", "lanczos4", "poly5", "cubic", "linear")
+_HALF = {"lanczos3": 3, "lanczos4": 4, "poly5": 3, "cubic": 2, "linear": 1}
+_EXACT = 1e-6  # a phase this close to a whole pixel is one: no interpolation, no mask spread
+
 
 def integer_slices(shape, dx: int, dy: int):
     """Slices (out_y, out_x, in_y, in_x) such that out[y, x] = in[y - dy, x - dx]."""
@@ -26,15 +51,294 @@ def applied_shift(dx: float, dy: float, mode: str) -> tuple[float, float]:
     return float(dx), float(dy)
 
 
+# ---------------------------------------------------------------- kernels
+
+
+def kernel_weights(kernel: str, phase: np.ndarray) -> np.ndarray:
+    """(n, 2r) float64 weights of the taps floor(pos) - r + 1 ... floor(pos) + r for the
+    fractional parts `phase` in [0, 1). Each row sums to 1 (flux kept)."""
+    phase = np.asarray(phase, np.float64)
+    r = _HALF.get(kernel)
+    if r is None:
+        raise ValueError(f"unknown kernel {kernel!r}; use one of {', '.join(KERNELS)}")
+    j = (r - 1) - np.arange(2 * r)  # x = phase + j: distance of each tap from the position
+    x = phase[:, None] + j
+    if kernel.startswith("lanczos"):
+        # sinc(x) sinc(x / r) with two sines per phase: sin(pi x) = (-1)^j sin(pi phase), and
+        # sin(pi x / r) by angle addition (np.sinc on every tap is 5x slower, measured)
+        beta = np.pi * j / r
+        a = np.pi * phase[:, None] / r
+        num = (np.sin(np.pi * phase)[:, None] * np.where(j % 2, -1.0, 1.0)) * (np.sin(a) * np.cos(beta) + np.cos(a) * np.sin(beta))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            w = r * num / (np.pi * np.pi * x * x)
+        w[np.abs(x) < 1e-12] = 1.0
+    elif kernel == "poly5":  # IRAF's poly5: the degree-5 polynomial through the 6 nearest pixels
+        nodes = -j.astype(np.float64)
+        w = np.ones_like(x)
+        for k in range(2 * r):
+            for m in range(2 * r):
+                if m != k:
+                    w[:, k] *= (phase - nodes[m]) / (nodes[k] - nodes[m])
+    elif kernel == "cubic":  # Keys' cubic convolution, a = -0.5
+        a, ax = -0.5, np.abs(x)
+        w = np.where(ax <= 1, (a + 2) * ax**3 - (a + 3) * ax**2 + 1,
+                     np.where(ax < 2, a * ax**3 - 5 * a * ax**2 + 8 * a * ax - 4 * a, 0.0))
+    else:  # linear
+        w = np.maximum(0.0, 1 - np.abs(x))
+    return w / w.sum(axis=1, keepdims=True)
+
+
+class _Taps:
+    """Kernel taps for the positions a * i + b of the whole numbers i: first tap index and
+    weights (float32, one row per position), computed for a range of i once and reused by
+    every block (the weights cost as much as a pass, measured). Positions that are all whole
+    pixels (a whole, b whole) take one tap: an exact copy, no spread of the mask."""
+
+    def __init__(self, a: float, b: float, kernel: str):
+        self.a, self.b, self.kernel = float(a), float(b), kernel
+        self.exact = self.a.is_integer() and abs(self.b - round(self.b)) < _EXACT
+        self.same = self.a.is_integer()  # one phase for all: one row of weights
+        self.taps = 1 if self.exact else 2 * _HALF[kernel]
+        self.step = -1 if self.a < 0 else 1
+        self._cache = None
+
+    def get(self, i0: int, i1: int):
+        cache = self._cache
+        if cache is None or i0 < cache[0] or i1 > cache[1]:
+            pad = max(64, i1 - i0)
+            lo, hi = i0 - pad, i1 + pad
+            if cache is not None:
+                lo, hi = min(lo, cache[0]), max(hi, cache[1])
+            pos = self.a * np.arange(lo, hi, dtype=np.float64) + self.b
+            if self.exact:
+                start, w = np.rint(pos).astype(np.int64), np.ones((1, 1), np.float32)
+            else:
+                base = np.floor(pos)
+                start = base.astype(np.int64) - (_HALF[self.kernel] - 1)
+                w = kernel_weights(self.kernel, (pos - base)[:1] if self.same else pos - base).astype(np.float32)
+            cache = self._cache = (lo, hi, start, w)  # one assignment: safe for threads
+        lo, _, start, w = cache
+        w = w if len(w) == 1 else w[i0 - lo:i1 - lo]
+        return start[i0 - lo:i1 - lo], w
+
+    def span(self, i0: int, i1: int, offset: int = 0, n_line: int = 1):
+        """[lo, hi) of the source indices read for i in [i0, i1) (each line n_line long)."""
+        start = self.get(i0, i1)[0]
+        return offset + int(start.min()), offset + int(start.max()) + self.taps + n_line - 1
+
+
+def _runs(key):
+    """[i, j) runs of equal consecutive values of `key`."""
+    cut = np.flatnonzero(np.diff(key)) + 1
+    return zip(np.r_[0, cut].tolist(), np.r_[cut, len(key)].tolist())
+
+
+# ---------------------------------------------------------------- 1-D passes
+# Each pass works on slices: a run of output columns (or rows, or lines) whose taps start at
+# consecutive (or equal) source pixels is a weighted sum of shifted slices, weights per
+# column, row or line. A shift is one run; a scale or shear a few.
+
+
+def _along_x(src, start, w, step: int = 1):
+    """dst[:, j] = sum_k w[j, k] src[:, start[j] + k] (w one row: the same for all j).
+    `step` -1: start falls by one a column (a mirrored frame): slices read backwards."""
+    n, taps = len(start), w.shape[1]
+    dst = np.zeros((src.shape[0], n), np.float32)
+    for i, j in _runs(start - step * np.arange(n)):
+        part, tmp = dst[:, i:j], np.empty((src.shape[0], j - i), np.float32)
+        for k in range(taps):
+            np.multiply(_slice(src, start[i] + k, j - i, step, 1), _w(w, i, j, k), out=tmp)
+            part += tmp
+    return dst
+
+
+def _along_y(src, start, w, step: int = 1):
+    """dst[i, :] = sum_k w[i, k] src[start[i] + k, :]."""
+    n, taps = len(start), w.shape[1]
+    dst = np.zeros((n, src.shape[1]), np.float32)
+    for i, j in _runs(start - step * np.arange(n)):
+        part, tmp = dst[i:j], np.empty((j - i, src.shape[1]), np.float32)
+        for k in range(taps):
+            np.multiply(_slice(src, start[i] + k, j - i, step, 0), _w(w, i, j, k)[:, None], out=tmp)
+            part += tmp
+    return dst
+
+
+def _w(w, i, j, k):
+    """Weights of tap k for positions [i, j) (one row of weights: the same for all)."""
+    return w[0, k:k + 1] if len(w) == 1 else w[i:j, k]
+
+
+def _slice(src, first: int, m: int, step: int, axis: int):
+    """m rows (axis 0) or columns from `first` on, forwards or backwards."""
+    sl = slice(first, first + m) if step > 0 else slice(first, first - m if first - m >= 0 else None, -1)
+    return src[sl] if axis == 0 else src[:, sl]
+
+
+def _shear_rows(src, start, w, n):
+    """dst[i, j] = sum_k w[i, k] src[i, start[i] + j + k]: each row moved by its own amount;
+    rows that start on the same pixel (the amount grows slowly) together."""
+    dst = np.zeros((len(start), n), np.float32)
+    for i, j in _runs(start):
+        s0 = start[i]
+        part, tmp = dst[i:j], np.empty((j - i, n), np.float32)
+        for k in range(w.shape[1]):
+            np.multiply(src[i:j, s0 + k:s0 + k + n], _w(w, i, j, k)[:, None], out=tmp)
+            part += tmp
+    return dst
+
+
+def _shear_cols(src, start, w, n):
+    """dst[i, j] = sum_k w[j, k] src[start[j] + i + k, j]: each column moved by its own
+    amount, runs of columns together (no turn of the block)."""
+    dst = np.zeros((n, len(start)), np.float32)
+    for i, j in _runs(start):
+        s0 = start[i]
+        part, tmp = dst[:, i:j], np.empty((n, j - i), np.float32)
+        for k in range(w.shape[1]):
+            np.multiply(src[s0 + k:s0 + k + n, i:j], _w(w, i, j, k), out=tmp)
+            part += tmp
+    return dst
+
+
+# ---------------------------------------------------------------- the map
+
+
+def shift_matrix(dx: float, dy: float, flipped: bool = False, shape=None) -> list[float]:
+    """The contract's [a, b, c, d, e, f] for out[y, x] = in[y - dy, x - dx], the frame first
+    turned by 180 degrees (`flipped`, a meridian flip) if asked: frame pixel = ref pixel - shift."""
+    if not flipped:
+        return [1.0, 0.0, -float(dx), 0.0, 1.0, -float(dy)]
+    h, w = shape
+    return [-1.0, 0.0, w - 1 + float(dx), 0.0, -1.0, h - 1 + float(dy)]
+
+
+def as_matrix(transform) -> list[float]:
+    """The contract's 6 numbers from a transform: 6 already, or a similarity [a, b, tx, ty]
+    (x' = a x - b y + tx, y' = b x + a y + ty)."""
+    t = [float(v) for v in transform]
+    if len(t) == 6:
+        return t
+    if len(t) == 4:
+        a, b, tx, ty = t
+        return [a, -b, tx, b, a, ty]
+    raise ValueError(f"a transform has 6 numbers (or a similarity's 4), not {len(t)}")
+
+
+class Warp:
+    """out[y, x] = frame(a x + b y + c, d x + e y + f), one box of output pixels at a time."""
+
+    def __init__(self, matrix, kernel: str = DEFAULT_KERNEL, size: int = 4096):
+        a, b, c, d, e, f = as_matrix(matrix)
+        if kernel not in _HALF:
+            raise ValueError(f"unknown kernel {kernel!r}; use one of {', '.join(KERNELS)}")
+        if abs(a * e - b * d) < 1e-9:
+            raise ValueError("transform is singular")
+        self.kernel = kernel
+        theta = math.atan2(d, a)
+        cs, sn = math.cos(theta), math.sin(theta)
+        sx, u12, sy = math.hypot(a, d), cs * b + sn * e, -sn * b + cs * e
+        if abs(theta) > math.pi / 2:  # a half turn is a sign of D: shears stay small
+            theta -= math.copysign(math.pi, theta)
+            sx, u12, sy = -sx, -u12, -sy
+        p, q = -math.tan(theta / 2), math.sin(theta)
+        p2 = p + u12 / sy
+
+        # a coefficient that moves no pixel of a `size` frame by 1e-6 px is no pass at all
+        def small(v):
+            return 0.0 if abs(v) * size < 1e-6 else v
+
+        p, q, p2 = small(p), small(q), small(p2)
+        if abs(abs(sx) - 1) * size < 1e-6:
+            sx = math.copysign(1.0, sx)
+        if abs(abs(sy) - 1) * size < 1e-6:
+            sy = math.copysign(1.0, sy)
+        # M = X(p) Y(q) X(p2); out = g(D p + tau), tau = M^-1 (c, f)
+        m = np.array([[1, p], [0, 1]]) @ np.array([[1, 0], [q, 1]]) @ np.array([[1, p2], [0, 1]])
+        tx, ty = np.linalg.solve(m, [c, f])
+        self.shears = [(_Taps(s, 0.0, kernel) if s else None) for s in (p, q, p2)]
+        self.x, self.y = _Taps(sx, tx, kernel), _Taps(sy, ty, kernel)
+        self.matrix = [a, b, c, d, e, f]
+
+    @property
+    def turns(self) -> bool:
+        return any(self.shears)
+
+    def _plan(self, y0, y1, x0, x1):
+        """The boxes (r0, r1, c0, c1) each stage needs, from the output box back to the frame."""
+        g3 = (*self.y.span(y0, y1), *self.x.span(x0, x1))
+        tp, tq, tp2 = self.shears
+        g2 = g3 if tp2 is None else (g3[0], g3[1], *tp2.span(g3[0], g3[1], g3[2], g3[3] - g3[2]))
+        g1 = g2 if tq is None else (*tq.span(g2[2], g2[3], g2[0], g2[1] - g2[0]), g2[2], g2[3])
+        g0 = g1 if tp is None else (g1[0], g1[1], *tp.span(g1[0], g1[1], g1[2], g1[3] - g1[2]))
+        return g0, g1, g2, g3
+
+    def input_box(self, y0, y1, x0, x1):
+        return self._plan(y0, y1, x0, x1)[0]
+
+    def render(self, read_box, y0, y1, x0, x1) -> np.ndarray:
+        """Output pixels [y0, y1) x [x0, x1) as float32, NaN = no data. `read_box(r0, r1, c0, c1)`
+        gives the frame's pixels there (float32, NaN outside the frame or masked)."""
+        g0, g1, g2, g3 = self._plan(y0, y1, x0, x1)
+        tp, tq, tp2 = self.shears
+        img = read_box(*g0)
+        if tp is not None:  # columns move by p * row
+            start, w = tp.get(g1[0], g1[1])
+            img = _shear_rows(img, start + (g1[2] - g0[2]), w, g1[3] - g1[2])
+        if tq is not None:  # rows move by q * column
+            start, w = tq.get(g2[2], g2[3])
+            img = _shear_cols(img[:, g2[2] - g1[2]:g2[3] - g1[2]], start + (g2[0] - g1[0]), w, g2[1] - g2[0])
+        if tp2 is not None:
+            start, w = tp2.get(g3[0], g3[1])
+            img = _shear_rows(img, start + (g3[2] - g2[2]), w, g3[3] - g3[2])
+        start, w = self.x.get(x0, x1)
+        img = _along_x(img, start - g3[2], w, self.x.step)
+        start, w = self.y.get(y0, y1)
+        return _along_y(img, start - g3[0], w, self.y.step)
+
+
+def box_reader(data: np.ndarray, mask: np.ndarray | None = None):
+    """read_box for an in-memory frame: NaN where masked or outside."""
+    h, w = data.shape
+
+    def read_box(r0, r1, c0, c1):
+        out = np.full((r1 - r0, c1 - c0), np.nan, np.float32)
+        a0, a1, b0, b1 = max(r0, 0), min(r1, h), max(c0, 0), min(c1, w)
+        if a1 > a0 and b1 > b0:
+            part = out[a0 - r0:a1 - r0, b0 - c0:b1 - c0]
+            part[...] = data[a0:a1, b0:b1]
+            if mask is not None:
+                part[mask[a0:a1, b0:b1]] = np.nan
+        return out
+
+    return read_box
+
+
+def warp_frame(data: np.ndarray, mask: np.ndarray | None, matrix, out_shape=None, kernel: str = DEFAULT_KERNEL,
+               block: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """A whole frame through `matrix` (the contract's 6 numbers), block of rows by block of rows.
+    Returns (data float32 with 0 where masked, mask True = no data)."""
+    h, w = out_shape or data.shape
+    warp = Warp(matrix, kernel, max(data.shape))
+    read = box_reader(data, mask)
+    out = np.empty((h, w), np.float32)
+    for y0 in range(0, h, block):
+        out[y0:y0 + block] = warp.render(read, y0, min(h, y0 + block), 0, w)
+    out_mask = np.isnan(out)
+    out[out_mask] = 0.0
+    return out, out_mask
+
+
 def shift_frame(
-    data: np.ndarray, mask: np.ndarray | None, dx: float, dy: float, mode: str = "integer"
+    data: np.ndarray, mask: np.ndarray | None, dx: float, dy: float, mode: str = "integer",
+    kernel: str = DEFAULT_KERNEL,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Shift by (dx, dy): out[y, x] = in[y - dy, x - dx]. Returns (data, mask); mask True = no data.
 
-    Integer mode rounds the shift and moves pixels (the lab's order-0 scipy shift,
-    done as a slice copy). Subpixel mode uses scipy.ndimage.shift with a cubic
-    spline; any output pixel whose interpolation touched a masked or outside pixel
-    is masked. Masked output pixels hold 0, never a value meant to be combined.
+    Integer mode rounds the shift and moves pixels (the lab's order-0 scipy shift, done as a
+    slice copy). Subpixel mode resamples (Warp: two 1-D passes of the kernel); any output pixel
+    whose kernel touched a masked or outside pixel is masked. Masked output pixels hold 0,
+    never a value meant to be combined.
     """
     if mask is None:
         mask = np.zeros(data.shape, dtype=bool)
@@ -50,43 +354,13 @@ def shift_frame(
         out[out_mask] = 0.0
         return out, out_mask
     if mode == "subpixel":
-        from scipy import ndimage
-
-        filled = np.where(mask, 0.0, data).astype(np.float32)
-        out = ndimage.shift(filled, (dy, dx), order=3, mode="constant", cval=0.0, prefilter=True)
-        # Linear spread of the mask marks every pixel a masked input reaches (the spline's
-        # own ringing beyond that is below the noise for a star field).
-        reach = ndimage.shift(mask.astype(np.float32), (dy, dx), order=1, mode="constant", cval=1.0)
-        out_mask = reach > 1e-3
-        out = out.astype(np.float32)
-        out[out_mask] = 0.0
-        return out, out_mask
+        return warp_frame(data, mask, shift_matrix(dx, dy), kernel=kernel)
     raise ValueError(f"unknown shift mode {mode!r}; use 'integer' or 'subpixel'")
 
 
 def transform_frame(data: np.ndarray, mask: np.ndarray | None, transform,
-                    shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Resample a frame onto the reference grid through a transform of the contract
-    [a, b, c, d, e, f] (reference (x, y) -> frame (a x + b y + c, d x + e y + f)) or a similarity
-    [a, b, tx, ty] (x' = a x - b y + tx, y' = b x + a y + ty), with the same cubic spline as the
-    subpixel shift and the same mask rule. `shape`: the reference grid's, if not the frame's."""
-    from scipy import ndimage
-
-    if len(transform) == 4:
-        a, b, tx, ty = transform
-        transform = [a, -b, tx, b, a, ty]
-    a, b, c, d, e, f = transform  # the contract's x' = a x + b y + c, y' = d x + e y + f
-    if mask is None:
-        mask = np.zeros(data.shape, dtype=bool)
-    # affine_transform maps output (row, col) = (y, x) to input (row, col)
-    matrix = np.array([[e, d], [b, a]])
-    offset = (f, c)
-    filled = np.where(mask, 0.0, data).astype(np.float32)
-    shape = tuple(shape or data.shape)
-    out = ndimage.affine_transform(filled, matrix, offset, shape, order=3, mode="constant", cval=0.0, prefilter=True)
-    reach = ndimage.affine_transform(mask.astype(np.float32), matrix, offset, shape, order=1, mode="constant",
-                                     cval=1.0)
-    out_mask = reach > 1e-3
-    out = out.astype(np.float32)
-    out[out_mask] = 0.0
-    return out, out_mask
+                    shape: tuple[int, int] | None = None, kernel: str = DEFAULT_KERNEL) -> tuple[np.ndarray, np.ndarray]:
+    """Resample a frame onto the reference grid through `transform` (the contract's 6 numbers,
+    or a similarity's 4), with the same kernel and mask rule as the subpixel shift. `shape`:
+    the reference grid's, if not the frame's."""
+    return warp_frame(data, mask, as_matrix(transform), shape, kernel=kernel)
