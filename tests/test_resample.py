@@ -172,3 +172,33 @@ def test_thousands_of_frames_within_the_open_file_limit(tmp_path):
     shifted = np.array([shifting.shift_frame(d, None, 0.5, 0, "subpixel") for d in data[550:]])
     vals = np.concatenate([data[:550], np.where(shifted[:, 1], np.nan, shifted[:, 0])])
     np.testing.assert_allclose(got.data, np.nanmean(vals.astype(np.float64), axis=0), rtol=1e-5)
+
+
+def test_subpixel_run_writes_no_temporary_frames_and_combines_the_written_pixels(field_subpixel, tmp_path, monkeypatch):
+    """The stack step resamples inside its blocks: a subpixel run without write_shifted
+    writes nothing but its outputs (no temporary directory), and its combined image equals
+    a combine of the s<name> frames a run with write_shifted writes (the same resampler)."""
+    import tempfile
+
+    from tui_stack import pipeline
+
+    from conftest import make_config
+
+    def no_temp(*a, **k):
+        raise AssertionError("a temporary directory was made")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", no_temp)
+    plain = pipeline.run(make_config(field_subpixel, tmp_path / "plain", shift__mode="subpixel",
+                                     combine__method="median", output__write_shifted=False))
+    assert sorted(p.name for p in (tmp_path / "plain").iterdir()) == ["combined_median.fits", "report.json"]
+    monkeypatch.undo()
+    written = pipeline.run(make_config(field_subpixel, tmp_path / "written", shift__mode="subpixel",
+                                       combine__method="median", output__write_shifted=True))
+    assert any(abs(f.applied_shift_x % 1) > 0.05 for f in written.frames)  # really subpixel
+    srcs = [combine.ArraySource(np.nan_to_num(d), np.isnan(d), scale=f.scale)
+            for f in written.frames if f.used
+            for d in [fits.getdata(tmp_path / "written" / f"s{f.name}").astype(np.float32)]]
+    want = combine.combine(srcs, combine.CombineParams("median")).data
+    got = plain.combined[0].data
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3 * np.nanstd(want))

@@ -163,15 +163,22 @@ class WarpSource(FileSource):
     resamples them with core.shifting.Warp: no resampled copy of the frame is ever written
     or held. Pixels whose kernel touched a masked pixel or the outside are NaN.
 
-    From a file (`path`, `hdu_index`) or an in-memory frame (`data`, `mask`)."""
+    From a file (`path`, `hdu_index`; or `make_reader()`, an io.RowReader-like reader such as
+    calibrated rows) or an in-memory frame (`data`, `mask`)."""
 
     def __init__(self, path, hdu_index: int, shape, matrix, zero: float = 0.0, scale: float = 1.0, out_shape=None,
-                 kernel: str | None = None, data=None, mask=None):
+                 kernel: str | None = None, data=None, mask=None, make_reader=None):
         from tui_stack.core import shifting
 
         super().__init__(path, hdu_index, shape, 0, 0, zero, scale, out_shape)
         self.warp = shifting.Warp(matrix, kernel or shifting.DEFAULT_KERNEL, max(self.in_shape))
         self.data, self.mask = data, mask
+        self._make_reader = make_reader  # another row reader (calibrated rows), else the file's
+
+    def _reader_(self):
+        if self._reader is None and self._make_reader is not None:
+            self._reader = self._make_reader()
+        return super()._reader_()
 
     @classmethod
     def of_array(cls, data, mask, matrix, zero: float = 0.0, scale: float = 1.0, out_shape=None,

@@ -73,13 +73,10 @@ def _run_steps(state: RunState, od, progress: Progress) -> None:
         calibration.release(state)
     choose_reference(state, progress)
     register(state, progress)
-    if cfg.output.write_shifted:
-        shifted_dir = od.staging
-    elif cfg.shift.mode == "subpixel" or any(fr.used and fr.transform is not None for fr in state.frames):
-        shifted_dir = od.scratch()  # frames the combine reads, not outputs (integer: quarter turns)
-    else:
-        shifted_dir = None
-    # Shifted frames are written in the photometry pass: one read of each frame, not two.
+    # Shifted frames are written (when asked) in the photometry pass: one read of each frame.
+    # The combine reads the original frames and resamples inside its blocks: no scratch files
+    # (quarter turns and mirrors in integer mode too: copied exactly inside the blocks).
+    shifted_dir = od.staging if cfg.output.write_shifted else None
     measure_scales(state, progress, shifted_dir)
-    combine_frames(state, cfg.combine.method, shifted_dir, progress)
+    combine_frames(state, cfg.combine.method, None, progress)
     write_outputs(state, od.staging, progress, shifted_written=True)

@@ -174,6 +174,17 @@ def source(state: RunState, path: Path, hdu_index: int, dx: int, dy: int, zero: 
     return calib.source(path, dx, dy, zero, scale, flip=flip)
 
 
+def warp_source(state: RunState, path: Path, hdu_index: int, matrix, zero: float, scale: float):
+    """A light's resampling combine source (subpixel shifts, transforms; combine.WarpSource):
+    calibrated rows when calibrating, else the file's rows."""
+    calib = _active_or_built(state.config)
+    if calib is None:
+        return combine.WarpSource(path, hdu_index, None, matrix, zero, scale, out_shape=state.shape)
+    calib.light_correction(path)  # checks now, not inside the combine's threads
+    return combine.WarpSource(path, hdu_index, calib.shape, matrix, zero, scale, out_shape=state.shape,
+                              make_reader=lambda: calib.reader(path))
+
+
 def report(state: RunState) -> dict | None:
     calib = _of(state)
     if calib is None:

@@ -9,31 +9,47 @@ from pathlib import Path
 import numpy as np
 
 from tui_stack import __version__, safetext
-from tui_stack.core import io, registration, shifting
+from tui_stack.core import io, shifting
 from tui_stack.pipeline import calibration
 from tui_stack.pipeline.state import FrameResult, Progress, RunState, measurable, noop
 
 
+def frame_matrix(state: RunState, fr: FrameResult) -> list[float]:
+    """Where each reference pixel lies in the frame as read from disk: the transform
+    contract's [a, b, c, d, e, f] (notes/TRANSFORM_CONTRACT.md). A contract transform is used
+    as it is; a similarity's 4 numbers were fitted on the frame turned by 180 degrees if it
+    was flipped, so the turn is composed with it; no transform: the shift (and the turn)."""
+    if fr.transform is not None and len(fr.transform) == 6:
+        return [float(v) for v in fr.transform]
+    h, w = state.shape
+    if fr.transform is None:
+        return shifting.shift_matrix(fr.applied_shift_x, fr.applied_shift_y, fr.flipped, (h, w))
+    a, b, c, d, e, f = shifting.as_matrix(fr.transform)
+    return [-a, -b, w - 1 - c, -d, -e, h - 1 - f] if fr.flipped else [a, b, c, d, e, f]
+
+
+def resampled(state: RunState, fr: FrameResult) -> bool:
+    """The frame goes onto the reference grid through the resampler (subpixel mode, and not
+    a whole-pixel shift, which is a slice copy in either mode)."""
+    if state.config.shift.mode != "subpixel":
+        return False
+    m = frame_matrix(state, fr)
+    return fr.transform is not None or any(abs(v - round(v)) > 1e-9 for v in (m[2], m[5]))
+
+
 def prepared_frame(state: RunState, i: int) -> tuple[np.ndarray, np.ndarray, object]:
-    """Frame i sky-subtracted and shifted onto the reference grid: (data, mask, header)."""
+    """Frame i sky-subtracted and moved onto the reference grid: (data, mask, header). In
+    subpixel mode by the resampler the combine uses inside its blocks (the same pixels)."""
     fr = state.frames[i]
     frame = calibration.read_frame(fr.path, state.config)
     data = frame.data
     data -= np.float32(fr.sky)
+    if resampled(state, fr):
+        data, mask = shifting.warp_frame(data, frame.mask, frame_matrix(state, fr), state.shape)
+        return data, mask, frame.header
     if fr.flipped:
         data, frame.mask = data[::-1, ::-1], frame.mask[::-1, ::-1]
-    if fr.transform is not None and state.config.shift.mode == "subpixel":
-        data, mask = shifting.transform_frame(data, frame.mask, fr.transform, state.shape)
-    elif fr.transform is not None:
-        # integer mode: an exact quarter turn or mirror, undone losslessly, and the integer shift
-        turn = np.rint(registration.Affine.from_list(fr.transform).m)
-        data, mask = registration.on_shape(registration.reorient(data, turn), registration.reorient(frame.mask, turn),
-                                           state.shape)
-        data, mask = shifting.shift_frame(data, mask, fr.applied_shift_x, fr.applied_shift_y, "integer")
-    else:
-        data, mask = shifting.shift_frame(
-            data, frame.mask, fr.applied_shift_x, fr.applied_shift_y, state.config.shift.mode
-        )
+    data, mask = shifting.shift_frame(data, frame.mask, round(fr.applied_shift_x), round(fr.applied_shift_y), "integer")
     return data, mask, frame.header
 
 def _shifted_header(header, fr: FrameResult, state: RunState):

@@ -16,19 +16,23 @@ from tui_stack.pipeline import calibration
 from tui_stack.pipeline.state import CombinedResult, Progress, RunState, noop
 
 
-def combine_sources(state: RunState, shifted_dir: Path | None) -> list:
-    """Row-block sources of the used frames: original files with the integer shift as a slice
-    offset, or (subpixel mode, and frames turned by quarter turns or mirrored) the shifted
-    frames written to `shifted_dir`."""
+def combine_sources(state: RunState, shifted_dir: Path | None = None) -> list:
+    """Row-block sources of the used frames, read from the original files: whole-pixel
+    shifts (and a meridian flip) as slice offsets; subpixel shifts and transforms resampled
+    inside each block (combine.WarpSource), so no resampled frame is written for the
+    combine. `shifted_dir` is no longer read (kept for callers that still pass it)."""
+    from tui_stack.pipeline.shift import frame_matrix, resampled
+
     sources = []
     for fr in state.frames:
         if not fr.used:
             continue
-        if state.config.shift.mode == "integer" and fr.transform is None:
-            sources.append(calibration.source(state, fr.path, fr.hdu_index, fr.applied_shift_x, fr.applied_shift_y,
-                                              fr.sky, fr.scale, flip=fr.flipped))
+        if resampled(state, fr):
+            sources.append(calibration.warp_source(state, fr.path, fr.hdu_index, frame_matrix(state, fr), fr.sky,
+                                                   fr.scale))
         else:
-            sources.append(combine.FileSource(shifted_dir / f"s{fr.name}", 0, state.shape, 0, 0, 0.0, fr.scale))
+            sources.append(calibration.source(state, fr.path, fr.hdu_index, round(fr.applied_shift_x),
+                                              round(fr.applied_shift_y), fr.sky, fr.scale, flip=fr.flipped))
     return sources
 
 

@@ -45,8 +45,6 @@ class CombineScreen(PreviewScreen):
                 yield fixed_table("results", (("method", 9), ("n", 3), ("median", 8), ("std", 8), ("flux/ref", 8)))
                 yield fixed_table("phot", (("star", 4), ("ref flux", 10), ("combined", 10), ("ratio", 7)))
                 yield Input(str(cfg.output.directory), id="outdir", placeholder="output directory")
-        self._cache: Path | None = None
-        self._cache_key = None
 
     def on_mount(self) -> None:
         for inp in self.query(Input):
@@ -85,26 +83,6 @@ class CombineScreen(PreviewScreen):
         cfg.output.directory = Path(self.query_one("#outdir", Input).value).expanduser().resolve()
         return True
 
-    def _shifted_dir(self, progress):
-        """Subpixel mode combines shifted frames from disk: write them once to a temporary cache."""
-        from tui_stack import pipeline
-
-        run = self.ws.run
-        if run.config.shift.mode == "integer":
-            return None
-        key = tuple((f.name, f.applied_shift_x, f.applied_shift_y, f.sky) for f in run.frames)
-        if self._cache is None or self._cache_key != key:
-            from tui_stack import rundir
-
-            if self._cache is not None:
-                self._cache.close()
-            # private (0700, the user's cache directory), and removed by the next wizard if this
-            # one is killed: never left in a shared /tmp
-            self._cache = rundir.ScratchDir()
-            pipeline.write_shifted_frames(run, self._cache.path, progress)
-            self._cache_key = key
-        return self._cache.path
-
     def action_combine(self) -> None:
         from tui_stack import pipeline
 
@@ -116,7 +94,7 @@ class CombineScreen(PreviewScreen):
         method = ws.config.combine.method
 
         def work(progress):
-            return pipeline.combine_frames(run, method, self._shifted_dir(progress), progress)
+            return pipeline.combine_frames(run, method, None, progress)  # resampled inside its blocks
 
         self.run_task(f"combining ({method})", work, self._combined)
 
@@ -197,6 +175,3 @@ class CombineScreen(PreviewScreen):
         self.ws.written_to = out
         self.status(f"written to {out}/ with tui-stack.toml (for tui-stack run); q quits")
 
-    def on_unmount(self) -> None:
-        if self._cache is not None:
-            self._cache.close()
