@@ -3,6 +3,8 @@
     python benchmarks/run.py                  # 20 frames of 4096^2 (1.3 GB, cached)
     python benchmarks/run.py --small          # 10 frames of 1024^2, a quick look
     python benchmarks/run.py --frames 100 --size 4096 --only ours
+    python benchmarks/run.py --frames 16 --modes integer,subpixel,similarity --run-methods median,winsorized
+                                              # the whole job per frame set and method, vs Siril
 
 Every case runs as its own process; wall time and that process's peak RSS (os.wait4) are
 recorded. The table is printed and written as JSON (benchmarks/results-<frames>x<size>.json).
@@ -36,17 +38,22 @@ SIRIL_STACK = {"median": "med -nonorm", "average": "rej n -nonorm", "sigmaclip":
 # ------------------------------------------------------------------ frames
 
 
-def make_frames(n: int, size: int) -> tuple[Path, list[Path], dict]:
-    """n float32 frames of size^2: one star field, integer shifts, transparencies, noise.
+KINDS = ("integer", "subpixel", "similarity")
 
-    Cached: made once per (n, size). Fast to make: stars are rendered once and each frame
-    is a shifted, scaled copy with Gaussian noise.
+
+def make_frames(n: int, size: int, kind: str = "integer") -> tuple[Path, list[Path], dict]:
+    """n float32 frames of size^2: one star field, shifts, transparencies, noise.
+
+    `kind`: "integer" shifts (each frame a moved copy of one rendering: fast to make);
+    "subpixel" shifts; "similarity": subpixel shifts and turns of up to 1 degree about the
+    centre. The last two are rendered star by star where each frame sees them. Cached: made
+    once per (n, size, kind).
     """
     from astropy.io import fits
 
     from tui_stack.core import synthetic
 
-    d = CACHE / f"{n}x{size}"
+    d = CACHE / (f"{n}x{size}" if kind == "integer" else f"{n}x{size}-{kind}")
     truth_file = d / "truth.json"
     if truth_file.exists():
         truth = json.loads(truth_file.read_text())
@@ -55,17 +62,32 @@ def make_frames(n: int, size: int) -> tuple[Path, list[Path], dict]:
     rng = np.random.default_rng(7)
     spec = synthetic.FieldSpec(shape=(size, size), n_stars=int(400 * (size / 1024) ** 2), sky=0.0)
     stars, ref_star, comps = synthetic.plan_field(spec)
-    base = np.zeros((size, size), np.float32)
-    for x, y, f in stars:
-        synthetic.add_star(base, x, y, f, spec.fwhm, spec.beta)
-    shifts = np.round(rng.uniform(-8, 8, (n, 2))).astype(int)
+    base = None
+    if kind == "integer":
+        base = np.zeros((size, size), np.float32)
+        for x, y, f in stars:
+            synthetic.add_star(base, x, y, f, spec.fwhm, spec.beta)
+        shifts = np.round(rng.uniform(-8, 8, (n, 2))).astype(int)
+    else:
+        shifts = np.round(rng.uniform(-8, 8, (n, 2)), 3)
     shifts[0] = 0
+    angles = np.round(rng.uniform(-1, 1, n), 3) if kind == "similarity" else np.zeros(n)
+    angles[0] = 0
     transp = np.clip(rng.normal(0.92, 0.05, n), 0.7, 1.0)
     transp[0] = 1.0
+    centre = (size - 1) / 2
     files = []
     for i in range(n):
-        # frame i shows the field at position - shift
-        img = np.roll(base, (-shifts[i, 1], -shifts[i, 0]), axis=(0, 1)) * np.float32(transp[i])
+        # frame i shows the field at position - shift (turned by angles[i] about the centre)
+        if base is not None:
+            img = np.roll(base, (-shifts[i, 1], -shifts[i, 0]), axis=(0, 1)) * np.float32(transp[i])
+        else:
+            img = np.zeros((size, size), np.float32)
+            c, s_ = np.cos(np.radians(angles[i])), np.sin(np.radians(angles[i]))
+            for x, y, f in stars:
+                u, v = x - centre, y - centre
+                synthetic.add_star(img, c * u - s_ * v + centre - shifts[i, 0], s_ * u + c * v + centre - shifts[i, 1],
+                                   f * transp[i], spec.fwhm, spec.beta)
         img += np.float32(1000.0)
         img += rng.standard_normal((size, size), dtype=np.float32) * np.float32(12.0)
         np.minimum(img, 65535, out=img)
@@ -74,8 +96,8 @@ def make_frames(n: int, size: int) -> tuple[Path, list[Path], dict]:
         fits.PrimaryHDU(img, hdr).writeto(path, overwrite=True)
         files.append(path)
     truth = {
-        "files": [p.name for p in files], "shifts": shifts.tolist(), "transparencies": transp.tolist(),
-        "ref_star": list(ref_star), "comparison_stars": [list(c) for c in comps],
+        "files": [p.name for p in files], "shifts": np.asarray(shifts, float).tolist(), "angles": angles.tolist(),
+        "transparencies": transp.tolist(), "ref_star": list(ref_star), "comparison_stars": [list(c) for c in comps],
     }
     truth_file.write_text(json.dumps(truth))
     return d, files, truth
@@ -183,10 +205,13 @@ def write_config(path: Path, sections: dict) -> Path:
     return path
 
 
-def run_config(frames_dir: Path, truth: dict, out: Path, method: str = "median") -> Path:
+def run_config(frames_dir: Path, truth: dict, out: Path, method: str = "median", mode: str = "integer") -> Path:
+    """`tui-stack run`'s config for a frame set: `mode` integer, or subpixel (shifts and, for a
+    turned set, similarity transforms: [shift] transform = "auto" fits those it finds)."""
     return write_config(out / "bench.toml", {
         "input": {"directory": str(frames_dir), "pattern": "frame_*.fits"},
         "reference": {"frame": 0, "star": list(truth["ref_star"])},
+        "shift": {"mode": "integer" if mode == "integer" else "subpixel"},
         "scale": {"stars": truth["comparison_stars"], "radius": 15.0, "saturation": 65000.0},
         "combine": {"method": method}, "output": {"directory": str(out / "run"), "write_shifted": False}})
 
@@ -243,9 +268,11 @@ def siril_stack(files: list[Path], method: str, work: Path) -> dict:
     return res
 
 
-def siril_register_stack(files: list[Path], work: Path, truth: dict) -> dict | None:
-    """Siril's own whole job on the same frames: convert, global star registration, median
-    stack (timed, default threads). Then, untimed, the registration again on one thread so
+def siril_register_stack(files: list[Path], work: Path, truth: dict, method: str = "median",
+                         shifts: bool = True) -> dict | None:
+    """Siril's own whole job on the same frames: convert, global star registration (its
+    default: a similarity, so turned frames are turned back), stack by `method` (timed,
+    default threads). Then, untimed, the registration again on one thread so
     its log can be read frame by frame: Siril 1.0.6 prints each frame's dx, dy (2 decimals;
     x negated and y as is against our convention, its rows run bottom-up) and keeps them
     nowhere else once it has written the registered frames."""
@@ -257,10 +284,16 @@ def siril_register_stack(files: list[Path], work: Path, truth: dict) -> dict | N
             os.symlink(f, d / f.name)
         return d
 
+    stack = SIRIL_STACK.get(method)
+    if stack is None:
+        return None
     d = fresh(work)
-    (d / "all.ssf").write_text(f"requires 1.0.0\nconvert f -out={d}\nregister f_\nstack r_f_ med -nonorm -out=result\n")
+    (d / "all.ssf").write_text(f"requires 1.0.0\nconvert f -out={d}\nregister f_\nstack r_f_ {stack} -out=result\n")
     res = measure(["siril-cli", "-d", str(d), "-s", str(d / "all.ssf")])
     res["ok"] = res["ok"] and any(d.glob("result*"))
+    if not shifts:
+        shutil.rmtree(work, ignore_errors=True)
+        return res
     d = fresh(work)
     (d / "shifts.ssf").write_text(f"requires 1.0.0\nconvert f -out={d}\nsetcpu 1\nregister f_ -noout\n")
     log = subprocess.run(["siril-cli", "-d", str(d), "-s", str(d / "shifts.ssf")], capture_output=True,
@@ -1035,6 +1068,10 @@ def main() -> int:
     ap.add_argument("--dask", action="store_true", help="add the median combine on a local Dask cluster")
     ap.add_argument("--repeat", type=int, default=1,
                     help="run the whole-job cases (tui-stack run, Siril, the lab) in turn this many times; medians")
+    ap.add_argument("--modes", default="integer",
+                    help="frame sets for the whole job: integer, subpixel (subpixel shifts), similarity (turned <= 1 deg)")
+    ap.add_argument("--run-methods", default="median", help="combine methods of the whole-job runs")
+    ap.add_argument("--skip-combine", action="store_true", help="only the whole-job runs (no combine-only cases)")
     ap.add_argument("--registration", action="store_true",
                     help="only the registration race: 8 crowded 1024^2 frames with subpixel offsets, vs Siril; then "
                          "the turned, flipped, mirrored and rescaled sets (GEOMETRY_SETS)")
@@ -1100,7 +1137,7 @@ def main() -> int:
               flush=True)
 
     ts = tui_stack_cmd()
-    paint = first_paint(frames_dir)
+    paint = None if args.skip_combine else first_paint(frames_dir)
     if paint is not None:
         add("tui-stack", "first paint", paint)
         walk = wizard_bytes()
@@ -1108,7 +1145,7 @@ def main() -> int:
             print(walk["table"])
             add("tui-stack", "wizard walk KB", walk["row"])
     add("floor", "read+write", measure([sys.executable, "-c", FLOOR_SCRIPT, str(work / "floor.fits"), *map(str, files)]))
-    for m in methods:
+    for m in [] if args.skip_combine else methods:
         add("tui-stack", m, measure(ts + ["combine", *map(str, files), "--method", m, "--out", str(work / f"ours_{m}.fits"),
                                           "--overwrite", "--memory-limit", args.memory_limit]))
         if args.only == "all" and m in CCDPROC_METHODS:
@@ -1130,9 +1167,8 @@ def main() -> int:
                                                           "dask", "--workers", str(os.cpu_count() or 1)]))
         except ImportError:
             print("dask column skipped: pip install 'tui-stack[dask]'")
-    cfg = run_config(frames_dir, truth, work)
-
-    def ours_run():
+    def ours_run(frames_dir, truth, mode, method):
+        cfg = run_config(frames_dir, truth, work, method, mode)
         res = measure(ts + ["run", str(cfg), "--quiet", "--memory-limit", args.memory_limit])
         report = work / "run" / "report.json"
         if res["ok"] and report.exists():
@@ -1148,31 +1184,48 @@ def main() -> int:
         shutil.rmtree(lab_out, ignore_errors=True)
         return res
 
-    # The whole jobs take turns `--repeat` times and each keeps its median: on a shared machine
-    # the load changes from minute to minute, and a ratio of two runs minutes apart misleads.
-    cases = [("tui-stack", ours_run)]
-    if args.only == "all" and siril_available():
-        cases.append(("siril", lambda: siril_register_stack(files, work / "siril_run", truth)))
-    if args.only == "all":
-        cases.append(("lab", lab_run))
-    runs = {tool: [] for tool, _ in cases}
+    # The whole job per mode (frame set) and method: `tui-stack run` and Siril's convert +
+    # register + stack on the same frames. The cases take turns `--repeat` times and each
+    # keeps its median: on a shared machine the load changes from minute to minute, and a
+    # ratio of two runs minutes apart misleads.
+    modes = [m for m in args.modes.split(",") if m]
+    run_methods = [m for m in args.run_methods.split(",") if m]
+    cases = []
+    for mode in modes:
+        mdir, mfiles, mtruth = make_frames(args.frames, args.size, mode)
+        label = "" if modes == ["integer"] and run_methods == ["median"] else f" {mode}"
+        for k, method in enumerate(run_methods):
+            case = "run" + label + ("" if run_methods == ["median"] else f" {method}")
+            cases.append(("tui-stack", case, lambda a=(mdir, mtruth, mode, method): ours_run(*a)))
+            if args.only == "all" and siril_available() and method in SIRIL_STACK:
+                cases.append(("siril", case, lambda a=(mfiles, work / "siril_run", mtruth, method, k == 0):
+                              siril_register_stack(*a)))
+    if args.only == "all" and "integer" in modes:
+        cases.append(("lab", "run" if modes == ["integer"] else "run integer median", lab_run))
+    runs = {(tool, case): [] for tool, case, _ in cases}
     for _ in range(max(1, args.repeat)):
-        for tool, fn in cases:
-            runs[tool].append(fn())
-    for tool, _ in cases:
-        results = sorted(runs[tool], key=lambda r: r["wall_s"])
+        for tool, case, fn in cases:
+            res = fn()
+            if res is not None:
+                runs[(tool, case)].append(res)
+    for tool, case, _ in cases:
+        if not runs[(tool, case)]:
+            continue
+        results = sorted(runs[(tool, case)], key=lambda r: r["wall_s"])
         res = dict(results[len(results) // 2])
         res["ok"] = all(r["ok"] for r in results)
-        res["walls_s"] = [r["wall_s"] for r in runs[tool]]
-        add(tool, "run", res)
+        res["walls_s"] = [r["wall_s"] for r in runs[(tool, case)]]
+        add(tool, case, res)
 
     # ratios: each reference tool against tui-stack on the same case
     ours = {r["case"]: r for r in rows if r["tool"] == "tui-stack"}
     floor = next(r for r in rows if r["tool"] == "floor")
     for r in rows:
-        if r["tool"] == "tui-stack" and r["case"] not in ("run", "first paint") and floor["ok"]:
+        if r["tool"] == "tui-stack" and not r["case"].startswith("run") and r["case"] != "first paint" and floor["ok"]:
             r["x_floor"] = round(r["wall_s"] / floor["wall_s"], 2)
-        o = ours.get(r["case"] if r["tool"] != "lab" else "run")
+        o = ours.get(r["case"] if r["tool"] != "lab" else r["case"].replace("run integer median", "run"))
+        if r["tool"] == "lab" and o is None:
+            o = ours.get("run integer median")
         if r["tool"] not in ("tui-stack", "floor") and o and r["ok"] and o["ok"] and r["wall_s"]:
             r["time_ratio"] = round(r["wall_s"] / o["wall_s"], 1)
             r["memory_ratio"] = round(r["peak_rss_mb"] / o["peak_rss_mb"], 1)

@@ -186,18 +186,15 @@ class WarpSource(FileSource):
         return cls(None, 0, data.shape, matrix, zero, scale, out_shape, kernel, data=data, mask=mask)
 
     def _read_box(self, r0, r1, c0, c1):
-        if self.data is not None:
-            from tui_stack.core.shifting import box_reader
+        from tui_stack.core.shifting import box_reader, empty_box
 
+        if self.data is not None:
             return box_reader(self.data, self.mask)(r0, r1, c0, c1)
-        h, w = self.in_shape
-        out = np.full((r1 - r0, c1 - c0), np.nan, np.float32)
-        a0, a1, b0, b1 = max(r0, 0), min(r1, h), max(c0, 0), min(c1, w)
-        step = max(1, (8 << 20) // (4 * w))  # reads of at most 8 MB: a turned frame's box may be tall
-        for y in range(a0, a1, step):
+        out, part, (a0, a1, b0, b1) = empty_box(self.in_shape, r0, r1, c0, c1)
+        step = max(1, (8 << 20) // (4 * self.in_shape[1]))  # reads of at most 8 MB: a turned box may be tall
+        for y in range(a0, a1 if part is not None else a0, step):
             y2 = min(a1, y + step)
-            if b1 > b0:
-                self._reader_().rows_into(y, y2, b0, b1, out[y - r0:y2 - r0, b0 - c0:b1 - c0])
+            self._reader_().rows_into(y, y2, b0, b1, part[y - a0:y2 - a0])
         return out
 
     def read_into(self, y0, y1, out):
