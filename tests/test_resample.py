@@ -202,3 +202,41 @@ def test_subpixel_run_writes_no_temporary_frames_and_combines_the_written_pixels
     got = plain.combined[0].data
     assert np.array_equal(np.isnan(got), np.isnan(want))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3 * np.nanstd(want))
+
+
+@pytest.mark.parametrize("method", ["median", "winsorized", "gesd", "sigclip"])
+def test_resampling_combine_peak_within_memory_limit(tmp_path, method):
+    """Frames resampled inside the blocks (subpixel shifts, and turns of up to 1 degree) stay
+    within memory_limit as frames read by slices do (test_memory's frames and bound)."""
+    import gc
+    import tracemalloc
+
+    import test_memory as tm
+
+    paths = tm.write_frames(tmp_path)
+    h, w = tm.SHAPE
+    maps = []
+    for i, (dx, dy) in enumerate(tm.SHIFTS):
+        m = turn(0.09 * i, 1 + 1e-5 * i, shape=tm.SHAPE, shift=(dx + 0.37, dy - 0.21))
+        maps.append(m if i % 2 else shifting.shift_matrix(dx + 0.37, dy - 0.21))
+
+    def srcs():
+        return [combine.WarpSource(p, 0, tm.SHAPE, m, zero=tm.SKY + 20 * i, scale=1 / tm.TRANSPARENCY[i])
+                for i, (p, m) in enumerate(zip(paths, maps))]
+
+    params = tm.method_params(method)
+    top = [combine.WarpSource(p, 0, tm.SHAPE, m, out_shape=(8, w)) for p, m in zip(paths, maps)]
+    combine.combine(top, params, threads=1)  # imports and one-time caches, not measured
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        result = combine.combine(srcs(), params, memory_limit=tm.MEMORY_LIMIT)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    bound = tm.MEMORY_LIMIT + tm.output_bytes(True) + tm.OVERHEAD
+    assert peak <= bound, f"{method}: peak {peak / 2**20:.1f} MiB > {bound / 2**20:.1f} MiB"
+    assert peak > tm.output_bytes(True) + tm.MEMORY_LIMIT // 4
+    assert np.isfinite(result.data).mean() > 0.99
