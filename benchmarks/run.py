@@ -1072,6 +1072,8 @@ def main() -> int:
                     help="frame sets for the whole job: integer, subpixel (subpixel shifts), similarity (turned <= 1 deg)")
     ap.add_argument("--run-methods", default="median", help="combine methods of the whole-job runs")
     ap.add_argument("--skip-combine", action="store_true", help="only the whole-job runs (no combine-only cases)")
+    ap.add_argument("--peers", default="ccdproc,iraf,siril,lab",
+                    help="which peers run (ccdproc needs 5-10 GB for 16 frames of 4096^2)")
     ap.add_argument("--registration", action="store_true",
                     help="only the registration race: 8 crowded 1024^2 frames with subpixel offsets, vs Siril; then "
                          "the turned, flipped, mirrored and rescaled sets (GEOMETRY_SETS)")
@@ -1126,6 +1128,7 @@ def main() -> int:
     if args.small:
         args.frames, args.size = 10, 1024
     methods = [m for m in args.methods.split(",") if m]
+    peers = set(args.peers.split(","))
     frames_dir, files, truth = make_frames(args.frames, args.size)
     work = CACHE / "work"
     work.mkdir(parents=True, exist_ok=True)
@@ -1148,13 +1151,13 @@ def main() -> int:
     for m in [] if args.skip_combine else methods:
         add("tui-stack", m, measure(ts + ["combine", *map(str, files), "--method", m, "--out", str(work / f"ours_{m}.fits"),
                                           "--overwrite", "--memory-limit", args.memory_limit]))
-        if args.only == "all" and m in CCDPROC_METHODS:
+        if args.only == "all" and "ccdproc" in peers and m in CCDPROC_METHODS:
             add("ccdproc", m, measure([sys.executable, "-c", CCDPROC_SCRIPT, m, str(work / f"ccdproc_{m}.fits"),
                                        *map(str, files)]))
         if args.only == "all":
-            if iraf_available() and m in IRAF_REJECT:
+            if "iraf" in peers and iraf_available() and m in IRAF_REJECT:
                 add("iraf", m, iraf_combine(files, m, work / f"iraf_{m}.fits", work / "iraf"))
-            if siril_available():
+            if "siril" in peers and siril_available():
                 res = siril_stack(files, m, work / "siril")
                 if res is not None:
                     add("siril", m, res)
@@ -1197,10 +1200,10 @@ def main() -> int:
         for k, method in enumerate(run_methods):
             case = "run" + label + ("" if run_methods == ["median"] else f" {method}")
             cases.append(("tui-stack", case, lambda a=(mdir, mtruth, mode, method): ours_run(*a)))
-            if args.only == "all" and siril_available() and method in SIRIL_STACK:
+            if args.only == "all" and "siril" in peers and siril_available() and method in SIRIL_STACK:
                 cases.append(("siril", case, lambda a=(mfiles, work / "siril_run", mtruth, method, k == 0):
                               siril_register_stack(*a)))
-    if args.only == "all" and "integer" in modes:
+    if args.only == "all" and "lab" in peers and "integer" in modes:
         cases.append(("lab", "run" if modes == ["integer"] else "run integer median", lab_run))
     runs = {(tool, case): [] for tool, case, _ in cases}
     for _ in range(max(1, args.repeat)):

@@ -591,6 +591,13 @@ def _reject_pclip(runs, lo, hi, params, cols):
     _add_back(s, lo, hi, runs.nv, params.nkeep, _median_run)
 
 
+def _settled(new, old):
+    """Siril's stop for the winsorized sigma: changed by < 0.05% (np.isclose's rule, inline:
+    np.isclose costs more than the pass it ends), or no longer a number."""
+    with np.errstate(invalid="ignore"):
+        return (np.abs(new - old) <= 1e-8 + 5e-4 * np.abs(old)) | ~np.isfinite(new)
+
+
 def _winsorized_sigma(s, lo, hi, centre):
     """Siril's winsorized sigma of each pixel's run [lo, hi): values beyond centre +- 1.5
     sigma pulled in to those bounds, 1.134 x the std of the result, until it changes by
@@ -608,7 +615,8 @@ def _winsorized_sigma(s, lo, hi, centre):
         if bound is None:
             out[...] = sub
         else:
-            np.clip(sub, -bound[:, None], bound[:, None], out=out)
+            np.maximum(sub, -bound[:, None], out=out)
+            np.minimum(out, bound[:, None], out=out)
         kk = k if rows is None else k[rows]
         s1 = _row_sum(out).astype(np.float64) / kk
         np.multiply(out, out, out=out)
@@ -618,7 +626,7 @@ def _winsorized_sigma(s, lo, hi, centre):
     todo = np.arange(len(sd))
     for _ in range(10):
         new = 1.134 * std(todo, (1.5 * sd[todo]).astype(np.float32))
-        done = np.isclose(new, sd[todo], rtol=5e-4) | ~np.isfinite(new)
+        done = _settled(new, sd[todo])
         sd[todo] = new
         todo = todo[~done]
         if todo.size == 0:
@@ -941,11 +949,12 @@ def _winsorized_planes(planes: np.ndarray, params: CombineParams, with_sigma: bo
             todo = np.isfinite(s)
             for _ in range(10):
                 b = (1.5 * s).astype(np.float32)
-                np.clip(d, -b, b, out=t)
-                s1 = t.sum(axis=0, dtype=np.float64) / n
+                np.maximum(d, -b, out=t)  # np.clip with array bounds is 3x slower (measured)
+                np.minimum(t, b, out=t)
+                s1 = np.add.reduce(t, axis=0).astype(np.float64) / n
                 np.multiply(t, t, out=t)
-                new = 1.134 * np.sqrt(np.maximum(t.sum(axis=0, dtype=np.float64) / n - s1 * s1, 0))
-                done = np.isclose(new, s, rtol=5e-4) | ~np.isfinite(new)
+                new = 1.134 * np.sqrt(np.maximum(np.add.reduce(t, axis=0) / n - s1 * s1, 0))
+                done = _settled(new, s)
                 s[todo] = new[todo]
                 todo &= ~done
                 if not todo.any():
