@@ -609,28 +609,28 @@ def _winsorized_sigma(s, lo, hi, centre):
     dev *= keep  # values outside the run count as 0 deviations: clipped they stay 0
     t = np.empty_like(dev)
 
-    def std(rows, bound):
-        sub = dev if rows is None else dev[rows]
-        out = t[:len(sub)]
+    def std(d, kk, bound):
+        out = t[:len(d)]
         if bound is None:
-            out[...] = sub
+            out[...] = d
         else:
-            np.maximum(sub, -bound[:, None], out=out)
+            np.maximum(d, -bound[:, None], out=out)
             np.minimum(out, bound[:, None], out=out)
-        kk = k if rows is None else k[rows]
         s1 = _row_sum(out).astype(np.float64) / kk
         np.multiply(out, out, out=out)
         return np.sqrt(np.maximum(_row_sum(out).astype(np.float64) / kk - s1 * s1, 0))
 
-    sd = std(None, None)
+    sd = std(dev, k, None)
     todo = np.arange(len(sd))
+    cur, kk, last = dev, k, sd.copy()  # the pixels not done, compacted as they finish
     for _ in range(10):
-        new = 1.134 * std(todo, (1.5 * sd[todo]).astype(np.float32))
-        done = _settled(new, sd[todo])
+        new = 1.134 * std(cur, kk, (1.5 * last).astype(np.float32))
+        done = _settled(new, last)
         sd[todo] = new
-        todo = todo[~done]
-        if todo.size == 0:
+        going = ~done
+        if not going.any():
             break
+        todo, cur, kk, last = todo[going], cur[going], kk[going], new[going]
     return sd
 
 
