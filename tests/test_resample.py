@@ -240,3 +240,26 @@ def test_resampling_combine_peak_within_memory_limit(tmp_path, method):
     assert peak <= bound, f"{method}: peak {peak / 2**20:.1f} MiB > {bound / 2**20:.1f} MiB"
     assert peak > tm.output_bytes(True) + tm.MEMORY_LIMIT // 4
     assert np.isfinite(result.data).mean() > 0.99
+
+
+def test_quarter_turn_and_mirror_are_exact_copies_from_disk(tmp_path):
+    """Whole-number maps (a quarter turn, a mirror, a whole-pixel shift): the resampling
+    source copies pixels exactly, as integer mode needs."""
+    rng = np.random.default_rng(6)
+    data = rng.normal(0, 1, (30, 30)).astype(np.float32)
+    path = write(tmp_path / "f.fits", data)
+    h, w = data.shape
+    for m, want in [([0, -1, w - 1 + 2, 1, 0, -1], None), ([-1, 0, w - 1, 0, 1, 0], data[:, ::-1]),
+                    ([-1, 0, w - 1, 0, -1, h - 1], data[::-1, ::-1])]:
+        src = combine.WarpSource(path, 0, data.shape, m)
+        got = np.empty_like(data)
+        for y0 in range(0, h, 7):
+            src.read_into(y0, min(h, y0 + 7), got[y0:y0 + 7])
+        yy, xx = np.mgrid[0:h, 0:w]
+        xf, yf = m[0] * xx + m[1] * yy + m[2], m[3] * xx + m[4] * yy + m[5]
+        inside = (xf >= 0) & (xf < w) & (yf >= 0) & (yf < h)
+        expect = np.full(data.shape, np.nan, np.float32)
+        expect[inside] = data[yf[inside].astype(int), xf[inside].astype(int)]
+        assert np.array_equal(got, expect, equal_nan=True)
+        if want is not None:
+            assert np.array_equal(got, want)

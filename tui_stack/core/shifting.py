@@ -247,9 +247,10 @@ class Warp:
             raise ValueError("transform is singular")
         self.kernel = kernel
 
-        # a coefficient that moves no pixel of a `size` frame by 1e-6 px is no pass at all
+        # a coefficient within 1e-6 px over a `size` frame of a whole number is that number:
+        # 0 is no pass at all, 1 a pass that copies exactly (a quarter turn's shears)
         def small(v):
-            return 0.0 if abs(v) * size < 1e-6 else v
+            return float(round(v)) if abs(v - round(v)) * size < 1e-6 else v
 
         det = a * e - b * d
         if abs(e) >= 0.7 * math.sqrt(abs(det)):
@@ -266,10 +267,7 @@ class Warp:
                 sx, u12, sy = -sx, -u12, -sy
             p = -math.tan(theta / 2)
             shears = [(small(p), "x"), (small(math.sin(theta)), "y"), (small(p + u12 / sy), "x")]
-        if abs(abs(sx) - 1) * size < 1e-6:
-            sx = math.copysign(1.0, sx)
-        if abs(abs(sy) - 1) * size < 1e-6:
-            sy = math.copysign(1.0, sy)
+        sx, sy = small(sx), small(sy)
         # L = M D with M the shears in order; out = g(D p + tau), tau = M^-1 (c, f)
         m = np.eye(2)
         for v, axis in shears:

@@ -29,12 +29,15 @@ def frame_matrix(state: RunState, fr: FrameResult) -> list[float]:
 
 
 def resampled(state: RunState, fr: FrameResult) -> bool:
-    """The frame goes onto the reference grid through the resampler (subpixel mode, and not
-    a whole-pixel shift, which is a slice copy in either mode)."""
-    if state.config.shift.mode != "subpixel":
-        return False
+    """The frame goes onto the reference grid through the resampler: in subpixel mode unless
+    it is a whole-pixel shift (a slice copy, in either mode); in integer mode only a
+    transform of whole numbers (a quarter turn or mirror and a whole-pixel shift), which the
+    resampler copies exactly, pixel for pixel."""
     m = frame_matrix(state, fr)
-    return fr.transform is not None or any(abs(v - round(v)) > 1e-9 for v in (m[2], m[5]))
+    whole = all(abs(v - round(v)) < 1e-9 for v in m)
+    if fr.transform is None:
+        return state.config.shift.mode == "subpixel" and not whole
+    return state.config.shift.mode == "subpixel" or (whole and len(fr.transform) == 6)
 
 
 def prepared_frame(state: RunState, i: int) -> tuple[np.ndarray, np.ndarray, object]:
