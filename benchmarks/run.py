@@ -115,6 +115,8 @@ def measure(cmd: list[str], cwd: Path | None = None, env: dict | None = None) ->
     proc.returncode = os.waitstatus_to_exitcode(status)
     return {
         "wall_s": round(wall, 2),
+        # CPU time of the process and its threads: less at the mercy of a shared machine's load
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
         "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
         "ok": proc.returncode == 0,
         "output": out.decode(errors="replace")[-600:] if proc.returncode else "",
@@ -1136,8 +1138,8 @@ def main() -> int:
 
     def add(tool, case, res):
         rows.append({"tool": tool, "case": case, **res})
-        print(f"{tool:10s} {case:10s} {res['wall_s']!s:>8} s {res['peak_rss_mb']!s:>8} MB {'ok' if res['ok'] else 'FAILED'}",
-              flush=True)
+        print(f"{tool:10s} {case:10s} {res['wall_s']!s:>8} s {res['peak_rss_mb']!s:>8} MB "
+              f"cpu {res.get('cpu_s', '')!s:>6} s {'ok' if res['ok'] else 'FAILED'}", flush=True)
 
     ts = tui_stack_cmd()
     paint = None if args.skip_combine else first_paint(frames_dir)
@@ -1218,6 +1220,7 @@ def main() -> int:
         res = dict(results[len(results) // 2])
         res["ok"] = all(r["ok"] for r in results)
         res["walls_s"] = [r["wall_s"] for r in runs[(tool, case)]]
+        res["cpus_s"] = [r.get("cpu_s") for r in runs[(tool, case)]]
         add(tool, case, res)
 
     # ratios: each reference tool against tui-stack on the same case
