@@ -14,18 +14,27 @@ from tui_stack.pipeline import calibration
 from tui_stack.pipeline.state import FrameResult, Progress, RunState, measurable, noop
 
 
+def _transform(fr: FrameResult):
+    """The frame's transform, or None (a resumed wizard session keeps NaN for "none")."""
+    t = fr.transform
+    return list(t) if isinstance(t, (list, tuple)) and len(t) in (4, 6) else None
+
+
 def frame_matrix(state: RunState, fr: FrameResult) -> list[float]:
     """Where each reference pixel lies in the frame as read from disk: the transform
     contract's [a, b, c, d, e, f] (notes/TRANSFORM_CONTRACT.md). A contract transform is used
     as it is; a similarity's 4 numbers were fitted on the frame turned by 180 degrees if it
     was flipped, so the turn is composed with it; no transform: the shift (and the turn)."""
-    if fr.transform is not None and len(fr.transform) == 6:
-        return [float(v) for v in fr.transform]
+    t = _transform(fr)
+    if t is not None and len(t) == 6:
+        return [float(v) for v in t]
+    if t is None:
+        return shifting.shift_matrix(fr.applied_shift_x, fr.applied_shift_y, fr.flipped, state.shape)
+    a, b, c, d, e, f = shifting.as_matrix(t)
+    if not fr.flipped:
+        return [a, b, c, d, e, f]
     h, w = state.shape
-    if fr.transform is None:
-        return shifting.shift_matrix(fr.applied_shift_x, fr.applied_shift_y, fr.flipped, (h, w))
-    a, b, c, d, e, f = shifting.as_matrix(fr.transform)
-    return [-a, -b, w - 1 - c, -d, -e, h - 1 - f] if fr.flipped else [a, b, c, d, e, f]
+    return [-a, -b, w - 1 - c, -d, -e, h - 1 - f]
 
 
 def resampled(state: RunState, fr: FrameResult) -> bool:
@@ -33,11 +42,11 @@ def resampled(state: RunState, fr: FrameResult) -> bool:
     it is a whole-pixel shift (a slice copy, in either mode); in integer mode only a
     transform of whole numbers (a quarter turn or mirror and a whole-pixel shift), which the
     resampler copies exactly, pixel for pixel."""
-    m = frame_matrix(state, fr)
-    whole = all(abs(v - round(v)) < 1e-9 for v in m)
-    if fr.transform is None:
-        return state.config.shift.mode == "subpixel" and not whole
-    return state.config.shift.mode == "subpixel" or (whole and len(fr.transform) == 6)
+    subpixel = state.config.shift.mode == "subpixel"
+    t = _transform(fr)
+    if t is None:
+        return subpixel and any(abs(v - round(v)) > 1e-9 for v in (fr.applied_shift_x, fr.applied_shift_y))
+    return subpixel or (len(t) == 6 and all(abs(v - round(v)) < 1e-9 for v in t))
 
 
 def prepared_frame(state: RunState, i: int) -> tuple[np.ndarray, np.ndarray, object]:
