@@ -174,4 +174,3 @@ class CombineScreen(PreviewScreen):
         self.ws.dirty = False
         self.ws.written_to = out
         self.status(f"written to {out}/ with tui-stack.toml (for tui-stack run); q quits")
-
