@@ -176,21 +176,22 @@ def test_thousands_of_frames_within_the_open_file_limit(tmp_path):
 
 def test_subpixel_run_writes_no_temporary_frames_and_combines_the_written_pixels(field_subpixel, tmp_path, monkeypatch):
     """The stack step resamples inside its blocks: a subpixel run without write_shifted
-    writes nothing but its outputs (no temporary directory), and its combined image equals
+    writes no frame (no scratch folder, no s<name> anywhere), and its combined image equals
     a combine of the s<name> frames a run with write_shifted writes (the same resampler)."""
-    import tempfile
-
-    from tui_stack import pipeline
+    from tui_stack import pipeline, rundir
+    from tui_stack.pipeline import scale
 
     from conftest import make_config
 
-    def no_temp(*a, **k):
-        raise AssertionError("a temporary directory was made")
+    def refuse(*a, **k):
+        raise AssertionError("a frame was written or a scratch folder made")
 
-    monkeypatch.setattr(tempfile, "mkdtemp", no_temp)
+    monkeypatch.setattr(rundir.OutputDir, "scratch", refuse)
+    monkeypatch.setattr(scale, "write_shifted", refuse)
     plain = pipeline.run(make_config(field_subpixel, tmp_path / "plain", shift__mode="subpixel",
                                      combine__method="median", output__write_shifted=False))
-    assert sorted(p.name for p in (tmp_path / "plain").iterdir()) == ["combined_median.fits", "report.json"]
+    assert sorted(p.name for p in (tmp_path / "plain").iterdir() if not p.name.startswith(".")) == [
+        "combined_median.fits", "report.json"]
     monkeypatch.undo()
     written = pipeline.run(make_config(field_subpixel, tmp_path / "written", shift__mode="subpixel",
                                        combine__method="median", output__write_shifted=True))
