@@ -194,6 +194,31 @@ fits.writeto(out, acc, overwrite=True)
 """
 
 
+STACK_SCRIPT = """
+# The stack step alone on a frame set with its true geometry (no registration, scale 1): the
+# frames read from disk, moved (slices for integer shifts, resampled inside the blocks
+# otherwise) and combined, as the pipeline's stack step does after a run's registration.
+import json, sys
+import numpy as np
+from tui_stack.core import combine
+d, method, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
+truth = json.load(open(d + "/truth.json"))
+files = [d + "/" + f for f in truth["files"]]
+from astropy.io import fits
+h, w = fits.getheader(files[0])["NAXIS2"], fits.getheader(files[0])["NAXIS1"]
+cx, cy = (w - 1) / 2, (h - 1) / 2
+srcs = []
+for f, (sx, sy), a in zip(files, truth["shifts"], truth.get("angles", [0.0] * len(files))):
+    if a == 0 and float(sx).is_integer() and float(sy).is_integer():
+        srcs.append(combine.FileSource(f, 0, (h, w), int(sx), int(sy), 1000.0))
+    else:  # frame position = R(a) (ref - centre) + centre - shift
+        c, s = np.cos(np.radians(a)), np.sin(np.radians(a))
+        m = [c, -s, cx - c * cx + s * cy - sx, s, c, cy - s * cx - c * cy - sy]
+        srcs.append(combine.WarpSource(f, 0, (h, w), m, 1000.0))
+combine.combine(srcs, combine.CombineParams(method), memory_limit=limit, maps=False)
+"""
+
+
 def tui_stack_cmd() -> list[str]:
     exe = Path(sys.executable).parent / "tui-stack"
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "tui_stack"]
@@ -1074,6 +1099,8 @@ def main() -> int:
                     help="frame sets for the whole job: integer, subpixel (subpixel shifts), similarity (turned <= 1 deg)")
     ap.add_argument("--run-methods", default="median", help="combine methods of the whole-job runs")
     ap.add_argument("--skip-combine", action="store_true", help="only the whole-job runs (no combine-only cases)")
+    ap.add_argument("--stack", action="store_true",
+                    help="also the stack step alone per frame set, with the true geometry (resampling cost)")
     ap.add_argument("--peers", default="ccdproc,iraf,siril,lab",
                     help="which peers run (ccdproc needs 5-10 GB for 16 frames of 4096^2)")
     ap.add_argument("--registration", action="store_true",
@@ -1174,6 +1201,7 @@ def main() -> int:
             print("dask column skipped: pip install 'tui-stack[dask]'")
     def ours_run(frames_dir, truth, mode, method):
         cfg = run_config(frames_dir, truth, work, method, mode)
+        shutil.rmtree(work / "run", ignore_errors=True)  # a fresh output directory: the run owns it
         res = measure(ts + ["run", str(cfg), "--quiet", "--memory-limit", args.memory_limit])
         report = work / "run" / "report.json"
         if res["ok"] and report.exists():
@@ -1205,6 +1233,14 @@ def main() -> int:
             if args.only == "all" and "siril" in peers and siril_available() and method in SIRIL_STACK:
                 cases.append(("siril", case, lambda a=(mfiles, work / "siril_run", mtruth, method, k == 0):
                               siril_register_stack(*a)))
+    if args.stack:
+        from tui_stack.core.combine_params import parse_size
+
+        for mode in modes:
+            mdir = make_frames(args.frames, args.size, mode)[0]
+            for method in run_methods:
+                cases.append(("tui-stack", f"stack {mode} {method}", lambda a=(str(mdir), method): measure(
+                    [sys.executable, "-c", STACK_SCRIPT, *a, str(parse_size(args.memory_limit))])))
     if args.only == "all" and "lab" in peers and "integer" in modes:
         cases.append(("lab", "run" if modes == ["integer"] else "run integer median", lab_run))
     runs = {(tool, case): [] for tool, case, _ in cases}
