@@ -163,13 +163,18 @@ class WarpSource(FileSource):
     resamples them with core.shifting.Warp: no resampled copy of the frame is ever written
     or held. Pixels whose kernel touched a masked pixel or the outside are NaN.
 
-    From a file (`path`, `hdu_index`; or `make_reader()`, an io.RowReader-like reader such as
-    calibrated rows) or an in-memory frame (`data`, `mask`)."""
+    From a file (`path`, `hdu_index`; `shape` None: read from its header; or `make_reader()`,
+    an io.RowReader-like reader such as calibrated rows) or an in-memory frame (`data`,
+    `mask`). `out_shape`: the output grid's, if not the frame's."""
 
     def __init__(self, path, hdu_index: int, shape, matrix, zero: float = 0.0, scale: float = 1.0, out_shape=None,
                  kernel: str | None = None, data=None, mask=None, make_reader=None):
         from tui_stack.core import shifting
 
+        if shape is None:  # the frame's own shape (a quarter-turned frame of another sensor's)
+            from tui_stack.core.io import RowReader
+
+            shape = data.shape if data is not None else RowReader(path, hdu_index, keep_open=False).shape
         super().__init__(path, hdu_index, shape, 0, 0, zero, scale, out_shape)
         self.warp = shifting.Warp(matrix, kernel or shifting.DEFAULT_KERNEL, max(self.in_shape))
         self.data, self.mask = data, mask

@@ -28,6 +28,7 @@ def combine_sources(state: RunState, shifted_dir: Path | None = None) -> list:
         if not fr.used:
             continue
         if resampled(state, fr):
+            # the frame's own shape (from its header): a quarter-turned frame may have another
             sources.append(calibration.warp_source(state, fr.path, fr.hdu_index, frame_matrix(state, fr), fr.sky,
                                                    fr.scale))
         else:
