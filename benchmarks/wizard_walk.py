@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -20,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SOCKET = "tui-stack-walk"
+SOCKET = f"tui-stack-walk-{os.getpid()}"  # own server: runs side by side do not meet
 
 # (label, keys, text to wait for on screen or None, kind): kind groups the budget
 #   screen: a screen change, frame change, zoom or a step that measures and fills tables;

@@ -5,6 +5,7 @@ per cursor key. tmux pipe-pane records every byte the app writes to the terminal
 """
 
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (CI installs it)")
 
-SESSION = "tui-stack-test"
+SESSION = f"tui-stack-test-{os.getpid()}"  # own server: runs side by side do not meet
 
 
 def tmux(*args, check=True):
@@ -64,7 +65,7 @@ def no_error(label, screen):
 
 def replay(stream: str, cols: int, rows: int, tmp: Path, name: str) -> str:
     """What a terminal (tmux) shows after receiving `stream`."""
-    sock = f"tui-stack-replay-{name}"
+    sock = f"tui-stack-replay-{name}-{os.getpid()}"
     path = tmp / f"{name}.bytes"
     path.write_bytes(stream.encode("utf-8"))
     subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True)
