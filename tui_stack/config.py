@@ -58,9 +58,9 @@ class ShiftConfig:
 @dataclass(slots=True)
 class ScaleConfig:
     stars: list | str = "auto"
-    # "growth": each frame's aperture sums corrected by its own PSF's curve of growth;
-    # "fixed": the lab's fixed aperture (right only while every frame has the same PSF)
-    method: str = "growth"
+    # "fixed" (SPEC's scale: median of the star ratios in one aperture, the lab's);
+    # "growth": each frame's sums corrected by its own PSF's curve of growth (seeing changes)
+    method: str = "fixed"
     radius: float | str = "auto"  # "auto": twice each frame's FWHM (growth), 20 px (fixed)
     saturation: float | None = 60000.0
     sky: str = "annulus"

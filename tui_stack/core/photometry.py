@@ -1,12 +1,12 @@
 """Aperture photometry of comparison stars, and the scale factors it gives.
 
 Two methods (`[scale] method`):
-- "growth" (default): each frame's stars are measured in an aperture, and the sum is divided
+- "growth": each frame's stars are measured in an aperture, and the sum is divided
   by the fraction of a star's light that aperture (less its annulus sky) holds in that frame,
   from a Moffat PSF fitted to the frame's bright comparison stars (their curve of growth
   extrapolated to infinity). Frames of different seeing and PSF wings then give the same
   total flux; the scale is a noise-weighted, clipped mean of the star ratios.
-- "fixed": the lab's fixed aperture, same radius in every frame, median of the star ratios.
+- "fixed" (default, SPEC.md's scale): the lab's fixed aperture, same radius in every frame, median of the star ratios.
   Exact only while every frame has the same PSF.
 """
 

@@ -1,9 +1,9 @@
 """Step 4, scale: comparison-star photometry in every frame and the scale against the reference,
 then the quality flags of the whole set.
 
-[scale] method "growth" (default): total fluxes from aperture sums and each frame's own PSF
+[scale] method "growth": total fluxes from aperture sums and each frame's own PSF
 (core.photometry.measure_frame), scale = noise-weighted clipped mean of reference / frame flux;
-"fixed": the lab's fixed aperture, scale = median of the star ratios."""
+"fixed" (default, SPEC.md): the lab's fixed aperture, scale = median of the star ratios."""
 
 from __future__ import annotations
 
