@@ -536,7 +536,8 @@ def cache_dir() -> Path:
 class ScratchDir:
     """A private temporary folder (0700) in the user's cache directory, flocked while in use;
     making one removes those whose owner died (SIGKILL, power cut), so none stays for good.
-    The wizard keeps its shifted frames for the subpixel combine in one."""
+    The wizard no longer needs one (the combine resamples inside its blocks); the wizard's start
+    still runs clean_scratch for folders that earlier versions left."""
 
     def __init__(self, root: Path | None = None):
         import tempfile
