@@ -157,6 +157,8 @@ class StackApp(App):
         from tui_stack.tui import session
 
         if step is None:
+            if not self.screen_stack:  # a save timer that fires as the app closes
+                return
             step = getattr(self.screen, "STEP", 0)
         if self.ws.resume is not None:  # not while a saved session is being restored
             return
