@@ -157,6 +157,23 @@ def render_frame(
     return np.clip(np.round(adu), 0, SATURATION).astype(np.float32)
 
 
+def _frame_header(spec: FieldSpec, date_obs: str, read_noise: float):
+    """What a camera writes for a light frame of the demo field."""
+    from astropy.io import fits
+
+    hdr = fits.Header()
+    hdr["OBJECT"] = "DEMO FIELD"
+    hdr["DATE-OBS"] = date_obs
+    hdr["EXPTIME"] = 30.0
+    hdr["FILTER"] = "V"
+    hdr["PICTTYPE"] = 1
+    hdr["IMAGETYP"] = "object"
+    hdr["GAIN"] = (spec.gain, "e-/ADU")
+    hdr["RDNOISE"] = (read_noise, "e-")
+    hdr["SATURATE"] = SATURATION
+    return hdr
+
+
 def write_field(directory: Path, spec: FieldSpec = FieldSpec(), prefix: str = "demo_", ref_index: int = 0) -> FieldTruth:
     """Write the frames as FITS (float32, integer-valued ADU) with truth in each header."""
     from astropy.io import fits
@@ -171,16 +188,7 @@ def write_field(directory: Path, spec: FieldSpec = FieldSpec(), prefix: str = "d
         rot = spec.rotations[i] if spec.rotations is not None else 0.0
         trail = spec.trail_px if i in spec.trailed else 0.0
         data = render_frame(stars, shifts[i], transp[i], spec, rng, rotation=rot, trail=trail)
-        hdr = fits.Header()
-        hdr["OBJECT"] = "DEMO FIELD"
-        hdr["DATE-OBS"] = f"2026-11-26T02:{i * 2:02d}:00"
-        hdr["EXPTIME"] = 30.0
-        hdr["FILTER"] = "V"
-        hdr["PICTTYPE"] = 1
-        hdr["IMAGETYP"] = "object"
-        hdr["GAIN"] = (spec.gain, "e-/ADU")
-        hdr["RDNOISE"] = (spec.read_noise, "e-")
-        hdr["SATURATE"] = SATURATION
+        hdr = _frame_header(spec, f"2026-11-26T02:{i * 2:02d}:00", spec.read_noise)
         # A TAN WCS, same sky point at reference pixel - shift in this frame.
         hdr["CTYPE1"], hdr["CTYPE2"] = "RA---TAN", "DEC--TAN"
         hdr["CRVAL1"], hdr["CRVAL2"] = 109.67, -24.95
@@ -280,16 +288,7 @@ def write_geometry_field(directory: Path, spec: FieldSpec, geometries: list[Fram
         img = render_frame(np.column_stack([fine, flux]), (0.0, 0.0), transp[i], fspec, rng)
         if b > 1:
             img = img.reshape(fshape[0], b, fshape[1], b).sum(axis=(1, 3)).clip(0, SATURATION).astype(np.float32)
-        hdr = fits.Header()
-        hdr["OBJECT"] = "DEMO FIELD"
-        hdr["DATE-OBS"] = f"2026-11-26T03:{i * 2:02d}:00"
-        hdr["EXPTIME"] = 30.0
-        hdr["FILTER"] = "V"
-        hdr["PICTTYPE"] = 1
-        hdr["IMAGETYP"] = "object"
-        hdr["GAIN"] = (spec.gain, "e-/ADU")
-        hdr["RDNOISE"] = (spec.read_noise * b, "e-")
-        hdr["SATURATE"] = SATURATION
+        hdr = _frame_header(spec, f"2026-11-26T03:{i * 2:02d}:00", spec.read_noise * b)
         if wcs and g.field_offset is None:
             # sky = CD_ref (p_ref - crpix_ref) with p_ref = m^-1 (p_frame - t)
             mi = np.linalg.inv(m)

@@ -232,6 +232,16 @@ class WizardScreen(Screen):
         if not self.ws.ui_restore.get(str(self.STEP)):  # not while the saved rows are put back
             self.save_soon()
 
+    def pipeline_selection(self) -> list | None:
+        """The frames the pipeline selects from what step 1 chose; None (and said why) if none."""
+        from tui_stack import pipeline
+
+        try:
+            return pipeline.select(self.ws.config_for_run())
+        except InputError as exc:
+            self.status(str(exc), error=True)
+            return None
+
     def status(self, text: str, error: bool = False) -> None:
         st = self.query_one("#status", Static)
         # an error may take two lines (the layout moves, rarely); anything else keeps to one
@@ -436,13 +446,10 @@ class PreviewScreen(WizardScreen):
         ws = self.ws
         if ws.run is not None:
             return True
-        cfg = ws.config_for_run()
-        try:
-            files = pipeline.select(cfg)
-        except InputError as exc:
-            self.status(str(exc), error=True)
+        files = self.pipeline_selection()
+        if files is None:
             return False
-        ws.run = pipeline.RunState(config=cfg, files=files)
+        ws.run = pipeline.RunState(config=ws.config, files=files)
         ws.ref_image = None
         ws.star_xy = None
         return True

@@ -204,17 +204,11 @@ class FilesScreen(WizardScreen):
         """Leaving with another selection: the pipeline selects the frames again and its state
         drops what depended on the old set (RunState.set_files; the wizard's preview too), or
         skips and takes back frames already measured (RunState.set_used)."""
-        from tui_stack import pipeline
-        from tui_stack.errors import InputError
-
         ws = self.ws
         if ws.run is None:
             return True  # built on the next screen
-        cfg = ws.config_for_run()
-        try:
-            files = pipeline.select(cfg)
-        except InputError as exc:
-            self.status(str(exc), error=True)
+        files = self.pipeline_selection()
+        if files is None:
             return False
         if files != ws.run.files:
             ws.run.set_files(files)
@@ -224,7 +218,7 @@ class FilesScreen(WizardScreen):
             for i, fr in enumerate(ws.run.frames):
                 if (fr.path in chosen) != ("excluded" not in fr.flags):
                     ws.run.set_used(i, fr.path in chosen)
-        ws.run.config = cfg
+        ws.run.config = ws.config
         self._changed = False
         return True
 
