@@ -920,6 +920,13 @@ def _sigmaclip_planes(planes: np.ndarray, params: CombineParams, with_sigma: boo
         tol = 1e-5 * sd
         # float32 values against float64 limits, as _clip compares
         out = np.isnan(med) | (vmin < med - params.low * sd + tol) | (vmax > med + params.high * sd - tol)
+    return _mean_or_general(planes, mean, m2, out, params, with_sigma)
+
+
+def _mean_or_general(planes: np.ndarray, mean, m2, out: np.ndarray, params: CombineParams, with_sigma: bool):
+    """The planes paths' end: a pixel that rejects nothing is the mean of all its values; those
+    marked `out` go the general way."""
+    n = len(planes)
     res = mean.astype(np.float32)
     n_used = np.full(res.shape, n, np.int16)
     whole = (res, n_used, np.zeros_like(n_used), np.sqrt(m2 / n).astype(np.float32) if with_sigma else None)
@@ -967,11 +974,7 @@ def _winsorized_planes(planes: np.ndarray, params: CombineParams, with_sigma: bo
         sd = sd.reshape(med.shape)
         margin = 2e-3 * np.maximum(params.low, params.high) * sd
         out = (~np.isfinite(med) | ~(vmin >= med - params.low * sd + margin) | ~(vmax <= med + params.high * sd - margin))
-    res = mean.astype(np.float32)
-    n_used = np.full(res.shape, n, np.int16)
-    whole = (res, n_used, np.zeros_like(n_used), np.sqrt(m2 / n).astype(np.float32) if with_sigma else None)
-    _general_pixels(planes, np.flatnonzero(out), params, with_sigma, whole)
-    return whole
+    return _mean_or_general(planes, mean, m2, out, params, with_sigma)
 
 
 def _gesd_planes(planes: np.ndarray, params: CombineParams, with_sigma: bool):
