@@ -344,15 +344,8 @@ def write_seeing_field(directory: Path, spec: FieldSpec, fwhms, betas, prefix: s
     for i in range(spec.n_frames):
         one = replace(spec, fwhm=float(fwhms[i]), beta=float(betas[i]))
         data = render_frame(stars, shifts[i], transp[i], one, rng)
-        hdr = fits.Header()
+        hdr = _frame_header(spec, f"2026-11-26T03:{i * 2:02d}:00", spec.read_noise)
         hdr["OBJECT"] = "SEEING FIELD"
-        hdr["DATE-OBS"] = f"2026-11-26T03:{i * 2:02d}:00"
-        hdr["EXPTIME"] = 30.0
-        hdr["FILTER"] = "V"
-        hdr["PICTTYPE"] = 1
-        hdr["GAIN"] = (spec.gain, "e-/ADU")
-        hdr["RDNOISE"] = (spec.read_noise, "e-")
-        hdr["SATURATE"] = SATURATION
         hdr["TRUTH_DX"] = (float(shifts[i, 0]), "true shift x (ref - frame), px")
         hdr["TRUTH_DY"] = (float(shifts[i, 1]), "true shift y (ref - frame), px")
         hdr["TRUTH_T"] = (float(transp[i]), "true transparency")
