@@ -1,6 +1,7 @@
 """The wizard driven by Textual's pilot, at 80x24: whole runs, errors, and the saved config."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -298,3 +299,16 @@ def test_a_frame_skipped_on_the_shifts_screen_shows_skipped_on_the_files_screen(
             assert marks == ["✓", "✓", "·", "✓", "✓"]
 
     asyncio.run(go())
+
+
+def test_shifts_detail_line_names_scale_ratio_mirror_and_flip():
+    """The Shifts screen's detail line says what the registration found beyond shift and turn."""
+    from tui_stack.pipeline.state import FrameResult
+    from tui_stack.tui.shifts import geometry
+
+    fr = FrameResult(path=Path("a.fits"))
+    assert geometry(fr) == ""
+    fr.scale_ratio, fr.mirrored = 0.5, True
+    assert geometry(fr) == ", scale 0.50000, mirrored"
+    fr.scale_ratio, fr.mirrored, fr.flipped = 1.0, False, True
+    assert geometry(fr) == ", flipped"

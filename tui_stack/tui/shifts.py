@@ -19,11 +19,18 @@ from tui_stack.tui.preview import ImageView
 COLUMNS = (("#", 2), ("file", 10), ("u", 1), ("shift x", 7), ("shift y", 7), ("n", 2), ("rms", 5), ("flags", 4))
 
 
+def geometry(fr) -> str:
+    """What the registration found beyond a shift and a turn; empty for a plain frame."""
+    parts = [f"scale {fr.scale_ratio:.5f}"] if abs(fr.scale_ratio - 1) > 5e-6 else []
+    parts += [name for name, on in (("mirrored", fr.mirrored), ("flipped", fr.flipped)) if on]
+    return "".join(", " + p for p in parts)
+
+
 class ShiftsScreen(WizardScreen):
     STEP = 2
     KEYS = "[b]k[/] blink  [b]x[/] use/skip  [b]e[/] residuals  [b]n[/] next"
     HELP = ("The shift of each frame onto the reference: u ✓ used; n stars matched; rms of the fit (px); "
-            "the line under the table: the highlighted frame's shift to 0.001 px, rotation and flags in full. The cut-out shows the highlighted frame after shifting (k blinks it against "
+            "the line under the table: the highlighted frame's shift to 0.001 px, rotation, scale ratio, mirror or flip, and flags in full. The cut-out shows the highlighted frame after shifting (k blinks it against "
             "the reference); the plot shows all shifts, or with e the star residuals of one frame.")
     BINDINGS = [
         Binding("k", "blink", "Blink the cut-out: this frame shifted / the reference"),
@@ -122,8 +129,8 @@ class ShiftsScreen(WizardScreen):
                                                   f"{fmt(fr.applied_shift_y, 'g')})")
         self.query_one("#detail", Static).update(safetext.terminal(
             f"{i + 1} {fr.name}: shift ({fmt(fr.shift_x, '.3f')}, {fmt(fr.shift_y, '.3f')}), rot "
-            f"{fmt(fr.rotation, '.3f')}°, star at ({fmt(fr.centroid_x, '.1f')}, {fmt(fr.centroid_y, '.1f')}); "
-            + (f"flags: {', '.join(fr.flags)}" if fr.flags else "no flags")))
+            f"{fmt(fr.rotation, '.3f')}°{geometry(fr)}, star at ({fmt(fr.centroid_x, '.1f')}, "
+            f"{fmt(fr.centroid_y, '.1f')}); " + (f"flags: {', '.join(fr.flags)}" if fr.flags else "no flags")))
         if not np.isfinite(fr.shift_x):
             return
 
