@@ -234,3 +234,14 @@ def test_combine_gesd_and_sigclip_record_their_parameters(field_integer, tmp_pat
         hdr = fits.getheader(out)
         assert hdr["TSMETHOD"] == method
         assert {k: hdr[k] for k in cards} == cards
+
+
+def test_combine_says_when_it_made_the_output_folder(field_integer, tmp_path, capsys):
+    """A folder made for OUT is named in the summary, so a mistyped path shows at once."""
+    files = [str(p) for p in field_integer.files[:3]]
+    out = tmp_path / "new" / "deeper" / "m.fits"
+    assert cli.main(["combine", *files, "--method", "median", "--out", str(out)]) == 0
+    said = capsys.readouterr().out.replace("\n", "")
+    assert out.exists() and "made the folder" in said and "deeper" in said
+    assert cli.main(["combine", *files, "--method", "median", "--out", str(out), "--overwrite"]) == 0
+    assert "made the folder" not in capsys.readouterr().out

@@ -138,7 +138,7 @@ BAD_FLAGS = [
     (["--method", "sigmaclip", "--maxiters", "0"], "--maxiters"),
     (["--method", "median", "--memory-limit", "1"], "--memory-limit"),
     (["--method", "median", "--workers", "-3"], "--workers"),
-    (["--method", "minmax", "--nlow", "2", "--nhigh", "2"], "nlow + nhigh"),
+    (["--method", "minmax", "--nlow", "2", "--nhigh", "2"], "lower --nlow / --nhigh"),
     (["--method", "gesd", "--gesd-alpha", "1.5"], "--gesd-alpha"),
 ]
 

@@ -139,7 +139,7 @@ def combine_files(args, console) -> Path:
         values["rdnoise"] = header_number(flags["rdnoise"], paths[0], infos[0][1])
     params = combine.CombineParams(**values)
     try:
-        params.check_frames(n)
+        params.check_frames(n, flags=True)
     except ValueError as exc:
         raise InputError(str(exc)) from None
     weights = _weights(args, infos, scales)
@@ -162,6 +162,7 @@ def combine_files(args, console) -> Path:
     hdr = _provenance(args, params, paths, ox, oy, scales, zeros, weights)
     # the image goes to disk block by block as it is combined (never whole in memory), into a
     # staging folder beside OUT, renamed over it at the end (tui_stack.rundir.OutputFile)
+    new_folder = not out.parent.exists()  # made for OUT, as run makes its output folder: say so (a typo shows)
     with rundir.OutputFile(out) as target:
         engine = compute.open_compute(scheduler, args.address, workers)
         with io.FitsStream(target.path, hdr, shape) as stream:
@@ -174,7 +175,8 @@ def combine_files(args, console) -> Path:
                 engine.close()
             stream.finish(io.map_hdus(result))
         target.commit()
-    console.print(f"{args.method} of {n} frames -> {safetext.markup(out)}")
+    console.print(f"{args.method} of {n} frames -> {safetext.markup(out)}"
+                  + (f" (made the folder {safetext.markup(out.parent)})" if new_folder else ""))
     return out
 
 

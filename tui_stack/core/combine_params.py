@@ -241,11 +241,13 @@ class CombineParams:
                 continue
             setattr(self, f.name, p.validate(f"combine parameter {f.name}", value))
 
-    def check_frames(self, n: int) -> None:
-        """Parameters that only make sense against the number of frames."""
+    def check_frames(self, n: int, flags: bool = False) -> None:
+        """Parameters that only make sense against the number of frames; the message names
+        the command's flags (`flags`) or the config's keys."""
         if self.method == "minmax" and self.nlow + self.nhigh >= n:
+            names = "--nlow / --nhigh" if flags else "[combine] nlow / nhigh"
             raise ValueError(f"minmax drops nlow + nhigh = {self.nlow + self.nhigh} values but only {n} frames "
-                             f"are combined; lower [combine] nlow / nhigh")
+                             f"are combined; lower {names}")
 
 
 assert [f.name for f in fields(CombineParams)] == [p.name for p in PARAMS if p.method_param]
