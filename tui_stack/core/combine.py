@@ -239,7 +239,28 @@ def rows_for(sources, method: str, memory_limit: int, threads: int = 2, weighted
     return rows
 
 
+REDUCE_PARTS = 4  # a block is sorted and clipped a quarter at a time
+
+
 def reduce_block(block: np.ndarray, params: CombineParams, with_sigma: bool = False, weights=None):
+    """reduce_block_whole on a quarter of the block's pixels at a time: the sort's copy and the
+    clipping passes' temporaries (a pass that moves most pixels copies them) then stay within
+    the copies rows_per_block allows for, however many values reject (measured in
+    tests/test_memory.py). avsigclip's sigma is one per row: its parts are whole rows."""
+    rows, cols, n = block.shape
+    by_rows = params.method == "avsigclip"
+    units = rows if by_rows else rows * cols
+    step = -(-units // REDUCE_PARTS)
+    if units <= 1 or step * cols < 4096:
+        return reduce_block_whole(block, params, with_sigma, weights)
+    flat = block if by_rows else block.reshape(1, rows * cols, n)
+    parts = [reduce_block_whole(flat[u:u + step] if by_rows else flat[:, u:u + step], params, with_sigma, weights)
+             for u in range(0, units, step)]
+    return tuple(None if part[0] is None else np.concatenate([p.reshape(-1) for p in part]).reshape(rows, cols)
+                 for part in zip(*parts))
+
+
+def reduce_block_whole(block: np.ndarray, params: CombineParams, with_sigma: bool = False, weights=None):
     """Combine a (rows, cols, N) float32 block, NaN = masked, along its last (contiguous) axis.
 
     The N values of each pixel are sorted (NaN last). Every rejection here removes values
