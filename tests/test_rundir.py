@@ -273,3 +273,27 @@ def test_a_signal_during_the_commit_waits_for_it(tmp_path, monkeypatch):
     got = listing(out)
     got.pop(rundir.MANIFEST)
     assert got == {"report.json": b"new", "sa.fits": b"new", "sc.fits": b"new"}
+
+
+@pytest.mark.parametrize("code", ["ENOLCK", "EOPNOTSUPP"])
+def test_a_file_system_without_locks_is_an_input_error_naming_the_folder(tmp_path, monkeypatch, code):
+    """Some NFS mounts answer flock with ENOLCK or EOPNOTSUPP: the run stops with exit 2 and says
+    what to do (a run there could not tell a live writer's files from a dead one's), and the
+    folder it made for the outputs is gone again."""
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    out = tmp_path / "nfs" / "out"
+    with pytest.raises(InputError, match="does not lock files") as err:
+        with rundir.OutputDir(out):
+            pass
+    assert str(out) in str(err.value) and "--out" in str(err.value)
+    assert not out.exists()
+    with pytest.raises(InputError, match="does not lock files"):
+        with rundir.OutputFile(tmp_path / "c.fits"):
+            pass
+    assert not list(tmp_path.iterdir())  # nothing left behind: no lock file, no staging folder

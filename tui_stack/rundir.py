@@ -40,13 +40,22 @@ COMMITTED: list = []  # outputs this process put in place: a signal after that d
 _OLD_TMP_PREFIXES = (".tui-stack-tmp-", ".tui-stack-probe-")  # left by versions before this one
 
 
-def _flock(fd: int) -> bool:
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL}
+
+
+def _flock(fd: int, where: Path | None = None) -> bool:
+    """An exclusive lock on `fd` without waiting: False if another process holds it. A file
+    system without locks (some NFS mounts, FUSE) is an input error naming `where`: a run
+    there cannot tell a live writer from a dead one, so it would risk another run's files."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
     except OSError as exc:
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             return False
+        if exc.errno in _NO_LOCKS and where is not None:
+            raise InputError(f"{where}: its file system does not lock files ({exc.strerror}); "
+                             "write the outputs to a local disk (--out)") from None
         raise
 
 
@@ -90,7 +99,14 @@ class DirLock:
                 if exc.errno == errno.ELOOP:
                     raise InputError(f"{self.path}: is a symbolic link; remove it") from None
                 raise InputError(f"{self.path.parent}: cannot lock the output directory ({exc.strerror})") from None
-            if not _flock(fd):
+            try:
+                locked = _flock(fd, self.path.parent)
+            except InputError:
+                if os.fstat(fd).st_size == 0:  # ours, just made: leave the folder as it was
+                    self.path.unlink(missing_ok=True)
+                os.close(fd)
+                raise
+            if not locked:
                 holder = self._read(fd)
                 os.close(fd)
                 raise InputError(
@@ -252,7 +268,7 @@ def recover(directory: Path) -> list[str]:
             except OSError:
                 fd = None
             try:
-                if fd is not None and not _flock(fd):
+                if fd is not None and not _flock(fd, directory):
                     continue  # alive: a `combine` writing here at the same time
                 try:
                     journal = json.loads((Path(entry.path) / JOURNAL).read_text(encoding="utf-8"))
@@ -344,7 +360,7 @@ class OutputDir:
             except OSError as exc:
                 raise InputError(f"{self.directory}: output directory is not writable ({exc.strerror})") from None
             self._owner_fd = _open_nofollow(self.staging / _OWNER, os.O_RDWR | os.O_CREAT, 0o600)
-            _flock(self._owner_fd)
+            _flock(self._owner_fd, self.directory)
             self.previous = previous_set(self.directory)
         except BaseException:
             self._abort()
@@ -485,7 +501,7 @@ class OutputFile:
             od.recovered = recover(od.directory)
             od.staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=od.directory))
             od._owner_fd = _open_nofollow(od.staging / _OWNER, os.O_RDWR | os.O_CREAT, 0o600)
-            _flock(od._owner_fd)
+            _flock(od._owner_fd, od.directory)
         except OSError as exc:
             od._abort()
             raise InputError(f"{od.directory}: output directory is not writable ({exc.strerror})") from None
@@ -550,7 +566,7 @@ class ScratchDir:
         recover(self.root)
         self.path = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.root))
         self._fd = _open_nofollow(self.path / _OWNER, os.O_RDWR | os.O_CREAT, 0o600)
-        _flock(self._fd)
+        _flock(self._fd, self.root)
         _SCRATCH.add(self)
 
     def close(self) -> None:
