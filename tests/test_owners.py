@@ -140,6 +140,8 @@ BAD_FLAGS = [
     (["--method", "median", "--workers", "-3"], "--workers"),
     (["--method", "minmax", "--nlow", "2", "--nhigh", "2"], "lower --nlow / --nhigh"),
     (["--method", "gesd", "--gesd-alpha", "1.5"], "--gesd-alpha"),
+    (["--method", "ccdclip", "--gain", "NOPE"], "give the value in --gain"),
+    (["--method", "ccdclip", "--gain", "1", "--rdnoise", "NOPE"], "give the value in --rdnoise"),
 ]
 
 

@@ -135,8 +135,8 @@ def combine_files(args, console) -> Path:
     if args.method == "ccdclip":
         from tui_stack.pipeline import header_number
 
-        values["gain"] = header_number(flags["gain"], paths[0], infos[0][1])
-        values["rdnoise"] = header_number(flags["rdnoise"], paths[0], infos[0][1])
+        values["gain"] = header_number(flags["gain"], paths[0], infos[0][1], "--gain")
+        values["rdnoise"] = header_number(flags["rdnoise"], paths[0], infos[0][1], "--rdnoise")
     params = combine.CombineParams(**values)
     try:
         params.check_frames(n, flags=True)

@@ -37,14 +37,15 @@ def combine_sources(state: RunState, shifted_dir: Path | None = None) -> list:
     return sources
 
 
-def header_number(value, path: Path, hdu_index: int = 0) -> float:
-    """A number from the config, or the value of the header keyword it names."""
+def header_number(value, path: Path, hdu_index: int = 0, setting: str = "[combine]") -> float:
+    """A number from the config, or the value of the header keyword it names; `setting` is
+    where the user gives it instead (the config's key, or `combine`'s flag)."""
     if not isinstance(value, str):
         return float(value)
     hdr = io.read_header(path, hdu_index)
     if value not in hdr or not isinstance(hdr[value], (int, float)):
         raise InputError(f"{path.name}: header keyword {value} (for ccdclip) is missing or not a number; "
-                         "give the value in [combine]")
+                         f"give the value in {setting}")
     return float(hdr[value])
 
 
@@ -54,8 +55,8 @@ def combine_params(cfg: Config, method: str, ref_path: Path, sky: float = 0.0) -
     values = {p.name: getattr(cfg.combine, p.name) for p in PARAMS if p.method_param and p.name != "sky"}
     values.update(method=method, sky=float(sky), gain=1.0, rdnoise=1.0)
     if method == "ccdclip":
-        values["gain"] = header_number(cfg.combine.gain, ref_path)
-        values["rdnoise"] = header_number(cfg.combine.rdnoise, ref_path)
+        values["gain"] = header_number(cfg.combine.gain, ref_path, setting="[combine] gain")
+        values["rdnoise"] = header_number(cfg.combine.rdnoise, ref_path, setting="[combine] rdnoise")
     return combine.CombineParams(**values)
 
 
