@@ -714,3 +714,25 @@ def test_9_a_folder_name_with_glob_and_markup_characters(field, tmp_path, capsys
     assert code == 0, err
     assert "out [red]" in out.replace("\n", "")  # shown as it is (rich wraps long lines), not as a style
     assert json.loads((tmp_path / "out [red]" / "report.json").read_text())["frames"][0]["file"] == "demo_001.fits"
+
+
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGHUP, 129, "hang-up"), (signal.SIGTERM, 143, "terminated")])
+def test_4_signal_as_the_command_ends_is_its_exit_code_and_a_line(field, tmp_path, sig, code, word):
+    """A signal after the work, as the interpreter shuts down (the last ~0.2 s of a run), used to
+    kill the process by the signal itself, silently: now the documented code and one line
+    saying the outputs were complete. The command is run as the console script runs it
+    (main() with no arguments), the signal sent right after main returns."""
+    cfg = write_config(make_config(field[0], tmp_path / "out", output__write_shifted=False), tmp_path / "c.toml")
+    script = ("import os, signal, sys, time\n"
+              f"sys.argv = ['tui-stack', 'run', {str(cfg)!r}, '--quiet']\n"
+              "from tui_stack import cli\n"
+              "rc = cli.main()\n"
+              "assert rc == 0, rc\n"
+              f"os.kill(os.getpid(), {int(sig)})\n"
+              "time.sleep(30)\n"
+              "sys.exit(rc)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == code, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and word in lines[0] and "outputs were complete" in lines[0], proc.stderr
+    assert (tmp_path / "out" / "report.json").exists()

@@ -135,6 +135,7 @@ def _quiet_astropy() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    whole_process = argv is None  # the command itself, not a call from Python (tests)
     argv = sys.argv[1:] if argv is None else list(argv)
     from tui_stack import signals
     from tui_stack.errors import InputError, exit_code_of
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["help"]:  # `tui-stack help [COMMAND]` is help, not the wizard on a folder named help
         argv = [*argv[1:2], "--help"]
     try:
-        with signals.handled():
+        with signals.handled(_late_signal if whole_process else None):
             if argv and argv[0] in SUBCOMMANDS:
                 cmd = argv[0]
                 handler = {"run": cmd_run, "demo": cmd_demo, "combine": cmd_combine}[cmd]
@@ -171,6 +172,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     except Exception as exc:  # a bug: say where the details are, not a wall of traceback
         return _bug(exc)
+
+
+def _late_signal(signum: int) -> str:
+    """What a SIGHUP or SIGTERM after the command's work says (it exits 128 + signum)."""
+    from tui_stack import rundir
+    from tui_stack.errors import Interrupted
+
+    what = Interrupted(signum).what
+    if rundir.COMMITTED:
+        return f"tui-stack: {what} after the outputs were complete in {rundir.COMMITTED[-1]}"
+    return f"tui-stack: {what} as the command ended"
 
 
 def _unknown_command(argv: list[str]) -> None:

@@ -27,8 +27,12 @@ def _raise(signum, frame):
 
 
 @contextmanager
-def handled():
-    """SIGHUP and SIGTERM raise Interrupted inside the block (main thread only)."""
+def handled(late_message=None):
+    """SIGHUP and SIGTERM raise Interrupted inside the block (main thread only).
+
+    With `late_message` (signum -> text), a signal after the block, as the command ends and
+    the interpreter shuts down, is no longer a death by signal: the text goes to stderr and
+    the process exits 128 + the signal's number, as inside the block."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -37,7 +41,25 @@ def handled():
         yield
     finally:
         for s, h in old.items():
-            signal.signal(s, h)
+            signal.signal(s, h if late_message is None else _exit_with(late_message))
+
+
+def _exit_with(message):
+    def late(signum, frame):
+        for s in HANDLED:
+            signal.signal(s, signal.SIG_IGN)
+        for stream in (sys.stdout, sys.stderr):  # the summary, if it is still in a buffer
+            try:
+                stream.flush()
+            except Exception:  # a dead terminal, or the signal came inside that very write
+                pass
+        try:
+            os.write(2, (message(signum) + "\n").encode("utf-8", "backslashreplace"))
+        except OSError:  # the terminal went with the link
+            pass
+        os._exit(128 + signum)  # the work is done and its files are closed: nothing left to clean up
+
+    return late
 
 
 @contextmanager
