@@ -245,3 +245,25 @@ def test_combine_says_when_it_made_the_output_folder(field_integer, tmp_path, ca
     assert out.exists() and "made the folder" in said and "deeper" in said
     assert cli.main(["combine", *files, "--method", "median", "--out", str(out), "--overwrite"]) == 0
     assert "made the folder" not in capsys.readouterr().out
+
+
+def test_help_names_every_command_within_80_columns(capsys):
+    """`tui-stack --help` lists each command with a line of what it does, DIR as the usage says,
+    every line within 80 columns; combine's help gives sizes as sizes and the weights file."""
+    import os
+
+    os.environ["COLUMNS"] = "80"
+    try:
+        for args in (["--help"], ["combine", "--help"]):
+            with pytest.raises(SystemExit) as ex:
+                cli.main(args)
+            assert ex.value.code == 0
+            out = capsys.readouterr().out
+            assert all(len(line) <= 80 for line in out.splitlines()), out
+            if args == ["--help"]:
+                assert "[DIR]" in out and all(f"  {c} " in out for c in ("run", "demo", "combine", "help"))
+            else:
+                text = " ".join(out.split())
+                assert "(default 256MB)" in text and "a file of one weight per frame" in text
+    finally:
+        del os.environ["COLUMNS"]

@@ -15,13 +15,19 @@ SUBCOMMANDS = ("run", "demo", "combine")
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tui-stack",
-        description="Align, scale and combine astronomical CCD frames. "
+        description="Align, scale and combine astronomical CCD frames.\n"
         "With no command, opens the guided wizard on the FITS frames in DIR.",
-        epilog="commands: run CONFIG.toml | demo [--headless] | combine FILE... --method M --out OUT.fits "
-        "(tui-stack COMMAND --help for each)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands (tui-stack COMMAND --help for each):\n"
+        "  run CONFIG.toml [--out DIR]     the whole pipeline from a config, no UI\n"
+        "  demo [--out DIR] [--headless]   a synthetic field with known truth, then\n"
+        "                                  the wizard on it\n"
+        "  combine FILE... --method M --out OUT.fits\n"
+        "                                  combine aligned frames (as IRAF imcombine)\n"
+        "  help [COMMAND]                  this help, or a command's",
     )
     p.add_argument("--version", action="version", version=f"tui-stack {__version__}")
-    p.add_argument("directory", nargs="?", default=".", help="directory of FITS frames (default: current)")
+    p.add_argument("directory", nargs="?", default=".", metavar="DIR", help="directory of FITS frames (default: current)")
     p.add_argument("--config", type=Path, help="start the wizard from this config")
     p.add_argument("--resume", action="store_true", help="back to the last wizard session, at the same step")
     return p
@@ -61,7 +67,7 @@ def _combine_parser() -> argparse.ArgumentParser:
         prog="tui-stack combine",
         description="Combine frames that are already aligned (as IRAF imcombine / ccdproc.combine).",
     )
-    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="aligned FITS frames (globs as the shell expands them)")
     p.add_argument("--out", required=True, help="output FITS file")  # a str: 'dir/' keeps its slash
     # one flag per [combine] key, from the table that declares them; checked by standalone
     for param in PARAMS:
@@ -70,14 +76,18 @@ def _combine_parser() -> argparse.ArgumentParser:
         if param.name == "method":
             from tui_stack.core.combine_params import METHODS
 
-            p.add_argument("--method", required=True, choices=METHODS)
+            p.add_argument("--method", required=True, choices=METHODS, metavar="M", help=", ".join(METHODS))
         elif param.default is True:
             p.add_argument("--no-" + param.flag[2:], dest=param.name, action="store_false", help=param.help)
         elif param.default is False:
             p.add_argument(param.flag, action="store_true", help=param.help)
         else:
+            shown = param.default
+            if param.name == "memory_limit":
+                shown = f"{param.default // 2**20}MB"
+            extra = "; or a file of one weight per frame" if param.name == "weights" else ""
             p.add_argument(param.flag, dest=param.name, default=param.default, metavar=param.name.upper(),
-                           help=param.help + (f" (default {param.default})" if param.default is not None else ""))
+                           help=param.help + extra + (f" (default {shown})" if shown is not None else ""))
     p.add_argument("--exposure-keyword", dest="exposure_key", help=argparse.SUPPRESS)  # the old name
     p.add_argument("--scale", type=Path, help="file of one multiplicative scale per frame")
     p.add_argument("--scale-keyword", metavar="KEY",
