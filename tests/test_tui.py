@@ -312,3 +312,18 @@ def test_shifts_detail_line_names_scale_ratio_mirror_and_flip():
     assert geometry(fr) == ", scale 0.50000, mirrored"
     fr.scale_ratio, fr.mirrored, fr.flipped = 1.0, False, True
     assert geometry(fr) == ", flipped"
+
+
+@pytest.mark.parametrize("name, width, shown", [
+    ("demo_001.fits", 10, "demo_001"),
+    ("AKB13475I0002.fits", 10, "AKB…5I0002"),
+    ("proc_NGC_2362_V_30_017.fits.fz", 14, "proc…_V_30_017"),
+    ("short.fits", 14, "short"),
+    (".fits", 10, ".fits"),
+    ("[red]x.FIT", 10, r"\[red]x"),
+])
+def test_table_names_drop_the_suffix_and_keep_the_frame_number(name, width, shown):
+    from tui_stack.tui.common import cell_name
+
+    assert cell_name(name, width) == shown
+    assert len(cell_name(name, width).replace("\\[", "[")) <= width

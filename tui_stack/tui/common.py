@@ -54,6 +54,22 @@ def fit_line(text: str, width: int) -> str:
     return text[:head] + "…" + text[-(width - head - 1):]
 
 
+FITS_SUFFIXES = (".fits.gz", ".fits.fz", ".fit.gz", ".fits", ".fit", ".fts")
+
+
+def cell_name(name: str, width: int) -> str:
+    """A frame's file name for a narrow table column, as markup: without its FITS suffix, and
+    cut in the middle where still too long, so the frame number at the end stays readable
+    (the detail line under the table gives the whole name)."""
+    from tui_stack import safetext
+
+    stem = next((name[: -len(x)] for x in FITS_SUFFIXES if name.lower().endswith(x) and len(name) > len(x)), name)
+    if len(stem) > width:
+        head = (width - 1) // 3
+        stem = stem[:head] + "…" + stem[-(width - head - 1):]
+    return safetext.markup(stem)
+
+
 def crash_log(exc: BaseException) -> Path | str:
     """The traceback in a new private file of the user's state directory (tui_stack.crashlog)."""
     from tui_stack import crashlog

@@ -11,11 +11,12 @@ from textual.widgets import DataTable, Input, Static
 
 from tui_stack import safetext
 from tui_stack.fmt import fmt
-from tui_stack.tui.common import WizardScreen, fixed_table, row_index
+from tui_stack.tui.common import WizardScreen, cell_name, fixed_table, row_index
 from tui_stack.tui.calibration import CalibrationPanel
 
 # narrow columns for 80 columns; the detail line under the table gives the highlighted file in full
-COLUMNS = (("u", 1), ("file", 15), ("date  time", 11), ("exp", 4), ("filt", 4), ("shape", 9), ("median", 7),
+NAME_WIDTH = 15
+COLUMNS = (("u", 1), ("file", NAME_WIDTH), ("date  time", 11), ("exp", 4), ("filt", 4), ("shape", 9), ("median", 7),
            ("note", 10))
 
 
@@ -122,7 +123,7 @@ class FilesScreen(WizardScreen):
                 ws.included.add(i)
             shape = f"{info.shape[1]}x{info.shape[0]}" if info.shape else ""
             table.add_row(
-                "✓" if i in ws.included else "·", safetext.markup(info.path.name),
+                "✓" if i in ws.included else "·", cell_name(info.path.name, NAME_WIDTH),
                 safetext.markup(info.date_obs[5:16].replace("T", " ")),
                 fmt(info.exptime, "g", missing=""), info.filter, shape, fmt(info.median, ".1f", ""),
                 info.error, key=str(i),

@@ -11,8 +11,11 @@ from textual.widgets import DataTable, Static
 from tui_stack import safetext
 from tui_stack.fmt import fmt
 from tui_stack.tui import plot
-from tui_stack.tui.common import PreviewScreen, fixed_table, flag_codes, flag_legend, row_index
+from tui_stack.tui.common import PreviewScreen, cell_name, fixed_table, flag_codes, flag_legend, row_index
 from tui_stack.tui.preview import ImageView
+
+
+NAME_WIDTH = 14  # the frames table's file column (80 columns)
 
 
 class ScalesScreen(PreviewScreen):
@@ -38,7 +41,7 @@ class ScalesScreen(PreviewScreen):
                 yield ImageView(id="preview", classes="preview")
                 yield plot.PlotView("scale per frame (1/transparency)", "frame", lines=True, id="plot", classes="plot")
             with Vertical(classes="side-wide"):
-                yield fixed_table("frames", (("file", 14), ("scale", 6), ("MAD", 6), ("n", 2), ("fl", 4)))
+                yield fixed_table("frames", (("file", NAME_WIDTH), ("scale", 6), ("MAD", 6), ("n", 2), ("fl", 4)))
                 yield fixed_table("stars", (("x", 6), ("y", 6), ("ref flux", 8), ("ratio", 6), ("fl", 4)))
                 yield Static("", id="detail", classes="detail", markup=False)
         self._frame = 0
@@ -84,7 +87,7 @@ class ScalesScreen(PreviewScreen):
         frames = self.query_one("#frames", DataTable)
         frames.clear()
         for i, fr in enumerate(run.frames):
-            frames.add_row(safetext.markup(fr.name), fmt(fr.scale, ".4f"), fmt(fr.scale_mad, ".4f"), str(fr.n_scale_stars),
+            frames.add_row(cell_name(fr.name, NAME_WIDTH), fmt(fr.scale, ".4f"), fmt(fr.scale_mad, ".4f"), str(fr.n_scale_stars),
                            flag_codes(fr.flags), key=str(i))
         self._fill_stars()
         markers = {}

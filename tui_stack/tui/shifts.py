@@ -12,11 +12,12 @@ from textual.widgets import DataTable, Static
 from tui_stack import safetext
 from tui_stack.fmt import fmt
 from tui_stack.tui import plot
-from tui_stack.tui.common import WizardScreen, cutout, fixed_table, flag_codes, flag_legend, row_index, stamp_limits
+from tui_stack.tui.common import WizardScreen, cell_name, cutout, fixed_table, flag_codes, flag_legend, row_index, stamp_limits
 from tui_stack.tui.preview import ImageView
 
 # narrow columns; the detail line gives the highlighted frame in full
-COLUMNS = (("#", 2), ("file", 10), ("u", 1), ("shift x", 7), ("shift y", 7), ("n", 2), ("rms", 5), ("flags", 4))
+NAME_WIDTH = 10
+COLUMNS = (("#", 2), ("file", NAME_WIDTH), ("u", 1), ("shift x", 7), ("shift y", 7), ("n", 2), ("rms", 5), ("flags", 4))
 
 
 def geometry(fr) -> str:
@@ -81,7 +82,7 @@ class ShiftsScreen(WizardScreen):
         table.clear()
         for i, fr in enumerate(run.frames):
             table.add_row(
-                str(i + 1), safetext.markup(fr.name), "✓" if fr.used else "·", fmt(fr.shift_x, ".2f"),
+                str(i + 1), cell_name(fr.name, NAME_WIDTH), "✓" if fr.used else "·", fmt(fr.shift_x, ".2f"),
                 fmt(fr.shift_y, ".2f"), str(fr.n_matched or "-"), fmt(fr.fit_rms, ".3f"), flag_codes(fr.flags),
                 key=str(i),
             )
