@@ -135,7 +135,7 @@ def test_help_lists_every_key_and_the_palette_every_action(demo_dir, tmp_path, s
                 await pilot.press("f1" if step % 2 else "question_mark")
                 await pilot.pause()
                 assert type(app.screen).__name__ == "HelpScreen"
-                text = "\n".join(app.screen.lines)
+                text = "\n".join(" ".join(x) if isinstance(x, tuple) else x for x in app.screen.lines)
                 for b in bindings:
                     assert b.description in text, (STEPS[step], b.description)
                 await pilot.press("escape")
@@ -378,3 +378,21 @@ def test_the_palette_does_not_blink(demo_dir, tmp_path, state):
             assert all(not f.cursor_blink for f in app.screen.query(Input))
 
     asyncio.run(go())
+
+
+def test_help_wraps_a_long_description_under_itself():
+    """At 80 columns a long description goes on under the description, not under the keys."""
+    from rich.console import Console
+
+    from tui_stack.tui.common import KEY_WIDTH, HelpScreen
+
+    desc = "Cursor to the nearest good star: bright, unsaturated, isolated, as the automatic pick takes them"
+    body = HelpScreen("t", ["What the screen is for.", "", ("g", desc), ("x, space", "Use or skip")])._body()
+    console = Console(width=60, record=True, color_system=None)
+    console.print(body)
+    lines = [ln.rstrip() for ln in console.export_text().splitlines()]
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("g "))
+    end = next(i for i, ln in enumerate(lines) if ln.startswith("x, space"))
+    assert end - start >= 2  # it did wrap
+    assert all(ln.startswith(" " * (KEY_WIDTH + 1)) for ln in lines[start + 1:end])
+    assert " ".join(ln[KEY_WIDTH + 1:].strip() for ln in lines[start:end]) == desc

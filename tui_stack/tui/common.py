@@ -142,6 +142,9 @@ def screen_bindings(screen) -> list[Binding]:
     return out
 
 
+KEY_WIDTH = 14  # help's keys column
+
+
 class HelpScreen(ModalScreen[None]):
     """Every key of the screen underneath, with what it does; escape, q or ? closes."""
 
@@ -154,7 +157,31 @@ class HelpScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         with VerticalScroll():
             yield Static(f"[b]{self.title_text}[/]  (escape closes; arrows scroll)")
-            yield Static("\n".join(self.lines), markup=False)
+            yield Static(self._body())
+
+    def _body(self):
+        """Paragraphs as they are; (keys, description) rows in a grid, so a long description
+        wraps under itself and not back into the keys' column."""
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
+        parts, grid = [], None
+        for line in self.lines:
+            if isinstance(line, tuple):
+                if grid is None:
+                    grid = Table.grid(padding=(0, 1))
+                    grid.add_column(width=KEY_WIDTH, no_wrap=True)
+                    grid.add_column()
+                grid.add_row(Text(line[0]), Text(line[1]))
+                continue
+            if grid is not None:
+                parts.append(grid)
+                grid = None
+            parts.append(Text(line))
+        if grid is not None:
+            parts.append(grid)
+        return Group(*parts)
 
     def on_mount(self) -> None:
         self.query_one(VerticalScroll).focus()
@@ -278,15 +305,15 @@ class WizardScreen(Screen):
                 f"The terminal is {w}x{h}: tui-stack needs at least {MIN_SIZE[0]}x{MIN_SIZE[1]}. "
                 "Enlarge the window, or press q to quit.")
 
-    def help_lines(self) -> list[str]:
-        lines = [self.HELP, ""] if self.HELP else []
-        width = 14
+    def help_lines(self) -> list:
+        """What help shows: paragraphs (str) and (keys, description) rows."""
+        lines: list = [self.HELP, ""] if self.HELP else []
         for b in screen_bindings(self):
             keys = ", ".join(self.app.get_key_display(Binding(k, b.action)) for k in b.key.split(","))
-            lines.append(f"{keys:<{width}} {b.description}")
-        lines += ["", f"{'tab, shift+tab':<{width}} move between the fields and tables",
-                  f"{'arrows':<{width}} move in the focused table, field or preview",
-                  f"{'ctrl+p':<{width}} command palette: every action by name"]
+            lines.append((keys, b.description))
+        lines += ["", ("tab, shift+tab", "move between the fields and tables"),
+                  ("arrows", "move in the focused table, field or preview"),
+                  ("ctrl+p", "command palette: every action by name")]
         legend = self.legend()
         if legend:
             lines += ["", legend]
