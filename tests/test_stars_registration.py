@@ -70,14 +70,23 @@ def test_real_frames_many_stars():
 
 
 @pytest.mark.parametrize("mode", ["integer", "subpixel"])
-def test_auto_scales_within_three_tenths_of_a_percent(crowded, tmp_path, mode):
+def test_auto_scales_are_real_stars_within_a_third_of_a_percent(crowded, tmp_path, mode):
     """stars = "auto": many isolated unsaturated stars with a local annulus sky, no hand-picked star
     (IRAF's and Siril's image-statistics scaling miss these transparencies by 33-43%). Subpixel
     mode measures on the frames' own pixels, not the resampled ones."""
     state = pipeline.run(make_config(crowded, tmp_path, scale__stars="auto", scale__radius=12.0, shift__mode=mode))
+    # every one a star of the field: two-pixel cosmic rays used to be taken (9 of the 30 here),
+    # their ratios thousands of percent off, all on the same side of the median
+    cs = np.array(state.comparison_stars)
+    dist = np.hypot(cs[:, None, 0] - crowded.stars[None, :, 0], cs[:, None, 1] - crowded.stars[None, :, 1]).min(axis=1)
+    assert (dist < 1).all(), cs[dist >= 1]
+    assert len(state.comparison_stars) >= 20
     scales = np.array([f.scale for f in state.frames])
     err = scales / crowded.scales - 1
-    assert np.abs(err).max() < 0.003, err
-    assert len(state.comparison_stars) >= 20
+    # The median of 30 star ratios is noise-limited, and the reference's own noise is common to
+    # every frame: over six noise draws of this field (seeds 5-10, integer mode) 0.08-0.18% RMS,
+    # worst frame 0.16-0.33%. (Until the cosmic rays went, 0.3% held here only because their
+    # ratios, all high, pulled the median up against this draw's low reference.)
+    assert np.sqrt(np.mean(err[1:] ** 2)) < 0.002 and np.abs(err).max() < 0.0035, err
     # relative: the spread of the ratios grows with the scale (the half-transparent frame's are near 2)
     assert all(f.scale_mad / f.scale < 0.03 for f in state.frames), [round(f.scale_mad / f.scale, 4) for f in state.frames]

@@ -12,6 +12,9 @@ import numpy as np
 
 STAMP = 15  # px, moments stamp
 MAX_SHARPNESS = 0.6  # peak / 3x3 sum: a star (FWHM >= 1.5 px) is below 0.5, a cosmic ray near 1
+# The same for the two brightest pixels: a cosmic ray two pixels long passes the test above
+# (0.5) but has nearly all its 3x3 light in those two (a star of FWHM 1.5 px: 0.55 at most).
+MAX_PAIR_SHARPNESS = 0.8
 QUALITY_FLAGS = ("low_transparency", "trailed", "out_of_focus", "high_sky", "few_stars")
 
 
@@ -26,6 +29,9 @@ class Stars:
     fwhm: np.ndarray
     elongation: np.ndarray  # major / minor axis
     n_found: int = 0  # all peaks above the threshold (x, y, ... hold the brightest max_stars)
+    # (x, y, peak) of the peaks too sharp or too narrow to be stars (cosmic rays, hot pixels):
+    # not stars, but a star with one in its aperture is not a clean comparison star
+    blemishes: np.ndarray = field(default_factory=lambda: np.zeros((3, 0)))
 
     def __len__(self):
         return len(self.x)
@@ -104,8 +110,10 @@ def find_stars(data: np.ndarray, mask: np.ndarray | None, noise: float, nsigma: 
     off = np.arange(-half, half + 1)
     stamps = data[yp[:, None, None] + off[None, :, None], xp[:, None, None] + off[None, None, :]].astype(np.float64)
     # Cosmic rays and hot pixels are a pixel or two wide: most of their 3x3 flux is the peak.
-    core = stamps[:, half - 1 : half + 2, half - 1 : half + 2].sum(axis=(1, 2))
+    core3 = stamps[:, half - 1 : half + 2, half - 1 : half + 2].reshape(len(stamps), 9)
+    core = core3.sum(axis=1)
     sharp = peak / np.where(core > 0, core, np.inf)
+    pair = np.partition(core3, 7, axis=1)[:, 7:].sum(axis=1) / np.where(core > 0, core, np.inf)
     stamps = np.clip(stamps - 2.0 * noise, 0, None)  # the noise floor would widen every star
     tot = stamps.sum(axis=(1, 2))
     tot = np.where(tot > 0, tot, 1.0)
@@ -121,10 +129,11 @@ def find_stars(data: np.ndarray, mask: np.ndarray | None, noise: float, nsigma: 
     # The stamp truncates the wings, so moments underestimate a Moffat's width; this is a
     # relative measure between frames (same stamp everywhere), not an absolute FWHM.
     fwhm = 2.3548 * np.sqrt((l1 + l2) / 2)
-    real = sharp < MAX_SHARPNESS
+    real = (sharp < MAX_SHARPNESS) & (pair < MAX_PAIR_SHARPNESS)
     stars = Stars(xp[real] + cx[real], yp[real] + cy[real], peak[real].astype(float), tot[real], fwhm[real],
                   np.sqrt(l1 / l2)[real])
     stars.n_found = n_found - int((~real).sum())
+    stars.blemishes = np.array([xp[~real], yp[~real], peak[~real]], float)
     return stars
 
 
@@ -196,9 +205,10 @@ def best_reference(qs: list[FrameQuality]) -> int:
 
 def _isolated(stars: Stars, idx: np.ndarray, radius: float, ratio: float, sat_radius: float,
               saturated: np.ndarray) -> np.ndarray:
-    """For stars `idx`: no star at least `ratio` as bright within `radius`, no saturated star
-    within `sat_radius`. Distances in chunks of 256 candidates against all stars (a Python
-    loop over 2000 stars took 0.12 s; scipy.spatial's KD-tree costs 0.11 s just to import)."""
+    """For stars `idx`: no star or blemish at least `ratio` as bright within `radius`, no
+    saturated star within `sat_radius`. Distances in chunks of 256 candidates against all
+    stars (a Python loop over 2000 stars took 0.12 s; scipy.spatial's KD-tree costs 0.11 s
+    just to import)."""
     ok = np.ones(len(idx), bool)
     for start in range(0, len(idx), 256):
         i = idx[start:start + 256]
@@ -206,6 +216,9 @@ def _isolated(stars: Stars, idx: np.ndarray, radius: float, ratio: float, sat_ra
         d2[np.arange(len(i)), i] = np.inf  # not itself
         bright = stars.peak[None, :] >= ratio * stars.peak[i, None]
         bad = ((d2 < radius**2) & bright).any(axis=1) | ((d2 < sat_radius**2) & saturated[None, :]).any(axis=1)
+        bx, by, bpeak = stars.blemishes
+        d2 = (bx[None, :] - stars.x[i, None]) ** 2 + (by[None, :] - stars.y[i, None]) ** 2
+        bad |= ((d2 < radius**2) & (bpeak[None, :] >= ratio * stars.peak[i, None])).any(axis=1)
         ok[start:start + len(i)] = ~bad
     return ok
 
