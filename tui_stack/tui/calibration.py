@@ -124,6 +124,9 @@ class CalibrationPanel(Vertical):
         from tui_stack.pipeline import calibration
 
         ws = screen.ws
+        if self.proposal is None:
+            screen.status("no bias, dark or flat frames in this directory")
+            return
         if not ws.config.calibrate.any:
             screen.status("no calibration frames chosen (k: on)")
             return
@@ -131,8 +134,13 @@ class CalibrationPanel(Vertical):
         lights = ws.selected_files()
 
         def work(progress):
+            from tui_stack.errors import InputError
+
             state = pipeline.RunState(config=cfg, files=lights)
-            return calibration.calibrate(state, progress)
+            try:
+                return calibration.calibrate(state, progress)
+            except InputError as exc:  # a set that cannot be used: say how to go on without it
+                raise InputError(f"{exc}; k turns calibration off") from None
 
         def done(calib):
             self.calib = calib
@@ -146,6 +154,9 @@ class CalibrationPanel(Vertical):
     def toggle(self, screen) -> None:
         from tui_stack.core import calibrate as cal
 
+        if self.proposal is None:
+            screen.status("no bias, dark or flat frames in this directory: nothing to switch")
+            return
         c = screen.ws.config.calibrate
         if c.any:
             self.saved_sets = {k: getattr(c, k) for k in cal.KINDS}
