@@ -539,6 +539,12 @@ class Affine:
     def mirrored(self) -> bool:
         return bool(np.linalg.det(self.m) < 0)
 
+    @property
+    def area(self) -> float:
+        """Frame pixels per reference pixel, by area (a 2x2-binned frame: 0.25). Resampled onto
+        the reference grid, a frame's star fluxes are its own divided by this."""
+        return float(abs(np.linalg.det(self.m)))
+
     def _unmirrored(self) -> np.ndarray:
         return self.m @ np.diag([1.0, -1.0]) if self.mirrored else self.m
 

@@ -55,12 +55,27 @@ def _photometry_key(state: RunState, fr: FrameResult) -> tuple:
             tuple(fr.transform or ()))
 
 
-def _measure(state: RunState, fr: FrameResult, data: np.ndarray, mask: np.ndarray, at) -> photometry.StarFluxes:
-    """The comparison stars at `at` in one sky-subtracted frame, by the config's method."""
+def _measure(state: RunState, fr: FrameResult, data: np.ndarray, mask: np.ndarray, at,
+             area: float = 1.0) -> photometry.StarFluxes:
+    """The comparison stars at `at` in one sky-subtracted frame, by the config's method.
+    `area`: the frame's pixels per reference pixel (a binned or rescaled frame measured on its
+    own pixels): the apertures cover the same sky as in the reference, and the fluxes come
+    back as the frame resampled onto the reference grid has them (its own / area), which is
+    what the scale multiplies."""
     cfg = state.config
     guess = fr.quality.fwhm if fr.quality is not None and np.isfinite(fr.quality.fwhm) else 4.0
-    return photometry.measure_frame(data, mask, at, cfg.scale.method, cfg.scale.aperture(), fr.sky, fr.noise,
-                                    cfg.scale.saturation, cfg.scale.annulus_radii(), fwhm_guess=guess)
+    radius, annulus = cfg.scale.aperture(), cfg.scale.annulus_radii()
+    if area != 1.0:
+        k = float(np.sqrt(area))
+        radius = None if radius is None else radius * k
+        annulus = tuple(r * k for r in annulus) if isinstance(annulus, tuple) else annulus
+    fluxes = photometry.measure_frame(data, mask, at, cfg.scale.method, radius, fr.sky, fr.noise,
+                                      cfg.scale.saturation, annulus, fwhm_guess=guess)
+    if area != 1.0:
+        fluxes.flux = fluxes.flux / area
+        fluxes.error = None if fluxes.error is None else fluxes.error / area
+        fluxes.radius = fluxes.radius / np.sqrt(area)  # in reference pixels, as every frame's
+    return fluxes
 
 def early_photometry(state: RunState, fr: FrameResult, sub: np.ndarray, mask: np.ndarray) -> None:
     """Measure the comparison stars in the frame as it is, at where the registration puts
@@ -72,12 +87,14 @@ def early_photometry(state: RunState, fr: FrameResult, sub: np.ndarray, mask: np
     if not state.comparison_stars or not fr.used:
         return
     ref_xy = np.array(state.comparison_stars, float)
+    area = 1.0
     if fr.transform is not None:  # on the frame as read (integer mode: a lossless turn, the same pixels)
-        at = registration.Affine.from_list(fr.transform).apply(ref_xy)
+        tr = registration.Affine.from_list(fr.transform)
+        at, area = tr.apply(ref_xy), tr.area
     else:
         at = ref_xy - [fr.applied_shift_x, fr.applied_shift_y]
     at = [tuple(p) for p in at]
-    fluxes = _measure(state, fr, sub, mask, at)
+    fluxes = _measure(state, fr, sub, mask, at, area)
     fr.early_fluxes = (_photometry_key(state, fr), fluxes)
 
 def measure_scales(state: RunState, progress: Progress = noop, shifted_dir: Path | None = None) -> None:
