@@ -61,13 +61,16 @@ def cell_name(name: str, width: int) -> str:
     """A frame's file name for a narrow table column, as markup: without its FITS suffix, and
     cut in the middle where still too long, so the frame number at the end stays readable
     (the detail line under the table gives the whole name)."""
+    from rich.markup import escape
+
     from tui_stack import safetext
 
     stem = next((name[: -len(x)] for x in FITS_SUFFIXES if name.lower().endswith(x) and len(name) > len(x)), name)
+    stem = safetext.terminal(stem)  # cut what is shown: an escaped byte is 4 characters
     if len(stem) > width:
         head = (width - 1) // 3
         stem = stem[:head] + "…" + stem[-(width - head - 1):]
-    return safetext.markup(stem)
+    return escape(stem)
 
 
 def crash_log(exc: BaseException) -> Path | str:
