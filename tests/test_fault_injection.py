@@ -743,3 +743,21 @@ def test_4_signal_as_the_command_ends_is_its_exit_code_and_a_line(field, tmp_pat
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and word in lines[0] and "outputs were complete" in lines[0], proc.stderr
     assert (tmp_path / "out" / "report.json").exists()
+
+
+@pytest.mark.parametrize("where", ["out", "out_below", "input", "demo"])
+def test_12_a_loop_of_symbolic_links_given_as_a_folder_is_exit_2(field, tmp_path, capsys, where):
+    """`--out`, a folder under it, the config's [input] directory or demo's --out on a symlink
+    loop: one line naming it, exit 2 (was an internal error from pathlib)."""
+    truth, frames = field
+    a, b = tmp_path / "loopA", tmp_path / "loopB"
+    a.symlink_to(b)
+    b.symlink_to(a)
+    cfg = make_config(truth, tmp_path / "out")
+    if where == "input":
+        cfg.input.directory = a
+    cfg_path = write_config(cfg, tmp_path / "c.toml")
+    args = {"out": ["run", cfg_path, "--out", a, "--quiet"], "out_below": ["run", cfg_path, "--out", a / "sub", "--quiet"],
+            "input": ["run", cfg_path, "--quiet"], "demo": ["demo", "--headless", "--out", a]}[where]
+    code, _, err = run_cli(args, capsys)
+    assert_one_line_error(code, err, "loopA", "loop of symbolic links")

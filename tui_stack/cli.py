@@ -194,6 +194,10 @@ def _main(argv: list[str], whole_process: bool) -> int:
     except BrokenPipeError:
         signals.detach_stdio()
         return EXIT_OK
+    except RuntimeError as exc:
+        if str(exc).startswith("Symlink loop from "):  # pathlib's resolve() of a path given to us
+            return _error(f"{str(exc)[len('Symlink loop from '):].strip(chr(39))}: a loop of symbolic links")
+        return _bug(exc)
     except Exception as exc:  # a bug: say where the details are, not a wall of traceback
         return _bug(exc)
 
