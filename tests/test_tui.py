@@ -327,3 +327,28 @@ def test_table_names_drop_the_suffix_and_keep_the_frame_number(name, width, show
 
     assert cell_name(name, width) == shown
     assert len(cell_name(name, width).replace("\\[", "[")) <= width
+
+
+def test_every_flag_the_steps_set_has_a_code_of_its_own():
+    """Found in the sources (appended to flags, given as a FrameShift's flags, the photometry's
+    flag names, the quality flags), so a new flag without a code fails here; codes are unique,
+    so the `?` legend reads one way (turned, mirrored, rescaled, needs_subpixel and crowded fell
+    back to first letters that other flags had)."""
+    import re
+
+    from tui_stack.core import photometry, quality
+    from tui_stack.tui.common import FLAG_CODES, flag_codes
+
+    root = Path(__file__).resolve().parent.parent / "tui_stack"
+    found = set(quality.QUALITY_FLAGS)
+    found |= {v for k, v in vars(photometry).items() if k.isupper() and isinstance(v, str) and v.islower()}
+    for path in [*(root / "core").glob("*.py"), *(root / "pipeline").glob("*.py")]:
+        text = path.read_text()
+        found |= set(re.findall(r'flags\.append\(\s*"([a-z_]+)"', text))
+        found |= set(re.findall(r'flags\.append\("[a-z_]+" if .* else "([a-z_]+)"\)', text))
+        found |= set(re.findall(r'\["([a-z]+_[a-z_]+)"\]\)', text))  # FrameShift(..., ["star_not_found"])
+    assert {"turned", "mirrored", "rescaled", "needs_subpixel", "crowded", "star_not_found"} <= found
+    missing = sorted(found - set(FLAG_CODES))
+    assert not missing, missing
+    assert len(set(FLAG_CODES.values())) == len(FLAG_CODES)
+    assert flag_codes(["turned", "low_transparency", "something_new"]) == "tT?"

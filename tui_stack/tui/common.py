@@ -26,21 +26,27 @@ PROGRESS_WIDTH = 16  # columns of the progress bar beside the status while work 
 PROGRESS_EVERY = 0.25  # s between progress repaints: a bar that moves 4 times a second is enough
 
 # Short codes for the flags in narrow table columns; the detail line and help give them in full.
+# One code per flag any step can set (frames, comparison stars), none shared (tested).
 FLAG_CODES = {
+    # frame quality (core/quality.py)
     "low_transparency": "T", "trailed": "E", "out_of_focus": "F", "high_sky": "S", "few_stars": "f",
-    "rotated": "R", "meridian_flip": "M", "star_off_frame": "O", "disagree": "D", "no_data": "0",
-    "no_stars": "N", "no_match": "X", "duplicate": "2", "excluded": "x", "no_comparison_star": "C",
-    "saturated": "s", "neighbour": "n", "off_frame": "o", "unreadable": "U",
-    "stars_disagree": "d", "no_psf": "p",  # scale step, method "growth" (issue 22)
+    # registration (pipeline/register.py)
+    "rotated": "R", "turned": "t", "mirrored": "m", "rescaled": "r", "meridian_flip": "M",
+    "needs_subpixel": "i", "star_off_frame": "O", "star_not_found": "L", "methods_disagree": "D",
+    "poor_fit": "P", "few_matches": "w", "shift_exceeds_frame": "B", "no_data": "0", "no_stars": "N",
+    "no_match": "X", "duplicate": "2", "excluded": "x", "unreadable": "U",
+    # scale (pipeline/scale.py, core/photometry.py)
+    "no_comparison_star": "C", "stars_disagree": "d", "no_psf": "p",
+    "saturated": "s", "crowded": "c", "off_frame": "o", "no_flux": "z",
 }
 
 
 def flag_codes(flags) -> str:
-    return "".join(FLAG_CODES.get(f, f[:1].upper()) for f in flags)
+    return "".join(FLAG_CODES.get(f, "?") for f in flags)
 
 
 def flag_legend(flags=None) -> str:
-    items = FLAG_CODES.items() if flags is None else ((f, FLAG_CODES.get(f, f[:1].upper())) for f in flags)
+    items = FLAG_CODES.items() if flags is None else ((f, FLAG_CODES.get(f, "?")) for f in flags)
     return "  ".join(f"{code} {name}" for name, code in items)
 
 
