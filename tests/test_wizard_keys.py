@@ -428,3 +428,25 @@ def test_every_key_of_every_screen_runs_without_an_internal_error(demo_dir, tmp_
                         assert "internal error" not in status(app), (STEPS[step], key, status(app))
 
     asyncio.run(go())
+
+
+def test_shift_mode_switches_to_subpixel_and_back_and_is_saved(demo_dir, tmp_path, state):
+    """`s` on Shifts: integer <-> subpixel, the shifts measured again (applied shifts become
+    fractional), and the mode goes into the saved config."""
+    app = app_for(demo_dir, tmp_path)
+
+    async def go():
+        async with app.run_test(size=SIZE) as pilot:
+            await to_step(pilot, 2)
+            run = app.screen.ws.run
+            assert run.config.shift.mode == "integer" and "integer mode" in status(app)
+            assert all(float(f.applied_shift_x).is_integer() for f in run.frames if f.used)
+            await press(pilot, "s")
+            run = app.screen.ws.run
+            assert run.config.shift.mode == "subpixel" and "subpixel mode" in status(app)
+            assert any(not float(f.applied_shift_x).is_integer() for f in run.frames if f.used)
+            assert 'mode = "subpixel"' in app.screen.ws.config_toml()
+            await press(pilot, "s")
+            assert app.screen.ws.run.config.shift.mode == "integer"
+
+    asyncio.run(go())

@@ -29,7 +29,7 @@ def geometry(fr) -> str:
 
 class ShiftsScreen(WizardScreen):
     STEP = 2
-    KEYS = "[b]k[/] blink  [b]x[/] use/skip  [b]e[/] residuals  [b]n[/] next"
+    KEYS = "[b]k[/] blink  [b]x[/] use/skip  [b]s[/] mode  [b]e[/] residuals  [b]n[/] next"
     HELP = ("The shift of each frame onto the reference: u ✓ used; n stars matched; rms of the fit (px); "
             "the line under the table: the highlighted frame's shift to 0.001 px, rotation, scale ratio, mirror or flip, and flags in full. The cut-out shows the highlighted frame after shifting (k blinks it against "
             "the reference); the plot shows all shifts, or with e the star residuals of one frame.")
@@ -37,6 +37,7 @@ class ShiftsScreen(WizardScreen):
         Binding("k", "blink", "Blink the cut-out: this frame shifted / the reference"),
         Binding("x,space", "exclude", "Use or skip the highlighted frame (space as on Files)", key_display="x"),
         Binding("r", "measure", "Measure the shifts again"),
+        Binding("s", "mode", "Shift mode: integer (whole pixels, as the lab) or subpixel (resampled; turned frames)"),
         Binding("e", "residuals", "Plot: star residuals of this frame / shifts of all"),
     ]
 
@@ -92,8 +93,9 @@ class ShiftsScreen(WizardScreen):
         self._plot()
         self.restore_ui()
         bad = [fr.name for fr in run.frames if fr.flags and not set(fr.flags) <= {"excluded"}]
-        self.status(f"{sum(f.used for f in run.frames)} of {len(run.frames)} frames used"
-                    + (f"; flagged: {', '.join(bad[:4])}" if bad else "") + ". n: scales")
+        self.status(f"{sum(f.used for f in run.frames)} of {len(run.frames)} frames used, "
+                    f"{run.config.shift.mode} mode (s)" + (f"; flagged: {', '.join(bad[:4])}" if bad else "")
+                    + ". n: scales")
 
     def _plot(self) -> None:
         run = self.ws.run
@@ -173,12 +175,26 @@ class ShiftsScreen(WizardScreen):
             return
         fr = run.frames[i]
         info_index = next(k for k, info in enumerate(self.ws.infos) if info.path == fr.path)
-        if run.set_used(i, "excluded" in fr.flags):
+        wanted = "excluded" in fr.flags
+        if run.set_used(i, wanted):
             self.ws.included.add(info_index)
         else:
             self.ws.included.discard(info_index)
         run.config = self.ws.config_for_run()
         self._fill()
+        if wanted and not fr.used:  # taken back, but the frame itself cannot be used: say why
+            why = fr.message or ", ".join(f for f in fr.flags if f != "excluded") or "no shift"
+            hint = "; s: subpixel mode" if "needs_subpixel" in fr.flags else ""
+            self.status(f"{fr.name} cannot be used: {why}{hint}", error=True)
+
+    def action_mode(self) -> None:
+        """Integer <-> subpixel, then the shifts measured again in the new mode."""
+        cfg = self.ws.config
+        cfg.set("shift", "mode", "subpixel" if cfg.shift.mode == "integer" else "integer")
+        if self.ws.run is not None and self.ws.run.frames:
+            self.action_measure()
+        else:
+            self.status(f"{cfg.shift.mode} mode")
 
     def can_leave(self) -> bool:
         run = self.ws.run
