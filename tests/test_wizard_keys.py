@@ -450,3 +450,36 @@ def test_shift_mode_switches_to_subpixel_and_back_and_is_saved(demo_dir, tmp_pat
             assert app.screen.ws.run.config.shift.mode == "integer"
 
     asyncio.run(go())
+
+
+def test_escape_and_enter_leave_a_field_so_the_screen_keys_work_again(demo_dir, tmp_path, state):
+    """After `/` on Files, escape leaves the filter (the next `n` used to go into it); on
+    Combine, enter or escape leaves the output folder field (a `w` used to become part of the path)."""
+    app = app_for(demo_dir, tmp_path)
+
+    async def go():
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            await press(pilot, "slash")
+            assert isinstance(app.focused, Input)
+            before = app.focused.value
+            await press(pilot, "escape")
+            assert not isinstance(app.focused, Input)
+            await press(pilot, "n")
+            assert app.screen.STEP == 1
+            assert app.screen.ws.config.input.select == {"PICTTYPE": 1} and before == "PICTTYPE=1"
+            await press(pilot, "n", 3)
+            assert app.screen.STEP == 4
+            field = app.screen.query_one("#outdir", Input)
+            for leave in ("enter", "escape"):
+                field.focus()
+                await pilot.pause()
+                await press(pilot, "end")
+                await press(pilot, "x")
+                await press(pilot, leave)
+                assert not isinstance(app.focused, Input), leave
+                await press(pilot, "backspace")  # the table has it now: the field keeps its x
+                assert field.value.endswith("x")
+                field.value = field.value[:-1]
+
+    asyncio.run(go())

@@ -15,7 +15,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
-from textual.widgets import ProgressBar, Static
+from textual.widgets import Input, ProgressBar, Static
 
 from tui_stack import safetext
 from tui_stack.errors import InputError
@@ -408,8 +408,25 @@ class WizardScreen(Screen):
         return self._worker is not None
 
     def action_cancel_task(self) -> None:
+        """escape: cancel the running task; else leave a field being typed in, so the screen's
+        keys (n, w, c, ...) work again instead of going into it."""
         if self._worker is not None:
             self._worker.cancel()
+        elif isinstance(self.focused, Input):
+            self.leave_field()
+
+    def leave_field(self) -> None:
+        from textual.widgets import DataTable
+
+        tables = [t for t in self.query(DataTable) if t.display and t.can_focus]
+        if tables:
+            tables[0].focus()
+        else:
+            self.set_focus(None)
+
+    def on_input_submitted(self, event) -> None:
+        """enter in a field: done typing (Files rescans first)."""
+        self.leave_field()
 
     # ------------------------------------------------------------ navigation
 
