@@ -383,6 +383,27 @@ def test_12_fz_frames_give_compressed_fz_outputs(field, tmp_path, capsys):
         assert isinstance(h[1], fits.CompImageHDU)
 
 
+@pytest.mark.parametrize("suffix", [".fits.gz", ".fits.fz"])
+def test_12_combine_out_compressed_as_its_name_says(field, tmp_path, capsys, suffix):
+    """`combine --out x.fits.gz` wrote a plain FITS under a .gz name: now gzip (.gz) or a
+    lossless tile-compressed image (.fz), maps included, pixels equal to the plain output."""
+    truth, _ = field
+    files = [str(p) for p in truth.files]
+    plain, packed = tmp_path / "c.fits", tmp_path / f"c{suffix}"
+    for out in (plain, packed):
+        code, _, err = run_cli(["combine", *files, "--method", "median", "--maps", "--out", out], capsys)
+        assert code == 0, err
+    head = packed.read_bytes()[:2]
+    assert (head == b"\x1f\x8b") == (suffix == ".fits.gz")
+    with fits.open(plain) as a, fits.open(packed) as b:
+        images = [h for h in b if h.data is not None]
+        assert isinstance(b[1], fits.CompImageHDU) == (suffix == ".fits.fz")
+        assert [h.name for h in images][-3:] == ["NUSED", "NREJECTED", "SIGMA"]
+        assert np.array_equal(a[0].data, images[0].data, equal_nan=True)
+        assert np.array_equal(a["SIGMA"].data, b["SIGMA"].data, equal_nan=True)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".c.")) == []  # no temporary left
+
+
 def test_12_out_naming_a_directory_is_exit_2(field, tmp_path, capsys):
     truth, frames = field
     (tmp_path / "d").mkdir()

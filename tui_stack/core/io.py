@@ -494,7 +494,9 @@ class FitsStream:
 
         self.path = Path(path)
         try:
-            self._tmp = _atomic_target(self.path)
+            # plain FITS while streaming (astropy's StreamingHDU does not compress); a .gz or
+            # .fz name is honoured by `finish`
+            self._tmp = _atomic_target(self.path.with_name(self.path.name.removesuffix(".gz")))
         except OSError as exc:
             raise _output_error(self.path, exc) from None
         hdr = fits.Header([("SIMPLE", True), ("BITPIX", -32), ("NAXIS", 2), ("NAXIS1", shape[1]),
@@ -522,12 +524,37 @@ class FitsStream:
             self._hdu.close()
             for hdu in extensions:
                 fits.append(self._tmp, hdu.data, hdu.header)
+            if self.path.name.endswith((".gz", ".fz")):
+                self._compress()
             with open(self._tmp, "rb") as fh:
                 os.fsync(fh.fileno())
             os.replace(self._tmp, self.path)
         except OSError as exc:
             self.abort()
             raise _output_error(self.path, exc) from None
+
+    def _compress(self) -> None:
+        """The streamed file into what its name promises: gzip (streamed, 1 MB at a time), or a
+        lossless tile-compressed image for .fz (astropy holds the image once for that)."""
+        import gzip
+        import shutil
+
+        from astropy.io import fits
+
+        packed = _atomic_target(self.path)
+        try:
+            if self.path.name.endswith(".gz"):
+                with open(self._tmp, "rb") as src, open(packed, "wb") as raw, \
+                        gzip.GzipFile(self.path.name[:-3], "wb", 6, raw) as dst:  # the name gunzip restores
+                    shutil.copyfileobj(src, dst, 1 << 20)
+            else:
+                with fits.open(self._tmp, memmap=True) as hdul:
+                    _tile_compressed(hdul).writeto(packed, overwrite=True, output_verify="silentfix")
+        except BaseException:
+            packed.unlink(missing_ok=True)
+            raise
+        self._tmp.unlink(missing_ok=True)
+        self._tmp = packed
 
     def abort(self) -> None:
         try:
