@@ -483,3 +483,29 @@ def test_escape_and_enter_leave_a_field_so_the_screen_keys_work_again(demo_dir, 
                 field.value = field.value[:-1]
 
     asyncio.run(go())
+
+
+def test_a_frame_of_another_size_goes_on_as_run_takes_it(demo_dir, tmp_path, state):
+    """A frame cut to a smaller size (a subframe readout) is registered onto the reference by
+    run; the Files screen used to refuse the set ("differ in shape"), a second owner of that
+    decision. Now the wizard goes on and the frame is used, without a 'turned' flag."""
+    import shutil
+
+    from astropy.io import fits
+
+    frames = tmp_path / "frames"
+    shutil.copytree(demo_dir / "frames", frames)
+    path = sorted(frames.glob("demo_0*.fits"))[-1]
+    data, hdr = fits.getdata(path, header=True)
+    fits.writeto(path, data[40:400, 60:460], hdr, overwrite=True)
+    cfg = load_config(demo_dir / "demo.toml")
+    cfg.input.directory, cfg.output.directory = frames, tmp_path / "out"
+    app = StackApp(frames, cfg)
+
+    async def go():
+        async with app.run_test(size=SIZE) as pilot:
+            await to_step(pilot, 2)
+            fr = next(f for f in app.screen.ws.run.frames if f.path == path)
+            assert fr.used and "turned" not in fr.flags, (fr.flags, status(app))
+
+    asyncio.run(go())

@@ -253,7 +253,8 @@ def _register_turned(fr: FrameResult, ref: _Reference, state: RunState, frame, a
                 fr.flags.append("meridian_flip")
             else:
                 fr.orientation = turn.tolist()
-                fr.flags.append("mirrored" if fr.mirrored else "turned")
+                if not np.array_equal(turn, np.eye(2)):  # not a frame of another size, merely
+                    fr.flags.append("mirrored" if fr.mirrored else "turned")
             _fit_shift(fr, ref, cfg, sub, frame.mask, noise)
             if "few_matches" not in fr.flags:
                 return sub

@@ -240,10 +240,6 @@ class FilesScreen(WizardScreen):
         if len(usable) < 2:
             self.status("select at least two readable frames to stack", error=True)
             return False
-        shapes = {u.shape for u in usable}
-        if len(shapes) > 1:
-            self.status("the selected frames differ in shape; skip the odd ones (space)", error=True)
-            return False
         if self._changed and not self._apply_selection():
             return False
         return self.query_one(CalibrationPanel).ready(self, self.action_next)
