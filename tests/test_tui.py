@@ -166,8 +166,14 @@ def test_quit_asks_when_work_would_be_lost(demo_dir):
             await pilot.press("n")
             await pilot.pause()
             assert app.screen.STEP == 1 and app.is_running
+            await pilot.press("ctrl+c")  # asks too; yes: interrupted, 130 as SPEC says
+            await pilot.pause()
+            assert app.screen.__class__.__name__ == "ConfirmScreen"
+            await pilot.press("y")
+            await pilot.pause()
 
     asyncio.run(go())
+    assert app.return_code == 130
 
 
 def test_dropped_session_resumes_at_the_same_step(demo_dir, tmp_path, monkeypatch):

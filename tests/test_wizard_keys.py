@@ -333,6 +333,7 @@ def test_help_is_not_a_folder(capsys):
     with pytest.raises(SystemExit):
         cli.main(["help", "run"])
     assert "usage: tui-stack run" in capsys.readouterr().out
+    assert cli.main(["help", "nosuch"]) == 2 and "'nosuch'" in capsys.readouterr().err
 
 
 def test_another_selection_goes_through_the_pipeline_state(demo_dir, tmp_path, state):

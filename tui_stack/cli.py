@@ -168,6 +168,8 @@ def _main(argv: list[str], whole_process: bool) -> int:
 
     rundir.COMMITTED.clear()
     if argv[:1] == ["help"]:  # `tui-stack help [COMMAND]` is help, not the wizard on a folder named help
+        if argv[1:2] and argv[1] not in SUBCOMMANDS:
+            return _error(f"no command {argv[1]!r} to help with; the commands are {', '.join(SUBCOMMANDS)}")
         argv = [*argv[1:2], "--help"]
     try:
         with signals.handled(_late_signal if whole_process else None):

@@ -22,7 +22,10 @@ class StackApp(App):
     ENABLE_COMMAND_PALETTE = True  # ctrl+p: every action of the screen by name
     BINDINGS = [
         Binding("q", "request_quit", "Quit (asks if measured work is not written)"),
-        Binding("ctrl+c,ctrl+q", "request_quit", show=False, priority=True),
+        Binding("ctrl+q", "request_quit", show=False, priority=True),
+        # Ctrl-C quits as `q` does (asking first if work is not written), exit code 130 as SPEC says
+        Binding("ctrl+c", "request_quit(130)", "Quit as q does, exit code 130 (interrupted)", show=False,
+                priority=True),
     ]
 
     def __init__(self, directory: Path, config: Config | None = None, resume: dict | None = None, engine=None):
@@ -183,15 +186,15 @@ class StackApp(App):
         if self._engine is not None and self._engine[1] is not self._given_engine:
             self._engine[1].close()
 
-    def action_request_quit(self) -> None:
+    def action_request_quit(self, code: int = 0) -> None:
         self.save_session()
         if not self.ws.dirty:
-            self.exit(0)
+            self.exit(return_code=code)
             return
 
         def answer(yes: bool | None) -> None:
             if yes:
-                self.exit(0)
+                self.exit(return_code=code)
 
         self.push_screen(ConfirmScreen("Measured results are not written yet.\nQuit and lose them?"), answer)
 

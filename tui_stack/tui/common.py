@@ -141,6 +141,8 @@ def screen_bindings(screen) -> list[Binding]:
     seen, out = set(), []
     for cls in type(screen).__mro__:
         for b in cls.__dict__.get("BINDINGS", []):
+            if b.action == "screen.copy_text":  # ctrl+c quits here (the app's binding comes first)
+                continue
             if isinstance(b, Binding) and b.description and b.key not in seen:
                 seen.add(b.key)
                 out.append(b)
