@@ -354,6 +354,24 @@ def test_9_any_name_works_in_run_and_combine(field, tmp_path, capsys, name):
         "ascii", "backslashreplace").decode()
 
 
+def test_9_a_long_name_keeps_the_summary_columns_at_80(field, tmp_path, monkeypatch):
+    """A 200-character file name used to squeeze every number column of run's summary to '…'."""
+    import subprocess
+
+    truth, frames = field
+    rename_all(frames, lambda i: "night_" + "x" * 190 + f"_{i:03d}.fits")
+    cfg = make_config(truth, tmp_path / "out", input__pattern="night_*.fits")
+    cfg.input.directory = frames
+    monkeypatch.setenv("COLUMNS", "80")
+    proc = subprocess.run([sys.executable, "-m", "tui_stack", "run", str(write_config(cfg, tmp_path / "c.toml"))],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = [ln for ln in proc.stdout.splitlines() if "night_" in ln and "…" in ln]
+    assert len(rows) == 5 and all(len(ln.rstrip()) <= 80 for ln in proc.stdout.splitlines())
+    assert all(ln.split()[1].endswith(f"_{i:03d}.fits") for i, ln in enumerate(rows))
+    assert "1.0000" in rows[0] and not any("…" in " ".join(ln.split()[2:]) for ln in rows)
+
+
 # ---------------------------------------------------------------- 12. smaller cases
 
 

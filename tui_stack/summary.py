@@ -16,18 +16,24 @@ def _safe(text) -> str:
     return escape(safetext.terminal(text))
 
 
+NAME_WIDTH = 24  # a longer file name is cut in the middle: the numbers keep their columns at 80
+
+
 def print_summary(state, console) -> None:
     from rich import box
+    from rich.markup import escape
     from rich.table import Table
+
+    from tui_stack import safetext
 
     t = Table(title=f"{len(state.frames)} frames, reference {_safe(state.files[state.ref_index].name)}",
               title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False)
     for col in ("#", "file", "shift x", "shift y", "sky", "scale", "used"):
         t.add_column(col, no_wrap=True, justify="left" if col == "file" else "right")
-    t.add_column("flags", ratio=1)
+    t.add_column("flags", ratio=1, overflow="fold")  # a long flag goes on below, never cut
     for i, fr in enumerate(state.frames):
         t.add_row(
-            str(i), _safe(fr.name), _fmt(fr.shift_x), _fmt(fr.shift_y), _fmt(fr.sky, ".0f"), _fmt(fr.scale, ".4f"), "yes" if fr.used else "no", " ".join(fr.flags),
+            str(i), escape(safetext.short_name(fr.name, NAME_WIDTH, suffix=True)), _fmt(fr.shift_x), _fmt(fr.shift_y), _fmt(fr.sky, ".0f"), _fmt(fr.scale, ".4f"), "yes" if fr.used else "no", " ".join(fr.flags),
         )
     console.print(t)
     for fr in state.frames:

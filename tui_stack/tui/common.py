@@ -60,23 +60,14 @@ def fit_line(text: str, width: int) -> str:
     return text[:head] + "…" + text[-(width - head - 1):]
 
 
-FITS_SUFFIXES = (".fits.gz", ".fits.fz", ".fit.gz", ".fits", ".fit", ".fts")
-
-
 def cell_name(name: str, width: int) -> str:
-    """A frame's file name for a narrow table column, as markup: without its FITS suffix, and
-    cut in the middle where still too long, so the frame number at the end stays readable
-    (the detail line under the table gives the whole name)."""
+    """A frame's file name for a narrow table column (safetext.short_name), as markup; the
+    detail line under the table gives the whole name."""
     from rich.markup import escape
 
     from tui_stack import safetext
 
-    stem = next((name[: -len(x)] for x in FITS_SUFFIXES if name.lower().endswith(x) and len(name) > len(x)), name)
-    stem = safetext.terminal(stem)  # cut what is shown: an escaped byte is 4 characters
-    if len(stem) > width:
-        head = (width - 1) // 3
-        stem = stem[:head] + "…" + stem[-(width - head - 1):]
-    return escape(stem)
+    return escape(safetext.short_name(name, width))
 
 
 def crash_log(exc: BaseException) -> Path | str:

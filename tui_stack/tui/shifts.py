@@ -132,7 +132,7 @@ class ShiftsScreen(WizardScreen):
                                                   f"{fmt(fr.applied_shift_y, 'g')})")
         self.query_one("#detail", Static).update(safetext.terminal(
             f"{i + 1} {fr.name}: shift ({fmt(fr.shift_x, '.3f')}, {fmt(fr.shift_y, '.3f')}), rot "
-            f"{fmt(fr.rotation, '.3f')}{'°' if np.isfinite(fr.rotation) else ''}{geometry(fr)}, star at ({fmt(fr.centroid_x, '.1f')}, "
+            f"{fmt(round(fr.rotation, 3) + 0.0, '.3f')}{'°' if np.isfinite(fr.rotation) else ''}{geometry(fr)}, star at ({fmt(fr.centroid_x, '.1f')}, "
             f"{fmt(fr.centroid_y, '.1f')}); " + (f"flags: {', '.join(fr.flags)}" if fr.flags else "no flags")))
         if not np.isfinite(fr.shift_x):
             return
