@@ -42,6 +42,16 @@ def status(app) -> str:
     return str(app.screen.query_one("#status").render())
 
 
+async def each_screen(pilot):
+    """(step, screen) for every wizard step in turn, `n` between them."""
+    await settle(pilot)
+    for step in range(len(STEPS)):
+        if step:
+            await press(pilot, "n")
+        assert pilot.app.screen.STEP == step
+        yield step, pilot.app.screen
+
+
 def test_tab_reaches_every_field_and_table_on_every_screen(demo_dir, tmp_path, state):
     """Tab and shift+Tab go through every input, table and preview of each screen, in turn."""
     app = app_for(demo_dir, tmp_path)
@@ -125,11 +135,7 @@ def test_help_lists_every_key_and_the_palette_every_action(demo_dir, tmp_path, s
 
     async def go():
         async with app.run_test(size=SIZE) as pilot:
-            await settle(pilot)
-            for step in range(len(STEPS)):
-                if step:
-                    await press(pilot, "n")
-                screen = app.screen
+            async for step, screen in each_screen(pilot):
                 bindings = screen_bindings(screen)
                 assert len(bindings) >= 6
                 await pilot.press("f1" if step % 2 else "question_mark")
@@ -410,12 +416,7 @@ def test_every_key_of_every_screen_runs_without_an_internal_error(demo_dir, tmp_
 
     async def go():
         async with app.run_test(size=SIZE) as pilot:
-            await settle(pilot)
-            for step in range(len(STEPS)):
-                if step:
-                    await press(pilot, "n")
-                screen = app.screen
-                assert screen.STEP == step
+            async for step, screen in each_screen(pilot):
                 for b in screen_bindings(screen):
                     for key in b.key.split(","):
                         if key in NAVIGATION or key.startswith(("ctrl+", "super+")):
