@@ -267,3 +267,22 @@ def test_help_names_every_command_within_80_columns(capsys):
                 assert "(default 256MB)" in text and "a file of one weight per frame" in text
     finally:
         del os.environ["COLUMNS"]
+
+
+def test_run_flags_and_sizes_are_named_as_given(field_integer, tmp_path, capsys):
+    """A bad --memory-limit or --workers names the flag (not the config key); a [reference].box
+    larger than the frame is refused (it used to be accepted and ignored); a file given twice
+    to combine is named."""
+    from conftest import make_config
+
+    cfg = write_config(make_config(field_integer, tmp_path / "out"), tmp_path / "c.toml")
+    for flag, value in (("--memory-limit", "0"), ("--workers", "-2")):
+        code, _, err = run_cli(["run", cfg, flag, value], capsys)
+        assert_one_line_error(code, err, flag)
+        assert "config" not in err
+    big = write_config(make_config(field_integer, tmp_path / "out", reference__box=10**20), tmp_path / "b.toml")
+    assert_one_line_error(*run_cli(["run", big], capsys)[::2], "[reference].box", "larger than")
+    f = field_integer.files
+    code, _, err = run_cli(["combine", f[0], f[1], f"{f[0].parent}/./{f[0].name}", "--method", "median",
+                            "--out", tmp_path / "c.fits"], capsys)
+    assert_one_line_error(code, err, f[0].name, "twice")

@@ -272,15 +272,15 @@ def apply_overrides(cfg, args) -> None:
     from tui_stack.config import parse_value
 
     if getattr(args, "out", None):
-        cfg.set("output", "directory", args.out.resolve())
-    if getattr(args, "memory_limit", None):
-        cfg.set("combine", "memory_limit", args.memory_limit)
+        cfg.set("output", "directory", args.out.resolve(), "--out")
+    if getattr(args, "memory_limit", None) is not None:
+        cfg.set("combine", "memory_limit", args.memory_limit, "--memory-limit")
     if args.address and not args.scheduler:
         args.scheduler = "dask"
     for key in ("scheduler", "address", "workers"):
         value = getattr(args, key)
         if value is not None:
-            cfg.set("compute", key, parse_value(value) if key == "workers" else value)
+            cfg.set("compute", key, parse_value(value) if key == "workers" else value, f"--{key}")
     cfg.check()
 
 

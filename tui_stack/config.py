@@ -147,13 +147,14 @@ class Config:
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
 
-    def set(self, section: str, key: str, value) -> None:
-        """Set one key through its validator (the wizard and command-line overrides)."""
+    def set(self, section: str, key: str, value, flag: str | None = None) -> None:
+        """Set one key through its validator (the wizard and command-line overrides; `flag`:
+        the option that gave it, named in the error instead of the key)."""
         if section not in SCHEMA:
             raise ConfigError(f"config: unknown section [{section}] (known: {', '.join(SCHEMA)})")
         if key not in SCHEMA[section]:
             raise ConfigError(f"config: unknown key [{section}].{key} (known: {', '.join(SCHEMA[section])})")
-        value = SCHEMA[section][key](f"[{section}].{key}", value)
+        value = SCHEMA[section][key](flag or f"[{section}].{key}", value)
         setattr(getattr(self, section), key, value)
 
     def check(self) -> None:
@@ -169,7 +170,8 @@ class Config:
 
 
 def _fail(where: str, what: str, value: Any) -> ConfigError:
-    return ConfigError(f"config: {where} {what}, got {value!r}")
+    # a command-line flag (where = "--memory-limit") is not in the config: name it alone
+    return ConfigError(f"{'' if where.startswith('--') else 'config: '}{where} {what}, got {value!r}")
 
 
 def _checked(check: Callable) -> Callable:

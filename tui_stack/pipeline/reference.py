@@ -82,6 +82,8 @@ def reference_star(sub: np.ndarray, mask: np.ndarray, noise: float, sky: float, 
     star of `stars` (found here if not given). Raises InputError saying what to change."""
     h, w = sub.shape
     box = cfg.reference.box
+    if box > max(h, w):  # the box is to find one star: as big as the frame it finds the brightest anywhere
+        raise InputError(f"config: [reference].box = {box} px is larger than the {w}x{h} reference frame {name}")
     want = at if at is not None else cfg.reference.star
     if want == "auto":
         if stars is None:
