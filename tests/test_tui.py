@@ -358,3 +358,12 @@ def test_every_flag_the_steps_set_has_a_code_of_its_own():
     assert not missing, missing
     assert len(set(FLAG_CODES.values())) == len(FLAG_CODES)
     assert flag_codes(["turned", "low_transparency", "something_new"]) == "tT?"
+
+
+@pytest.mark.parametrize("value, shown", [(300.045, "300"), (30.0, "30"), (2.5, "2.5"), (0.25, "0.25"),
+                                          (1200.0, "1200"), (12345.6, "1e4"), (0.001, "1e-3"), (None, "")])
+def test_exposure_fits_its_column_without_a_cut(value, shown):
+    """The Files screen's exp column (4 wide) showed '300.' for 300.045 s."""
+    from tui_stack.fmt import fit_number
+
+    assert fit_number(value, 4, missing="") == shown

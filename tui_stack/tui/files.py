@@ -10,7 +10,7 @@ from textual.containers import Horizontal
 from textual.widgets import DataTable, Input, Static
 
 from tui_stack import safetext
-from tui_stack.fmt import fmt
+from tui_stack.fmt import fit_number, fmt
 from tui_stack.tui.common import WizardScreen, cell_name, fixed_table, row_index
 from tui_stack.tui.calibration import CalibrationPanel
 
@@ -125,7 +125,7 @@ class FilesScreen(WizardScreen):
             table.add_row(
                 "✓" if i in ws.included else "·", cell_name(info.path.name, NAME_WIDTH),
                 safetext.markup(info.date_obs[5:16].replace("T", " ")),
-                fmt(info.exptime, "g", missing=""), info.filter, shape, fmt(info.median, ".1f", ""),
+                fit_number(info.exptime, 4, missing=""), info.filter, shape, fmt(info.median, ".1f", ""),
                 info.error, key=str(i),
             )
 
