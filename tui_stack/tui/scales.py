@@ -100,7 +100,8 @@ class ScalesScreen(PreviewScreen):
         self.query_one("#plot", plot.PlotView).set_data([i for i, _ in ok], [s for _, s in ok])
         self.restore_ui()
         n_flagged = sum(1 for f in ref.star_flags if f)
-        self.status(f"{len(run.comparison_stars)} stars ({n_flagged} flagged, left out). ? lists every key")
+        self.status(f"{len(run.comparison_stars)} stars, {n_flagged} flagged in the reference; "
+                    "a flag in one frame counts there only")
 
     def _fill_stars(self) -> None:
         run = self.ws.run
