@@ -130,10 +130,12 @@ class ShiftsScreen(WizardScreen):
             self._plot()
         self.query_one("#cutinfo", Static).update(f"[b]{safetext.markup(fr.name)}[/]\nafter shift ({fmt(fr.applied_shift_x, 'g')}, "
                                                   f"{fmt(fr.applied_shift_y, 'g')})")
+        # two lines at 80 columns hold it all with a long name and three flags (the star's
+        # centroid is in report.json)
+        rot = f"{fmt(round(fr.rotation, 3) + 0.0, '.3f')}°" if np.isfinite(fr.rotation) else "-"
         self.query_one("#detail", Static).update(safetext.terminal(
-            f"{i + 1} {fr.name}: shift ({fmt(fr.shift_x, '.3f')}, {fmt(fr.shift_y, '.3f')}), rot "
-            f"{fmt(round(fr.rotation, 3) + 0.0, '.3f')}{'°' if np.isfinite(fr.rotation) else ''}{geometry(fr)}, star at ({fmt(fr.centroid_x, '.1f')}, "
-            f"{fmt(fr.centroid_y, '.1f')}); " + (f"flags: {', '.join(fr.flags)}" if fr.flags else "no flags")))
+            f"{i + 1} {fr.name}: shift ({fmt(fr.shift_x, '.3f')}, {fmt(fr.shift_y, '.3f')}), rot {rot}{geometry(fr)}; "
+            + (f"flags: {', '.join(fr.flags)}" if fr.flags else "no flags")))
         if not np.isfinite(fr.shift_x):
             return
 
