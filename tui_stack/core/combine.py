@@ -203,7 +203,7 @@ class WarpSource(FileSource):
         return out
 
     def read_into(self, y0, y1, out):
-        out[...] = self.warp.render(self._read_box, y0, y1, 0, self.shape[1])
+        self.warp.render(self._read_box, y0, y1, 0, self.shape[1], out)
 
     def work_bytes(self, rows: int) -> int:
         """Memory one block of `rows` takes while it is resampled: the frame box read and
