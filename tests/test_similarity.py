@@ -30,6 +30,19 @@ def test_rotations_recovered_to_two_thousandths_of_a_degree(rotated):
         assert fr.used and abs(registration.Affine.from_list(fr.transform).scale - 1) < 1e-4
 
 
+def test_a_turn_below_the_rotation_limit_that_a_shift_fits_poorly_is_fitted_as_a_similarity(tmp_path):
+    """0.04 degrees (below ROTATION_LIMIT_DEG) moves the ends of a 4096 px wide frame by 1.4
+    px: the shift's fit is poor, and the similarity from the same stars fits it (before, the
+    pattern search took it for an exact turn by 0 degrees: a shift, flagged poor_fit)."""
+    spec = synthetic.FieldSpec(n_frames=2, shape=(256, 4096), n_stars=300, max_shift=4, seed=8, rotations=(0.0, 0.04))
+    truth = synthetic.write_field(tmp_path / "in", spec)
+    state = pipeline.run(make_config(truth, tmp_path / "out", shift__mode="subpixel", combine__method="median",
+                                     scale__radius=8.0))
+    fr = state.frames[1]
+    assert "poor_fit" not in fr.flags and "turned" not in fr.flags and not fr.first_guess, (fr.flags, fr.first_guess)
+    assert fr.transform is not None and abs(fr.rotation - 0.04) < 0.002 and fr.fit_rms < 0.1, (fr.rotation, fr.fit_rms)
+
+
 @pytest.fixture(scope="module")
 def rotated_quiet(tmp_path_factory):
     """The same turns with almost no noise: what is left is the method's own error."""

@@ -364,8 +364,10 @@ def _fit_shift(fr: FrameResult, ref: _Reference, cfg: Config, sub, mask, noise: 
     if np.isfinite(fr.rotation) and abs(fr.rotation) > max(ROTATION_LIMIT_DEG, 4 * rot_err):
         fr.flags.append("rotated")
     if ref.many and (cfg.shift.transform in ("similarity", "affine") or "rotated" in fr.flags
-                     or "few_matches" in fr.flags):
-        # turned frames: the shift alone matches few stars, or finds a rotation
+                     or "few_matches" in fr.flags or "poor_fit" in fr.flags):
+        # turned frames: the shift alone matches few stars, or finds a rotation, or fits them
+        # poorly (a turn below ROTATION_LIMIT_DEG still moves the corners of a wide frame by
+        # a pixel): the similarity from the same stars, before any pattern search
         h, w = sub.shape
         _fit_similarity(fr, sub, mask, noise, ref.reg_stars, ref.weights, search, ref.box, ref.method, (w, h),
                         apply=cfg.shift.mode == "subpixel" and cfg.shift.transform != "translation")
