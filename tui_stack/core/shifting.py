@@ -421,7 +421,7 @@ def warp_frame(data: np.ndarray, mask: np.ndarray | None, matrix, out_shape=None
     read = box_reader(data, mask)
     out = np.empty((h, w), np.float32)
     for y0 in range(0, h, block):
-        out[y0:y0 + block] = warp.render(read, y0, min(h, y0 + block), 0, w)
+        warp.render(read, y0, min(h, y0 + block), 0, w, out[y0:y0 + block])
     out_mask = np.isnan(out)
     out[out_mask] = 0.0
     return out, out_mask
