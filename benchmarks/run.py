@@ -1166,7 +1166,8 @@ def main() -> int:
     def add(tool, case, res):
         rows.append({"tool": tool, "case": case, **res})
         print(f"{tool:10s} {case:10s} {res['wall_s']!s:>8} s {res['peak_rss_mb']!s:>8} MB "
-              f"cpu {res.get('cpu_s', '')!s:>6} s {'ok' if res['ok'] else 'FAILED'}", flush=True)
+              f"cpu {res.get('cpu_s', '')!s:>6} s {'ok' if res['ok'] else 'FAILED'}"
+              + (f"  turns {res['walls_s']} s, cpu {res['cpus_s']} s" if "walls_s" in res else ""), flush=True)
 
     ts = tui_stack_cmd()
     paint = None if args.skip_combine else first_paint(frames_dir)
@@ -1263,7 +1264,8 @@ def main() -> int:
     ours = {r["case"]: r for r in rows if r["tool"] == "tui-stack"}
     floor = next(r for r in rows if r["tool"] == "floor")
     for r in rows:
-        if r["tool"] == "tui-stack" and not r["case"].startswith("run") and r["case"] != "first paint" and floor["ok"]:
+        if (r["tool"] == "tui-stack" and not r["case"].startswith("run") and r.get("wall_s") is not None
+                and r["case"] != "first paint" and floor["ok"]):  # the wizard walk's row has bytes, no time
             r["x_floor"] = round(r["wall_s"] / floor["wall_s"], 2)
         o = ours.get(r["case"] if r["tool"] != "lab" else r["case"].replace("run integer median", "run"))
         if r["tool"] == "lab" and o is None:
