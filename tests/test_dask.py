@@ -78,6 +78,29 @@ def test_a_worker_killed_mid_combine_changes_nothing(dask_engine):
     dask_engine.client.wait_for_workers(2, timeout=30)  # the nanny restarts it for the next tests
 
 
+def test_a_block_whose_task_was_forgotten_is_sent_again(dask_engine, monkeypatch):
+    """When a killed worker held the only copy of the scattered sources the scheduler knew of,
+    their tasks are cancelled ("already forgotten"; seen once under load in the test above):
+    the block is submitted again, with the sources scattered again, and the image is the same."""
+    data, masks = stack(n=8, shape=(120, 48), seed=4)
+    params = combine.CombineParams("median")
+    want = combine.combine([combine.ArraySource(d, m) for d, m in zip(data, masks)], params, block_rows=10)
+    submit, sent = dask_engine.client.submit, []
+
+    def cancel_the_third(*args, **kw):
+        f = submit(*args, **kw)
+        sent.append(f)
+        if len(sent) == 3:
+            f.cancel()
+        return f
+
+    monkeypatch.setattr(dask_engine.client, "submit", cancel_the_third)
+    got = dask_engine.combine([combine.ArraySource(d, m) for d, m in zip(data, masks)], params,
+                              memory_limit=1 << 20, block_rows=10)
+    assert len(sent) == 12 + 1 and sent[2].cancelled()
+    assert np.array_equal(got.data, want.data, equal_nan=True)
+
+
 def test_without_dask_the_error_says_how_to_install(monkeypatch):
     import sys
 

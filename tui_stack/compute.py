@@ -132,18 +132,34 @@ class DaskCompute:
         weights = combine.check_weights(weights, n, params.method)
         rows = block_rows or combine.rows_for(sources, params.method, memory_limit, 1, weights is not None)
         out = combine.CombineResult.empty((h, w), maps, keep_data=sink is None)
-        shared = self.client.scatter(list(sources), broadcast=True, hash=False)
+        shared = [self.client.scatter(list(sources), broadcast=True, hash=False)]
         starts = list(range(0, h, rows))
+        block_of = {}
 
         def submit(_, y0):
-            return self.client.submit(combine.combine_rows, shared, params, y0, min(h, y0 + rows), maps, weights,
-                                      pure=False)
+            f = self.client.submit(combine.combine_rows, shared[0], params, y0, min(h, y0 + rows), maps, weights,
+                                   pure=False)
+            block_of[f.key] = (y0, shared[0])
+            return f
+
+        def result(f):
+            from concurrent.futures import CancelledError
+
+            try:
+                return f.result()
+            except CancelledError:
+                # a worker killed as its copy of the sources was the only one the scheduler knew
+                # of: the scattered sources are forgotten with it, and their tasks; send them again
+                y0, was = block_of[f.key]
+                if was is shared[0]:
+                    shared[0] = self.client.scatter(list(sources), broadcast=True, hash=False)
+                return submit(None, y0).result()
 
         def report(stage, done, total):
             if progress is not None:
                 progress(min(h, done * rows), h)
 
-        for y0, block in zip(starts, _ordered(submit, lambda f: f.result(), None, starts, 2 * self.parallel,
+        for y0, block in zip(starts, _ordered(submit, result, None, starts, 2 * self.parallel,
                                               report, "combine")):
             if sink is not None:
                 sink(y0, block)
