@@ -43,7 +43,7 @@ WALK = [
     ("Reference -> Shifts", ["n"], "frames used", "screen"),
     ("shifts: Down", ["Down"], None, "key"),
     ("shifts: Down", ["Down"], None, "key"),
-    ("Shifts -> Scales", ["n"], "left out", "screen"),
+    ("Shifts -> Scales", ["n"], "flagged in the reference", "screen"),
     ("scales: Left", ["Left"], None, "key"),
     ("scales: Tab (frames table)", ["Tab"], None, "focus"),
     ("scales: Down", ["Down"], None, "key"),

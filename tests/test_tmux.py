@@ -129,7 +129,7 @@ SHORT_WALK = [
     ("reference: Left", ["Left"], None, "key"),
     ("Reference -> Shifts", ["n"], "frames used", "screen"),
     ("shifts: Down", ["Down"], None, "key"),
-    ("Shifts -> Scales", ["n"], "left out", "screen"),
+    ("Shifts -> Scales", ["n"], "flagged in the reference", "screen"),
     ("Scales -> Combine", ["n"], "method median", "screen"),
     ("combine: c", ["c"], "combining (median): done", "screen"),
     ("combine: w", ["w"], "written to", "screen"),
