@@ -43,6 +43,30 @@ def test_a_turn_below_the_rotation_limit_that_a_shift_fits_poorly_is_fitted_as_a
     assert fr.transform is not None and abs(fr.rotation - 0.04) < 0.002 and fr.fit_rms < 0.1, (fr.rotation, fr.fit_rms)
 
 
+@pytest.mark.parametrize("mode", ["subpixel", "integer"])
+def test_a_turn_that_moves_the_outer_stars_a_tenth_of_a_pixel_is_resampled_as_a_turn(tmp_path, mode):
+    """0.02 degrees on 1024 px: far under ROTATION_LIMIT_DEG and a shift fits it well (0.1 px),
+    but the outer stars sit 0.2 px off after a shift alone. Subpixel mode turns the frame back
+    (TURN_PX); integer mode keeps the shift (its rounding is 0.5 px anyway)."""
+    spec = synthetic.FieldSpec(n_frames=2, shape=(1024, 1024), n_stars=400, max_shift=4, seed=12, rotations=(0.0, 0.02))
+    truth = synthetic.write_field(tmp_path / "in", spec)
+    state = pipeline.run(make_config(truth, tmp_path / "out", shift__mode=mode, combine__method="median",
+                                     scale__radius=8.0))
+    fr = state.frames[1]
+    assert fr.used and "rotated" not in fr.flags and abs(fr.rotation - 0.02) < 0.003, (fr.flags, fr.rotation)
+    if mode == "integer":
+        assert fr.transform is None
+        return
+    got = registration.Affine.from_list(fr.transform)
+    corners = np.array([[0, 0], [1023, 0], [0, 1023], [1023, 1023]], float)
+    # write_field: frame position = R (reference - centre) + centre - shift
+    th, c = np.radians(0.02), np.array([511.5, 511.5])
+    rot = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+    want = (corners - c) @ rot.T + c - truth.shifts[1]
+    assert np.abs(got.apply(corners) - want).max() < 0.03 and fr.fit_rms < 0.05
+    assert np.abs((corners - truth.shifts[1]) - want).max() > 0.15  # what a shift alone leaves
+
+
 @pytest.fixture(scope="module")
 def rotated_quiet(tmp_path_factory):
     """The same turns with almost no noise: what is left is the method's own error."""

@@ -22,6 +22,10 @@ MIN_XCORR_PEAK = 0.2  # below this the frame shares no star pattern with the ref
 MIN_MATCHED = 5  # stars for a many-star shift; fewer: the reference star alone, flagged
 MAX_FIT_RMS = 0.5  # px: the matched stars disagree, something is wrong with the frame
 ROTATION_LIMIT_DEG = 0.05  # above this a shift alone leaves stars 0.2 px off at 250 px from the centre
+# Subpixel mode: a turn that moves the outermost matched stars by more than this (px) is
+# resampled as a turn, however small in degrees (0.05 deg moves the corners of a 4096 px frame
+# by 2.5 px; a shift there blurs the stack's edges). Integer mode keeps the limit in degrees.
+TURN_PX = 0.1
 # flags of the shift path, dropped when the frame is registered by its star pattern instead
 SHIFT_FLAGS = ("star_off_frame", "star_not_found", "methods_disagree", "few_matches", "poor_fit", "rotated",
                "meridian_flip")
@@ -363,12 +367,15 @@ def _fit_shift(fr: FrameResult, ref: _Reference, cfg: Config, sub, mask, noise: 
     fr.rotation, rot_err = registration.fit_rotation(ref_pts, pts)
     if np.isfinite(fr.rotation) and abs(fr.rotation) > max(ROTATION_LIMIT_DEG, 4 * rot_err):
         fr.flags.append("rotated")
-    if ref.many and (cfg.shift.transform in ("similarity", "affine") or "rotated" in fr.flags
+    h, w = sub.shape
+    reach = np.hypot(*(np.asarray(ref_pts, float).reshape(-1, 2) - [(w - 1) / 2, (h - 1) / 2]).T).max(initial=0.0)
+    small_turn = (cfg.shift.mode == "subpixel" and np.isfinite(fr.rotation) and abs(fr.rotation) > 4 * rot_err
+                  and np.radians(abs(fr.rotation)) * reach > TURN_PX)
+    if ref.many and (cfg.shift.transform in ("similarity", "affine") or "rotated" in fr.flags or small_turn
                      or "few_matches" in fr.flags or "poor_fit" in fr.flags):
         # turned frames: the shift alone matches few stars, or finds a rotation, or fits them
         # poorly (a turn below ROTATION_LIMIT_DEG still moves the corners of a wide frame by
         # a pixel): the similarity from the same stars, before any pattern search
-        h, w = sub.shape
         _fit_similarity(fr, sub, mask, noise, ref.reg_stars, ref.weights, search, ref.box, ref.method, (w, h),
                         apply=cfg.shift.mode == "subpixel" and cfg.shift.transform != "translation")
         if cfg.shift.transform == "affine" and fr.transform is not None:
