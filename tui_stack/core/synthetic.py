@@ -174,15 +174,34 @@ def _frame_header(spec: FieldSpec, date_obs: str, read_noise: float):
     return hdr
 
 
+def _plan(directory, spec: FieldSpec, ref_index: int):
+    """What every frame of a field shares: its folder (made), stars, shifts, transparencies and
+    the noise generator, drawn in one order so a spec always gives the same frames."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    plan = plan_field(spec)
+    shifts, transp = frame_shifts(spec, ref_index)
+    return directory, plan, shifts, transp, np.random.default_rng(spec.seed + 2)
+
+
+def _truth_cards(hdr, shift, transparency: float) -> None:
+    hdr["TRUTH_DX"] = (float(shift[0]), "true shift x (ref - frame), px")
+    hdr["TRUTH_DY"] = (float(shift[1]), "true shift y (ref - frame), px")
+    hdr["TRUTH_T"] = (float(transparency), "true transparency")
+
+
+def _write(path: Path, data: np.ndarray, hdr) -> Path:
+    from astropy.io import fits
+
+    fits.PrimaryHDU(data, hdr).writeto(path, overwrite=True)
+    return path
+
+
 def write_field(directory: Path, spec: FieldSpec = FieldSpec(), prefix: str = "demo_", ref_index: int = 0) -> FieldTruth:
     """Write the frames as FITS (float32, integer-valued ADU) with truth in each header."""
     from astropy.io import fits
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    stars, ref_star, comps = plan_field(spec)
-    shifts, transp = frame_shifts(spec, ref_index)
-    rng = np.random.default_rng(spec.seed + 2)
+    directory, (stars, ref_star, comps), shifts, transp, rng = _plan(directory, spec, ref_index)
     files = []
     for i in range(spec.n_frames):
         rot = spec.rotations[i] if spec.rotations is not None else 0.0
@@ -195,12 +214,8 @@ def write_field(directory: Path, spec: FieldSpec = FieldSpec(), prefix: str = "d
         hdr["CRPIX1"] = spec.shape[1] / 2 + 1 - shifts[i, 0]
         hdr["CRPIX2"] = spec.shape[0] / 2 + 1 - shifts[i, 1]
         hdr["CDELT1"], hdr["CDELT2"] = -0.4 / 3600, 0.4 / 3600
-        hdr["TRUTH_DX"] = (float(shifts[i, 0]), "true shift x (ref - frame), px")
-        hdr["TRUTH_DY"] = (float(shifts[i, 1]), "true shift y (ref - frame), px")
-        hdr["TRUTH_T"] = (float(transp[i]), "true transparency")
-        path = directory / f"{prefix}{i + 1:03d}.fits"
-        fits.PrimaryHDU(data, hdr).writeto(path, overwrite=True)
-        files.append(path)
+        _truth_cards(hdr, shifts[i], transp[i])
+        files.append(_write(directory / f"{prefix}{i + 1:03d}.fits", data, hdr))
     if spec.with_flat:
         flat = np.full(spec.shape, 20000.0, dtype=np.float32)
         hdr = fits.Header({"PICTTYPE": 2, "IMAGETYP": "flat", "EXPTIME": 2.0, "FILTER": "V"})
@@ -331,29 +346,19 @@ def write_seeing_field(directory: Path, spec: FieldSpec, fwhms, betas, prefix: s
     (recorded as TRUTH_FW and TRUTH_BE in its header)."""
     from dataclasses import replace
 
-    from astropy.io import fits
-
     if len(fwhms) != spec.n_frames or len(betas) != spec.n_frames:
         raise ValueError("fwhms and betas must have one value per frame")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    stars, ref_star, comps = plan_field(spec)
-    shifts, transp = frame_shifts(spec, ref_index)
-    rng = np.random.default_rng(spec.seed + 2)
+    directory, (stars, ref_star, comps), shifts, transp, rng = _plan(directory, spec, ref_index)
     files = []
     for i in range(spec.n_frames):
         one = replace(spec, fwhm=float(fwhms[i]), beta=float(betas[i]))
         data = render_frame(stars, shifts[i], transp[i], one, rng)
         hdr = _frame_header(spec, f"2026-11-26T03:{i * 2:02d}:00", spec.read_noise)
         hdr["OBJECT"] = "SEEING FIELD"
-        hdr["TRUTH_DX"] = (float(shifts[i, 0]), "true shift x (ref - frame), px")
-        hdr["TRUTH_DY"] = (float(shifts[i, 1]), "true shift y (ref - frame), px")
-        hdr["TRUTH_T"] = (float(transp[i]), "true transparency")
+        _truth_cards(hdr, shifts[i], transp[i])
         hdr["TRUTH_FW"] = (float(fwhms[i]), "true FWHM, px")
         hdr["TRUTH_BE"] = (float(betas[i]), "true Moffat beta")
-        path = directory / f"{prefix}{i + 1:03d}.fits"
-        fits.PrimaryHDU(data, hdr).writeto(path, overwrite=True)
-        files.append(path)
+        files.append(_write(directory / f"{prefix}{i + 1:03d}.fits", data, hdr))
     return FieldTruth(files, shifts, transp, ref_index, ref_star, comps, stars)
 
 
