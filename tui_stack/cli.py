@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -149,15 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv is not None:  # a call from Python (tests): return the code
         return _main(list(argv), whole_process=False)
     code = _main(sys.argv[1:], whole_process=True)
-    # The command's work is done and its files closed. The interpreter's shut-down (freeing
-    # large arrays, joining pool threads: up to ~0.3 s) resets the signal handlers first, so a
-    # SIGHUP in it killed the process with no word (11 of 30 late signals in the trial): leave now.
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(code)
+    from tui_stack import signals
+
+    # The interpreter's shut-down (freeing large arrays, joining pool threads: up to ~0.3 s)
+    # resets the signal handlers first, so a SIGHUP in it killed the process with no word
+    # (11 of 30 late signals in the trial): leave now.
+    signals.exit_now(code)
 
 
 def _main(argv: list[str], whole_process: bool) -> int:

@@ -48,18 +48,26 @@ def _exit_with(message):
     def late(signum, frame):
         for s in HANDLED:
             signal.signal(s, signal.SIG_IGN)
-        for stream in (sys.stdout, sys.stderr):  # the summary, if it is still in a buffer
-            try:
-                stream.flush()
-            except Exception:  # a dead terminal, or the signal came inside that very write
-                pass
-        try:
-            os.write(2, (message(signum) + "\n").encode("utf-8", "backslashreplace"))
-        except OSError:  # the terminal went with the link
-            pass
-        os._exit(128 + signum)  # the work is done and its files are closed: nothing left to clean up
+        exit_now(128 + signum, message(signum))
 
     return late
+
+
+def exit_now(code: int, line: str | None = None) -> None:
+    """Leave with `code` once the work is done and its files are closed, without the
+    interpreter's shut-down (which resets the signal handlers first): the summary still in a
+    buffer is flushed, then `line` goes to stderr."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a dead terminal, or a signal that came inside that very write
+            pass
+    if line is not None:
+        try:
+            os.write(2, (line + "\n").encode("utf-8", "backslashreplace"))
+        except OSError:  # the terminal went with the link
+            pass
+    os._exit(code)
 
 
 @contextmanager
