@@ -329,10 +329,10 @@ def test_shifts_detail_line_names_scale_ratio_mirror_and_flip():
     ("[red]x.FIT", 10, r"\[red]x"),
 ])
 def test_table_names_drop_the_suffix_and_keep_the_frame_number(name, width, shown):
-    from tui_stack.tui.common import cell_name
+    from tui_stack.safetext import markup_name
 
-    assert cell_name(name, width) == shown
-    assert len(cell_name(name, width).replace("\\[", "[")) <= width
+    assert markup_name(name, width) == shown
+    assert len(markup_name(name, width).replace("\\[", "[")) <= width
 
 
 def test_every_flag_the_steps_set_has_a_code_of_its_own():

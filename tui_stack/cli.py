@@ -192,10 +192,6 @@ def _main(argv: list[str], whole_process: bool) -> int:
     except BrokenPipeError:
         signals.detach_stdio()
         return EXIT_OK
-    except RuntimeError as exc:
-        if str(exc).startswith("Symlink loop from "):  # pathlib's resolve() of a path given to us
-            return _error(f"{str(exc)[len('Symlink loop from '):].strip(chr(39))}: a loop of symbolic links")
-        return _bug(exc)
     except Exception as exc:  # a bug: say where the details are, not a wall of traceback
         return _bug(exc)
 
@@ -268,7 +264,9 @@ def apply_overrides(cfg, args) -> None:
     from tui_stack.config import parse_value
 
     if getattr(args, "out", None):
-        cfg.set("output", "directory", args.out.resolve(), "--out")
+        from tui_stack.core.io import resolved
+
+        cfg.set("output", "directory", resolved(args.out), "--out")
     if getattr(args, "memory_limit", None) is not None:
         cfg.set("combine", "memory_limit", args.memory_limit, "--memory-limit")
     if args.address and not args.scheduler:

@@ -347,8 +347,10 @@ def config_from_dict(raw: dict, base_dir: Path = Path("."), resolve: bool = True
         for key, value in table.items():
             cfg.set(section, key, value)
     if resolve:
+        from tui_stack.core.io import resolved
+
         for part in (cfg.input, cfg.output):
-            part.directory = (cfg.base_dir / part.directory).resolve()
+            part.directory = resolved(cfg.base_dir / part.directory)
     cfg.check()
     return cfg
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tui_stack.config import Config, config_from_dict, config_to_toml
 from tui_stack.core import synthetic
+from tui_stack.core.io import resolved
 
 
 def demo_spec(n_frames: int = 10, size: int = 1024) -> synthetic.FieldSpec:
@@ -34,7 +35,7 @@ def write_truth_csv(truth: synthetic.FieldTruth, path: Path) -> None:
 
 def write_demo(directory: Path, n_frames: int = 10, size: int = 1024) -> Path:
     """Frames in DIR/frames, truth in DIR/frames/truth.csv, config DIR/demo.toml (outputs to DIR/out)."""
-    directory = Path(directory).resolve()
+    directory = resolved(directory)
     frames = directory / "frames"
     truth = synthetic.write_field(frames, demo_spec(n_frames, size))
     write_truth_csv(truth, frames / "truth.csv")

@@ -61,17 +61,24 @@ def markup(text) -> str:
     return escape(terminal(text))
 
 
-FITS_SUFFIXES = (".fits.gz", ".fits.fz", ".fit.gz", ".fits", ".fit", ".fts")
-
-
 def short_name(name: str, width: int, suffix: bool = False) -> str:
     """A frame's file name for a narrow column: terminal-safe, without its FITS suffix (unless
     `suffix`), and cut in the middle where still too long, so the frame number at the end stays
     readable. The cut is made on the escaped text (an escaped byte is 4 characters wide)."""
+    from tui_stack.core.io import FITS_SUFFIXES
+
+    ends = sorted(FITS_SUFFIXES, key=len, reverse=True)  # .fits.gz before .fits
     stem = name if suffix else next(
-        (name[: -len(x)] for x in FITS_SUFFIXES if name.lower().endswith(x) and len(name) > len(x)), name)
+        (name[: -len(x)] for x in ends if name.lower().endswith(x) and len(name) > len(x)), name)
     stem = terminal(stem)
     if len(stem) > width:
         head = (width - 1) // 3
         stem = stem[:head] + "…" + stem[-(width - head - 1):]
     return stem
+
+
+def markup_name(name: str, width: int, suffix: bool = False) -> str:
+    """short_name for a place that reads rich / Textual markup (a table cell)."""
+    from rich.markup import escape
+
+    return escape(short_name(name, width, suffix))

@@ -89,11 +89,11 @@ def combine_files(args, console) -> Path:
     from tui_stack import limits, rundir
 
     paths = [Path(p) for p in args.files]
-    resolved = [io.resolved(p) for p in paths]
-    if len(set(resolved)) != len(paths):
-        twice = next(p for k, p in enumerate(paths) if resolved[k] in resolved[:k])
-        raise InputError(f"{twice}: the same file is given twice")
-    resolved = set(resolved)
+    resolved = set()
+    for p in paths:
+        if io.resolved(p) in resolved:
+            raise InputError(f"{p}: the same file is given twice")
+        resolved.add(io.resolved(p))
     out = Path(args.out)
     if out.is_dir() or str(args.out).endswith("/"):
         raise InputError(f"--out {out}: is a directory; give the output file's name, "

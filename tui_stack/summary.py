@@ -21,7 +21,6 @@ NAME_WIDTH = 24  # a longer file name is cut in the middle: the numbers keep the
 
 def print_summary(state, console) -> None:
     from rich import box
-    from rich.markup import escape
     from rich.table import Table
 
     from tui_stack import safetext
@@ -33,7 +32,7 @@ def print_summary(state, console) -> None:
     t.add_column("flags", ratio=1, overflow="fold")  # a long flag goes on below, never cut
     for i, fr in enumerate(state.frames):
         t.add_row(
-            str(i), escape(safetext.short_name(fr.name, NAME_WIDTH, suffix=True)), _fmt(fr.shift_x), _fmt(fr.shift_y), _fmt(fr.sky, ".0f"), _fmt(fr.scale, ".4f"), "yes" if fr.used else "no", " ".join(fr.flags),
+            str(i), safetext.markup_name(fr.name, NAME_WIDTH, suffix=True), _fmt(fr.shift_x), _fmt(fr.shift_y), _fmt(fr.sky, ".0f"), _fmt(fr.scale, ".4f"), "yes" if fr.used else "no", " ".join(fr.flags),
         )
     console.print(t)
     for fr in state.frames:

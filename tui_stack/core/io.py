@@ -403,7 +403,7 @@ def resolved(path: Path) -> Path:
     try:
         return Path(path).resolve()
     except (RuntimeError, OSError):
-        raise InputError(f"{path}: symbolic link loop") from None
+        raise InputError(f"{path}: a loop of symbolic links") from None
 
 
 def check_shapes(infos: list[tuple[Path, tuple[int, int]]]) -> tuple[int, int]:

@@ -11,6 +11,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 
 from tui_stack.config import Config, load_config
+from tui_stack.core.io import resolved
 from tui_stack.errors import InputError
 from tui_stack.tui.common import STEPS, ConfirmScreen, crash_log, screen_bindings
 from tui_stack.tui.state import WizardState
@@ -34,7 +35,7 @@ class StackApp(App):
             # a fresh start: the suggested reference frame, stars picked on the screens
             # outputs go where the user is, not into the data directory (often an archive)
             config = Config()
-            config.set("input", "directory", Path(directory).resolve())
+            config.set("input", "directory", resolved(directory))
             config.set("output", "directory", Path.cwd() / "tui-stack-out")
             config.set("reference", "frame", "auto")
         self.ws = WizardState(config=config, resume=resume)

@@ -10,6 +10,8 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Input, Label, Static
 
 from tui_stack.core.combine import METHODS
+from tui_stack.core.io import resolved
+from tui_stack.errors import InputError
 from tui_stack.fmt import fmt
 from tui_stack.tui.common import PreviewScreen, fixed_table
 from tui_stack.tui.preview import ImageView
@@ -80,7 +82,11 @@ class CombineScreen(PreviewScreen):
         except ConfigError as exc:
             self.status(str(exc).removeprefix("config: "), error=True)
             return False
-        cfg.output.directory = Path(self.query_one("#outdir", Input).value).expanduser().resolve()
+        try:
+            cfg.output.directory = resolved(Path(self.query_one("#outdir", Input).value).expanduser())
+        except InputError as exc:
+            self.status(str(exc), error=True)
+            return False
         return True
 
     def action_combine(self) -> None:

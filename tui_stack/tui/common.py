@@ -60,16 +60,6 @@ def fit_line(text: str, width: int) -> str:
     return text[:head] + "…" + text[-(width - head - 1):]
 
 
-def cell_name(name: str, width: int) -> str:
-    """A frame's file name for a narrow table column (safetext.short_name), as markup; the
-    detail line under the table gives the whole name."""
-    from rich.markup import escape
-
-    from tui_stack import safetext
-
-    return escape(safetext.short_name(name, width))
-
-
 def crash_log(exc: BaseException) -> Path | str:
     """The traceback in a new private file of the user's state directory (tui_stack.crashlog)."""
     from tui_stack import crashlog

@@ -10,8 +10,10 @@ from textual.containers import Horizontal
 from textual.widgets import DataTable, Input, Static
 
 from tui_stack import safetext
+from tui_stack.core.io import resolved
+from tui_stack.errors import InputError
 from tui_stack.fmt import fit_number, fmt
-from tui_stack.tui.common import WizardScreen, cell_name, fixed_table, row_index
+from tui_stack.tui.common import WizardScreen, fixed_table, row_index
 from tui_stack.tui.calibration import CalibrationPanel
 
 # narrow columns for 80 columns; the detail line under the table gives the highlighted file in full
@@ -84,7 +86,12 @@ class FilesScreen(WizardScreen):
         except ValueError as exc:
             self.status(f"header filter: {exc}; write KEY=VALUE, KEY2=VALUE2", error=True)
             return
-        cfg.input.directory, cfg.input.pattern, cfg.input.select = directory.resolve(), pattern, select
+        try:
+            where = resolved(directory)
+        except InputError as exc:
+            self.status(str(exc), error=True)
+            return
+        cfg.input.directory, cfg.input.pattern, cfg.input.select = where, pattern, select
         if not directory.is_dir():
             self.status(f"{directory}: no such directory; type another and press enter", error=True)
             return
@@ -123,7 +130,7 @@ class FilesScreen(WizardScreen):
                 ws.included.add(i)
             shape = f"{info.shape[1]}x{info.shape[0]}" if info.shape else ""
             table.add_row(
-                "✓" if i in ws.included else "·", cell_name(info.path.name, NAME_WIDTH),
+                "✓" if i in ws.included else "·", safetext.markup_name(info.path.name, NAME_WIDTH),
                 safetext.markup(info.date_obs[5:16].replace("T", " ")),
                 fit_number(info.exptime, 4, missing=""), info.filter, shape, fmt(info.median, ".1f", ""),
                 info.error, key=str(i),

@@ -11,7 +11,7 @@ from textual.widgets import DataTable, Static
 from tui_stack import safetext
 from tui_stack.fmt import fmt
 from tui_stack.tui import plot
-from tui_stack.tui.common import PreviewScreen, cell_name, fixed_table, flag_codes, flag_legend, row_index
+from tui_stack.tui.common import PreviewScreen, fixed_table, flag_codes, flag_legend, row_index
 from tui_stack.tui.preview import ImageView
 
 
@@ -87,7 +87,7 @@ class ScalesScreen(PreviewScreen):
         frames = self.query_one("#frames", DataTable)
         frames.clear()
         for i, fr in enumerate(run.frames):
-            frames.add_row(cell_name(fr.name, NAME_WIDTH), fmt(fr.scale, ".4f"), fmt(fr.scale_mad, ".4f"), str(fr.n_scale_stars),
+            frames.add_row(safetext.markup_name(fr.name, NAME_WIDTH), fmt(fr.scale, ".4f"), fmt(fr.scale_mad, ".4f"), str(fr.n_scale_stars),
                            flag_codes(fr.flags), key=str(i))
         self._fill_stars()
         markers = {}

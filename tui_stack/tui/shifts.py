@@ -12,7 +12,7 @@ from textual.widgets import DataTable, Static
 from tui_stack import safetext
 from tui_stack.fmt import fmt
 from tui_stack.tui import plot
-from tui_stack.tui.common import WizardScreen, cell_name, cutout, fixed_table, flag_codes, flag_legend, row_index, stamp_limits
+from tui_stack.tui.common import WizardScreen, cutout, fixed_table, flag_codes, flag_legend, row_index, stamp_limits
 from tui_stack.tui.preview import ImageView
 
 # narrow columns; the detail line gives the highlighted frame in full
@@ -83,7 +83,7 @@ class ShiftsScreen(WizardScreen):
         table.clear()
         for i, fr in enumerate(run.frames):
             table.add_row(
-                str(i + 1), cell_name(fr.name, NAME_WIDTH), "✓" if fr.used else "·", fmt(fr.shift_x, ".2f"),
+                str(i + 1), safetext.markup_name(fr.name, NAME_WIDTH), "✓" if fr.used else "·", fmt(fr.shift_x, ".2f"),
                 fmt(fr.shift_y, ".2f"), str(fr.n_matched or "-"), fmt(fr.fit_rms, ".3f"), flag_codes(fr.flags),
                 key=str(i),
             )
