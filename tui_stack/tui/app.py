@@ -122,7 +122,8 @@ class StackApp(App):
 
         loop = asyncio.get_running_loop()
         for s in signals.HANDLED:
-            loop.remove_signal_handler(s)
+            loop.remove_signal_handler(s)  # which restores the default: a second signal would kill
+            signals.signal.signal(s, signals.signal.SIG_IGN)  # the clean-up under way
         self.signalled = sig
         if sig == signals.signal.SIGHUP:
             signals.detach_stdio()  # the terminal is gone: Textual's last writes go nowhere, not to EIO
