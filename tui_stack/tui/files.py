@@ -69,8 +69,7 @@ class FilesScreen(WizardScreen):
                 table.update_cell(str(i), column, mark)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
-        self.action_rescan()
-        self.query_one(DataTable).focus()
+        self.action_rescan()  # then WizardScreen's handler leaves the field
 
     def action_edit(self) -> None:
         self.query_one("#filter", Input).focus()
