@@ -367,3 +367,48 @@ def test_exposure_fits_its_column_without_a_cut(value, shown):
     from tui_stack.fmt import fit_number
 
     assert fit_number(value, 4, missing="") == shown
+
+
+def test_file_columns_widen_with_the_terminal(demo_dir, tmp_path):
+    """At 80 columns a long name is cut in the middle; a wider terminal shows it whole on every
+    screen with a file column, and back at 80 it is cut again, on the same row."""
+    import asyncio
+    import shutil
+
+    from textual.widgets import DataTable
+
+    long = "ngc2362_V_30s_night2_{:04d}"
+    for k, f in enumerate(sorted((demo_dir / "frames").glob("demo_*.fits"))):
+        shutil.copy(f, tmp_path / (long.format(k) + ".fits"))
+    cfg = load_config(demo_dir / "demo.toml")
+    cfg.input.directory, cfg.input.pattern = tmp_path, "ngc*.fits"
+    app = StackApp(tmp_path, cfg)
+
+    def names(table_id: str) -> list[str]:
+        table = app.screen.query_one(f"#{table_id}", DataTable)
+        col = [str(c.label) for c in table.ordered_columns].index("file")
+        return [str(table.get_row_at(r)[col]) for r in range(table.row_count)]
+
+    async def go():
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            assert len(names("files")) == 5 and all("…" in n for n in names("files"))
+            await press(pilot, "down", 2)
+            await pilot.resize_terminal(200, 60)
+            await settle(pilot)
+            assert names("files") == [long.format(k) for k in range(5)]
+            assert app.screen.query_one("#files", DataTable).cursor_row == 2
+            await pilot.resize_terminal(*SIZE)
+            await settle(pilot)
+            assert len(names("files")) == 5 and all("…" in n for n in names("files"))
+            assert app.screen.query_one("#files", DataTable).cursor_row == 2
+            await pilot.resize_terminal(200, 60)
+            await press(pilot, "n", 2)
+            assert names("shifts") == [long.format(k) for k in range(5)]
+            await press(pilot, "n")
+            assert names("frames") == [long.format(k) for k in range(5)]
+            await pilot.resize_terminal(*SIZE)
+            await settle(pilot)
+            assert len(names("frames")) == 5 and all("…" in n for n in names("frames"))
+
+    asyncio.run(go())

@@ -67,15 +67,37 @@ def crash_log(exc: BaseException) -> Path | str:
     return crashlog.write(exc) or "nowhere (the state directory is not writable)"
 
 
-def fixed_table(id: str, columns):
+def fixed_table(id: str, columns, names: int = 0):
     """A row-cursor table with fixed column widths: no reflow (and no extra bytes over SSH)
-    when rows arrive."""
+    when rows arrive. names: the width of its "file" column, if not the one in `columns`."""
     from textual.widgets import DataTable
 
     table = DataTable(id=id, cursor_type="row", classes="small-table", zebra_stripes=False)
-    for label, width in columns:
-        table.add_column(label, width=width)
+    add_columns(table, columns, names)
     return table
+
+
+def add_columns(table, columns, names: int = 0) -> None:
+    for label, width in columns:
+        table.add_column(label, width=names if names and label == "file" else width)
+
+
+NAME_MOST = 40  # a file column wider than this only adds blanks for names of the usual length
+
+
+def name_width(base: int, screen_width: int) -> int:
+    """A file column: `base` at 80 columns, and what a wider terminal has beyond 80."""
+    return max(base, min(NAME_MOST, base + screen_width - 80))
+
+
+def widen_names(table, columns, names: int) -> bool:
+    """The columns again, the "file" column `names` wide; False (nothing done) if it is already:
+    the caller adds the rows again, cut to the new width."""
+    if any(str(c.label) == "file" and c.width == names for c in table.ordered_columns):
+        return False
+    table.clear(columns=True)
+    add_columns(table, columns, names)
+    return True
 
 
 def row_index(table) -> int | None:
@@ -288,8 +310,19 @@ class WizardScreen(Screen):
 
     # ------------------------------------------------------------ size, help
 
+    NAME_WIDTH = 0  # the width at 80 columns of the screen's file column (0: it has none)
+
+    @property
+    def name_width(self) -> int:
+        return name_width(self.NAME_WIDTH, self.app.size.width)
+
+    def names_widened(self) -> None:
+        """The file column changed width: cut the names again (screens with one say how)."""
+
     def on_resize(self, event) -> None:
         w, h = self.app.size
+        if self.NAME_WIDTH:
+            self.names_widened()
         small = w < MIN_SIZE[0] or h < MIN_SIZE[1]
         self.set_class(small, "too-small")
         if small:

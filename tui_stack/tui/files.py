@@ -13,7 +13,7 @@ from tui_stack import safetext
 from tui_stack.core.io import resolved
 from tui_stack.errors import InputError
 from tui_stack.fmt import fit_number, fmt
-from tui_stack.tui.common import WizardScreen, fixed_table, row_index
+from tui_stack.tui.common import WizardScreen, fixed_table, row_index, widen_names
 from tui_stack.tui.calibration import CalibrationPanel
 
 # narrow columns for 80 columns; the detail line under the table gives the highlighted file in full
@@ -24,6 +24,7 @@ COLUMNS = (("u", 1), ("file", NAME_WIDTH), ("date  time", 11), ("exp", 4), ("fil
 
 class FilesScreen(WizardScreen):
     STEP = 0
+    NAME_WIDTH = NAME_WIDTH
     KEYS = "[b]space[/] use/skip  [b]/[/] filter  [b]n[/] next"
     HELP = ("Which frames to stack: the directory, the glob and the header filter (KEY=VALUE, ...) select "
             "them; space leaves one out. Column u: ✓ used, · skipped; the line under the table shows the "
@@ -46,7 +47,7 @@ class FilesScreen(WizardScreen):
             yield Input(str(cfg.input.directory), placeholder="directory", id="directory")
             yield Input(cfg.input.pattern, placeholder="glob, e.g. *.fits", id="pattern")
             yield Input(select, placeholder="header filter, e.g. PICTTYPE=1", id="filter")
-        yield fixed_table("files", COLUMNS)
+        yield fixed_table("files", COLUMNS, self.name_width)
         yield Static("", id="detail", classes="detail", markup=False)
         yield CalibrationPanel(id="calibration")
 
@@ -127,13 +128,25 @@ class FilesScreen(WizardScreen):
             i = len(ws.infos) - 1
             if not info.error:
                 ws.included.add(i)
-            shape = f"{info.shape[1]}x{info.shape[0]}" if info.shape else ""
-            table.add_row(
-                "✓" if i in ws.included else "·", safetext.markup_name(info.path.name, NAME_WIDTH),
-                safetext.markup(info.date_obs[5:16].replace("T", " ")),
-                fit_number(info.exptime, 4, missing=""), info.filter, shape, fmt(info.median, ".1f", ""),
-                info.error, key=str(i),
-            )
+            self._row(table, i, info)
+
+    def _row(self, table, i: int, info) -> None:
+        shape = f"{info.shape[1]}x{info.shape[0]}" if info.shape else ""
+        table.add_row(
+            "✓" if i in self.ws.included else "·", safetext.markup_name(info.path.name, self.name_width),
+            safetext.markup(info.date_obs[5:16].replace("T", " ")),
+            fit_number(info.exptime, 4, missing=""), info.filter, shape, fmt(info.median, ".1f", ""),
+            info.error, key=str(i),
+        )
+
+    def names_widened(self) -> None:
+        table = self.query_one(DataTable)
+        row = table.cursor_row or 0
+        if widen_names(table, COLUMNS, self.name_width):
+            for i, info in enumerate(self.ws.infos):
+                self._row(table, i, info)
+            if table.row_count:
+                table.move_cursor(row=min(row, table.row_count - 1))
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.row_key is None or int(event.row_key.value) >= len(self.ws.infos):

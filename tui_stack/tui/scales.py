@@ -11,15 +11,18 @@ from textual.widgets import DataTable, Static
 from tui_stack import safetext
 from tui_stack.fmt import fmt
 from tui_stack.tui import plot
-from tui_stack.tui.common import PreviewScreen, fixed_table, flag_codes, flag_legend, row_index
+from tui_stack.tui.common import PreviewScreen, fixed_table, flag_codes, flag_legend, row_index, widen_names
 from tui_stack.tui.preview import ImageView
 
 
 NAME_WIDTH = 14  # the frames table's file column (80 columns)
+FRAME_COLUMNS = (("file", NAME_WIDTH), ("scale", 6), ("MAD", 6), ("n", 2), ("fl", 4))
+SIDE_WIDTH = 46  # the tables' panel at 80 columns (.side-wide)
 
 
 class ScalesScreen(PreviewScreen):
     STEP = 3
+    NAME_WIDTH = NAME_WIDTH
     KEYS = "[b]tab[/] preview/tables  [b]enter[/] add  [b]d[/] remove  [b]a[/] auto  [b]n[/] next"
     HELP = ("The scale of each frame from comparison stars (o on the preview; x: flagged, left out). "
             "The frames table gives each frame's scale, its spread (MAD) and the stars used; the stars "
@@ -40,8 +43,9 @@ class ScalesScreen(PreviewScreen):
             with Vertical():
                 yield ImageView(id="preview", classes="preview")
                 yield plot.PlotView("scale per frame (1/transparency)", "frame", lines=True, id="plot", classes="plot")
-            with Vertical(classes="side-wide"):
-                yield fixed_table("frames", (("file", NAME_WIDTH), ("scale", 6), ("MAD", 6), ("n", 2), ("fl", 4)))
+            with Vertical(classes="side-wide") as side:
+                side.styles.width = SIDE_WIDTH + self.name_width - NAME_WIDTH
+                yield fixed_table("frames", FRAME_COLUMNS, self.name_width)
                 yield fixed_table("stars", (("x", 6), ("y", 6), ("ref flux", 8), ("ratio", 6), ("fl", 4)))
                 yield Static("", id="detail", classes="detail", markup=False)
         self._frame = 0
@@ -56,6 +60,11 @@ class ScalesScreen(PreviewScreen):
         if not ws.run.comparison_stars or not ws.run.frames[ws.run.ref_index].star_flux:
             self.action_measure()
         else:
+            self._fill()
+
+    def names_widened(self) -> None:
+        self.query_one(".side-wide").styles.width = SIDE_WIDTH + self.name_width - NAME_WIDTH
+        if widen_names(self.query_one("#frames", DataTable), FRAME_COLUMNS, self.name_width) and self.ws.run and self.ws.run.frames:
             self._fill()
 
     def action_auto(self) -> None:
@@ -87,7 +96,7 @@ class ScalesScreen(PreviewScreen):
         frames = self.query_one("#frames", DataTable)
         frames.clear()
         for i, fr in enumerate(run.frames):
-            frames.add_row(safetext.markup_name(fr.name, NAME_WIDTH), fmt(fr.scale, ".4f"), fmt(fr.scale_mad, ".4f"), str(fr.n_scale_stars),
+            frames.add_row(safetext.markup_name(fr.name, self.name_width), fmt(fr.scale, ".4f"), fmt(fr.scale_mad, ".4f"), str(fr.n_scale_stars),
                            flag_codes(fr.flags), key=str(i))
         self._fill_stars()
         markers = {}

@@ -12,7 +12,8 @@ from textual.widgets import DataTable, Static
 from tui_stack import safetext
 from tui_stack.fmt import fmt
 from tui_stack.tui import plot
-from tui_stack.tui.common import WizardScreen, cutout, fixed_table, flag_codes, flag_legend, row_index, stamp_limits
+from tui_stack.tui.common import (WizardScreen, cutout, fixed_table, flag_codes, flag_legend, row_index, stamp_limits,
+                                  widen_names)
 from tui_stack.tui.preview import ImageView
 
 # narrow columns; the detail line gives the highlighted frame in full
@@ -29,6 +30,7 @@ def geometry(fr) -> str:
 
 class ShiftsScreen(WizardScreen):
     STEP = 2
+    NAME_WIDTH = NAME_WIDTH
     KEYS = "[b]k[/] blink  [b]x[/] use/skip  [b]s[/] mode  [b]e[/] residuals  [b]n[/] next"
     HELP = ("The shift of each frame onto the reference: u ✓ used; n stars matched; rms of the fit (px); "
             "the line under the table: the highlighted frame's shift to 0.001 px, rotation, scale ratio, mirror or flip, and flags in full. The cut-out shows the highlighted frame after shifting (k blinks it against "
@@ -47,7 +49,7 @@ class ShiftsScreen(WizardScreen):
     def compose_body(self) -> ComposeResult:
         with Horizontal(classes="main"):
             with Vertical():
-                yield fixed_table("shifts", COLUMNS)
+                yield fixed_table("shifts", COLUMNS, self.name_width)
                 yield Static("", id="detail", classes="detail", markup=False)
                 yield plot.PlotView("shifts (px)", "x", "y", id="plot", classes="plot")
             with Vertical(classes="side-narrow"):
@@ -69,6 +71,10 @@ class ShiftsScreen(WizardScreen):
         else:
             self._fill()
 
+    def names_widened(self) -> None:
+        if widen_names(self.query_one(DataTable), COLUMNS, self.name_width) and self.ws.run and self.ws.run.frames:
+            self._fill()
+
     def action_measure(self) -> None:
         from tui_stack import pipeline
 
@@ -83,7 +89,7 @@ class ShiftsScreen(WizardScreen):
         table.clear()
         for i, fr in enumerate(run.frames):
             table.add_row(
-                str(i + 1), safetext.markup_name(fr.name, NAME_WIDTH), "✓" if fr.used else "·", fmt(fr.shift_x, ".2f"),
+                str(i + 1), safetext.markup_name(fr.name, self.name_width), "✓" if fr.used else "·", fmt(fr.shift_x, ".2f"),
                 fmt(fr.shift_y, ".2f"), str(fr.n_matched or "-"), fmt(fr.fit_rms, ".3f"), flag_codes(fr.flags),
                 key=str(i),
             )
