@@ -188,7 +188,7 @@ def test_wizard_on_a_dask_cluster_in_tmux(tmp_path):
         time.sleep(1.0)
         tmux("send-keys", "-t", SESSION, "n")
         s = wait_for("after shift")  # the table is filled and a frame's cut-out shown
-        row = next(line.split() for line in s.splitlines() if line.split()[:1] == ["4"])  # frame 4: # file u x y
+        row = next(line.split() for line in s.splitlines() if line.split()[:1] == ["3"])  # frame #3: # file u x y
         assert float(row[3]) != 0 and "internal error" not in s
         tmux("send-keys", "-t", SESSION, "q")
         tmux("send-keys", "-t", SESSION, "y")

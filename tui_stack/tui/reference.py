@@ -113,7 +113,7 @@ class ReferenceScreen(PreviewScreen):
         run = ws.run
         i = run.ref_index
         q = run.qualities[i] if run.qualities else None
-        lines = [f"[b]reference {i + 1}/{len(run.files)}[/] {safetext.markup(run.files[i].name)}"]
+        lines = [f"[b]reference #{i}[/] {safetext.markup(run.files[i].name)}"]
         if q is not None:
             lines.append(f"FWHM {q.fwhm:.2f} stars {q.n_stars} sky {q.sky:.0f}")
             if q.flags:

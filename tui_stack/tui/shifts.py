@@ -32,7 +32,8 @@ class ShiftsScreen(WizardScreen):
     STEP = 2
     NAME_WIDTH = NAME_WIDTH
     KEYS = "[b]k[/] blink  [b]x[/] use/skip  [b]s[/] mode  [b]e[/] residuals  [b]n[/] next"
-    HELP = ("The shift of each frame onto the reference: u ✓ used; n stars matched; rms of the fit (px); "
+    HELP = ("The shift of each frame onto the reference: # the frame's index (as in [reference] frame and "
+            "run's summary); u ✓ used; n stars matched; rms of the fit (px); "
             "the line under the table: the highlighted frame's shift to 0.001 px, rotation, scale ratio, mirror or flip, and flags in full. The cut-out shows the highlighted frame after shifting (k blinks it against "
             "the reference); the plot shows all shifts, or with e the star residuals of one frame.")
     BINDINGS = [
@@ -89,7 +90,7 @@ class ShiftsScreen(WizardScreen):
         table.clear()
         for i, fr in enumerate(run.frames):
             table.add_row(
-                str(i + 1), safetext.markup_name(fr.name, self.name_width), "✓" if fr.used else "·", fmt(fr.shift_x, ".2f"),
+                str(i), safetext.markup_name(fr.name, self.name_width), "✓" if fr.used else "·", fmt(fr.shift_x, ".2f"),
                 fmt(fr.shift_y, ".2f"), str(fr.n_matched or "-"), fmt(fr.fit_rms, ".3f"), flag_codes(fr.flags),
                 key=str(i),
             )
@@ -140,7 +141,7 @@ class ShiftsScreen(WizardScreen):
         # centroid is in report.json)
         rot = f"{fmt(round(fr.rotation, 3) + 0.0, '.3f')}°" if np.isfinite(fr.rotation) else "-"
         self.query_one("#detail", Static).update(safetext.terminal(
-            f"{i + 1} {fr.name}: shift ({fmt(fr.shift_x, '.3f')}, {fmt(fr.shift_y, '.3f')}), rot {rot}{geometry(fr)}; "
+            f"{i} {fr.name}: shift ({fmt(fr.shift_x, '.3f')}, {fmt(fr.shift_y, '.3f')}), rot {rot}{geometry(fr)}; "
             + (f"flags: {', '.join(fr.flags)}" if fr.flags else "no flags")))
         if not np.isfinite(fr.shift_x):
             return
