@@ -86,22 +86,26 @@ def replay(stream: str, cols: int, rows: int, tmp: Path, name: str) -> str:
         subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True)
 
 
-def test_byte_budget_of_the_whole_walk_at_80x24(tmp_path):
-    """The README's walk through all five screens, combine and write, on the demo at 80x24:
-    nothing while idle, at most 1 KB per cursor key in every table and preview, at most 15 KB
-    per screen change, frame change or zoom, at most 150 KB in all. Then the screen the
+@pytest.mark.parametrize("cols, rows", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
+def test_byte_budget_of_the_whole_walk(tmp_path, cols, rows):
+    """The README's walk through all five screens, combine and write, on the demo: nothing while
+    idle, at most 1 KB per cursor key in every table and preview at either size; at 80x24 at
+    most 15 KB per screen change, frame change or zoom and 150 KB in all, on a larger terminal
+    those in proportion to its cells (what a screen change repaints). Then the screen the
     terminal shows with only the changed cells sent equals the one Textual drew, at points
     along the walk."""
+    area = cols * rows / (80 * 24)
+    budget = {"key": BUDGET["key"], "screen": BUDGET["screen"] * area, "idle": 0}
     raw = tmp_path / "raw.log"
-    rows = wizard_walk.walk(80, 24, work=tmp_path, frames=6, px=1024, env={"TUI_STACK_RAW_LOG": str(raw)},
-                            check=no_error)
-    table = wizard_walk.table(rows)
-    for r in rows:
+    steps = wizard_walk.walk(cols, rows, work=tmp_path, frames=6, px=1024, env={"TUI_STACK_RAW_LOG": str(raw)},
+                             check=no_error)
+    table = wizard_walk.table(steps)
+    for r in steps:
         kind = "screen" if r["kind"] == "focus" else r["kind"]
-        assert r["bytes"] <= BUDGET[kind], f"{r['step']}: {r['bytes']} B\n{table}"
+        assert r["bytes"] <= budget[kind], f"{r['step']}: {r['bytes']} B\n{table}"
         if kind == "key" and "Tab" not in r["step"]:
             assert r["bytes"] > 0, f"{r['step']} changed nothing\n{table}"  # the key did something
-    assert sum(r["bytes"] for r in rows) <= WALK_BUDGET, table
+    assert sum(r["bytes"] for r in steps) <= WALK_BUDGET * area, table
     out = tmp_path / "demo" / "out"
     assert (out / "combined_median.fits").exists() and (out / "tui-stack.toml").exists()
 
@@ -114,7 +118,7 @@ def test_byte_budget_of_the_whole_walk_at_80x24(tmp_path):
         slim = "".join(diff(c) for c in chunks[: cut + 1])
         full = "".join(chunks[: cut + 1])
         assert len(slim) < len(full)
-        assert replay(slim, 80, 24, tmp_path, "slim") == replay(full, 80, 24, tmp_path, "full"), cut
+        assert replay(slim, cols, rows, tmp_path, "slim") == replay(full, cols, rows, tmp_path, "full"), cut
 
 
 MODES = {
