@@ -154,6 +154,50 @@ def test_memory_limit_counts_the_resampling():
     assert rows * combine._row_bytes(16, 4096, "median", 2, False) + 2 * src.work_bytes(rows) <= 256 << 20
 
 
+def test_large_turns_are_combined_in_tiles_that_read_about_their_own_size():
+    """A block of whole rows of a frame turned by 20-40 degrees reads the band of frame rows its
+    width maps into (at 30 degrees on 2048^2 x 8 frames the combine took 273 s, against 6.5 s in
+    tiles). In square tiles each frame's reads are about 3x the pixels made here (the kernel's
+    halo around small tiles; whole rows: 7.7x), the pixels are those of whole rows, and small
+    turns and avsigclip keep whole rows."""
+    rng = np.random.default_rng(3)
+    shape = (300, 320)
+    frames = rng.normal(100, 5, (5, *shape)).astype(np.float32)
+    maps = [turn(a, shape=shape) for a in (0, 20, 27, 33, 40)]
+    read = [0]
+
+    def sources(ms=maps):
+        out = [combine.WarpSource.of_array(f, None, m) for f, m in zip(frames, ms)]
+        for s in out:
+            inner = s._read_box
+
+            def counted(r0, r1, c0, c1, inner=inner):
+                read[0] += (r1 - r0) * (c1 - c0)
+                return inner(r0, r1, c0, c1)
+
+            s._read_box = counted
+        return out
+
+    limit = 2 << 20
+    params = combine.CombineParams("median")
+    rows, cols = combine.block_shape(sources(), "median", limit)
+    assert cols is not None and rows == cols < 200
+    whole_rows = combine.rows_for(sources(maps[:1] * 5), "median", limit)
+    assert sources()[1].box_rows(whole_rows) > 4 * whole_rows  # what tiles avoid
+    tiled = combine.combine(sources(), params, memory_limit=limit)
+    pixels = 5 * shape[0] * shape[1]
+    tiles_read, read[0] = read[0], 0
+    srcs = sources()
+    for y0 in range(0, shape[0], whole_rows):
+        combine.combine_rows(srcs, params, y0, min(shape[0], y0 + whole_rows))
+    assert tiles_read < 3.5 * pixels and read[0] > 2 * tiles_read  # measured 3.2 and 7.7 x pixels
+    want = combine.combine_rows(sources(), params, 0, shape[0])  # one block: the whole frame
+    assert np.array_equal(tiled.data, want[0], equal_nan=True) and np.array_equal(tiled.n_used, want[1])
+    assert np.isfinite(tiled.data).mean() > 0.9
+    assert combine.block_shape(sources(), "avsigclip", limit)[1] is None
+    assert combine.block_shape(sources([turn(a, shape=shape) for a in (0, 0.3, 0.6, 0.9, 1.0)]), "median", limit)[1] is None
+
+
 def test_thousands_of_frames_within_the_open_file_limit(tmp_path):
     """Frames are opened for each block and closed again: 1100 frames under a soft limit of
     256 open files combine (the default limit is 1024)."""
@@ -205,10 +249,12 @@ def test_subpixel_run_writes_no_temporary_frames_and_combines_the_written_pixels
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3 * np.nanstd(want))
 
 
-@pytest.mark.parametrize("method", ["median", "winsorized", "gesd", "sigclip"])
-def test_resampling_combine_peak_within_memory_limit(tmp_path, method):
-    """Frames resampled inside the blocks (subpixel shifts, and turns of up to 1 degree) stay
-    within memory_limit as frames read by slices do (test_memory's frames and bound)."""
+@pytest.mark.parametrize("method, step", [("median", 0.09), ("winsorized", 0.09), ("gesd", 0.09), ("sigclip", 0.09),
+                                          ("median", 6.0)])
+def test_resampling_combine_peak_within_memory_limit(tmp_path, method, step):
+    """Frames resampled inside the blocks (subpixel shifts, and turns of up to 1 degree, or of
+    up to 40 degrees, combined in tiles) stay within memory_limit as frames read by slices do
+    (test_memory's frames and bound)."""
     import gc
     import tracemalloc
 
@@ -218,7 +264,7 @@ def test_resampling_combine_peak_within_memory_limit(tmp_path, method):
     h, w = tm.SHAPE
     maps = []
     for i, (dx, dy) in enumerate(tm.SHIFTS):
-        m = turn(0.09 * i, 1 + 1e-5 * i, shape=tm.SHAPE, shift=(dx + 0.37, dy - 0.21))
+        m = turn(step * i, 1 + 1e-5 * i, shape=tm.SHAPE, shift=(dx + 0.37, dy - 0.21))
         maps.append(m if i % 2 else shifting.shift_matrix(dx + 0.37, dy - 0.21))
 
     def srcs():
@@ -240,7 +286,7 @@ def test_resampling_combine_peak_within_memory_limit(tmp_path, method):
     bound = tm.MEMORY_LIMIT + tm.output_bytes(True) + tm.OVERHEAD
     assert peak <= bound, f"{method}: peak {peak / 2**20:.1f} MiB > {bound / 2**20:.1f} MiB"
     assert peak > tm.output_bytes(True) + tm.MEMORY_LIMIT // 4
-    assert np.isfinite(result.data).mean() > 0.99
+    assert np.isfinite(result.data).mean() > (0.99 if step < 1 else 0.6)
 
 
 def test_quarter_turn_and_mirror_are_exact_copies_from_disk(tmp_path):

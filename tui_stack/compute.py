@@ -130,7 +130,8 @@ class DaskCompute:
         h, w = sources[0].shape
         n = len(sources)
         weights = combine.check_weights(weights, n, params.method)
-        rows = block_rows or combine.rows_for(sources, params.method, memory_limit, 1, weights is not None)
+        rows, cols = combine.block_shape(sources, params.method, memory_limit, 1, weights is not None)
+        rows = block_rows or rows
         out = combine.CombineResult.empty((h, w), maps, keep_data=sink is None)
         shared = [self.client.scatter(list(sources), broadcast=True, hash=False)]
         starts = list(range(0, h, rows))
@@ -138,7 +139,7 @@ class DaskCompute:
 
         def submit(_, y0):
             f = self.client.submit(combine.combine_rows, shared[0], params, y0, min(h, y0 + rows), maps, weights,
-                                   pure=False)
+                                   cols, pure=False)
             block_of[f.key] = (y0, shared[0])
             return f
 

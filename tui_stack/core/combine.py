@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+import math
 import warnings
 from typing import Callable, Protocol
 
@@ -70,7 +71,7 @@ class Source(Protocol):
     zero: float
     scale: float
 
-    def read_into(self, y0: int, y1: int, out: np.ndarray) -> None: ...  # NaN = no data
+    def read_into(self, y0: int, y1: int, out: np.ndarray, x0: int = 0, x1: int | None = None) -> None: ...  # NaN = no data
 
     def close(self) -> None: ...
 
@@ -83,10 +84,10 @@ class ArraySource:
         self.shape = data.shape
         self.zero, self.scale = zero, scale
 
-    def read_into(self, y0, y1, out):
-        out[...] = self.data[y0:y1]
+    def read_into(self, y0, y1, out, x0=0, x1=None):
+        out[...] = self.data[y0:y1, x0:x1]
         if self.mask is not None:
-            out[self.mask[y0:y1]] = np.nan
+            out[self.mask[y0:y1, x0:x1]] = np.nan
 
     def close(self):
         pass
@@ -120,16 +121,17 @@ class FileSource:
     def __getstate__(self):  # a Dask worker makes its own reader
         return {**self.__dict__, "_reader": None}
 
-    def read_into(self, y0, y1, out):
-        """Rows [y0, y1) of the output grid into `out` (float32), NaN where the frame has no data."""
+    def read_into(self, y0, y1, out, x0=0, x1=None):
+        """Rows [y0, y1), columns [x0, x1) of the output grid into `out` (float32), NaN where
+        the frame has no data."""
         h, w = self.in_shape
-        ow = self.shape[1]
+        x1 = self.shape[1] if x1 is None else x1
         iy0, iy1 = max(0, y0 - self.dy), min(h, y1 - self.dy)
-        ix0, ix1 = max(0, -self.dx), min(w, ow - self.dx)
+        ix0, ix1 = max(0, x0 - self.dx), min(w, x1 - self.dx)
         if iy1 <= iy0 or ix1 <= ix0:
             out[...] = np.nan
             return
-        oy0, ox0 = iy0 + self.dy - y0, ix0 + self.dx
+        oy0, ox0 = iy0 + self.dy - y0, ix0 + self.dx - x0
         oy1, ox1 = oy0 + (iy1 - iy0), ox0 + (ix1 - ix0)
         # only the margins the shift leaves empty are set to NaN; the rest is read in place
         out[:oy0] = np.nan
@@ -202,13 +204,19 @@ class WarpSource(FileSource):
             self._reader_().rows_into(y, y2, b0, b1, part[y - a0:y2 - a0])
         return out
 
-    def read_into(self, y0, y1, out):
-        self.warp.render(self._read_box, y0, y1, 0, self.shape[1], out)
+    def read_into(self, y0, y1, out, x0=0, x1=None):
+        self.warp.render(self._read_box, y0, y1, x0, self.shape[1] if x1 is None else x1, out)
 
-    def work_bytes(self, rows: int) -> int:
-        """Memory one block of `rows` takes while it is resampled: the frame box read and
-        the passes' arrays (about 4 of its size)."""
-        r0, r1, c0, c1 = self.warp.input_box(0, rows, 0, self.shape[1])
+    def box_rows(self, rows: int, cols: int | None = None) -> int:
+        """Frame rows a block of `rows` (and `cols` columns) reads: many more than `rows` for
+        a large turn, which sweeps the rows a whole block's width maps into."""
+        r0, r1, _, _ = self.warp.input_box(0, rows, 0, cols or self.shape[1])
+        return r1 - r0
+
+    def work_bytes(self, rows: int, cols: int | None = None) -> int:
+        """Memory one block of `rows` (and `cols` columns) takes while it is resampled: the
+        frame box read and the passes' arrays (about 4 of its size)."""
+        r0, r1, c0, c1 = self.warp.input_box(0, rows, 0, cols or self.shape[1])
         return 5 * 4 * (r1 - r0) * (c1 - c0)
 
 
@@ -230,13 +238,38 @@ def rows_per_block(n_frames: int, width: int, memory_limit: int, method: str = "
 def rows_for(sources, method: str, memory_limit: int, threads: int = 2, weighted: bool = False) -> int:
     """rows_per_block, less what resampling sources take while they read a block (one frame
     at a time per thread)."""
-    w = sources[0].shape[1]
-    per_row = _row_bytes(len(sources), w, method, threads, weighted)
-    rows = rows_per_block(len(sources), w, memory_limit, method, threads, weighted)
+    return block_shape(sources, method, memory_limit, threads, weighted)[0]
+
+
+SWEEP = 4  # a block whose turned frames read more than this many rows per row is worked in tiles
+
+
+def block_shape(sources, method: str, memory_limit: int, threads: int = 2, weighted: bool = False):
+    """(rows, cols) of a block: whole rows, as many as memory_limit holds, less what resampling
+    sources take while they read one (a frame at a time per thread). cols is None (the whole
+    width) unless a large turn makes a block of whole rows read a band of frame rows SWEEP
+    times its own: then square tiles, so each tile reads a box about its own size (a 30 degree
+    turn on a 4096-wide frame: a few rows a block read 2000 rows of each frame, every block).
+    avsigclip keeps whole rows: its sigma is one per row."""
+    h, w = sources[0].shape
     warps = [s for s in sources if hasattr(s, "work_bytes")]
-    while warps and rows > 1 and per_row * rows + threads * max(s.work_bytes(rows) for s in warps) > memory_limit:
+
+    def fits(rows, cols, band=0):
+        per_row = _row_bytes(len(sources), cols, method, threads, weighted)
+        work = threads * max((s.work_bytes(rows, cols) for s in warps), default=0)
+        return per_row * rows + work + band <= memory_limit
+
+    rows = rows_per_block(len(sources), w, memory_limit, method, threads, weighted)
+    while warps and rows > 1 and not fits(rows, w):
         rows = max(1, int(rows * 0.8))
-    return rows
+    swept = max((s.box_rows(min(rows, h)) for s in warps if s.warp.turns), default=0)
+    if swept <= SWEEP * min(rows, h) or method == "avsigclip" or w <= 64:
+        return rows, None
+    side = min(h, w, int(math.isqrt(memory_limit // _row_bytes(len(sources), 1, method, threads, weighted))))
+    # each thread also holds its band's results, tile by tile and joined: 2 x 12 bytes a pixel
+    while side > 64 and not fits(side, side, threads * side * w * 24):
+        side = int(side * 0.8)
+    return side, side
 
 
 REDUCE_PARTS = 4  # a block is sorted and clipped a quarter at a time
@@ -744,14 +777,14 @@ def check_weights(weights, n: int, method: str):
     return weights / weights.sum()
 
 
-def read_planes(sources, y0: int, y1: int) -> np.ndarray:
-    """Rows [y0, y1) of every source as (N, rows, cols) float32 planes, NaN = no data, each
-    frame as (value - zero) * scale."""
-    w = sources[0].shape[1]
-    planes = np.empty((len(sources), y1 - y0, w), dtype=np.float32)
+def read_planes(sources, y0: int, y1: int, x0: int = 0, x1: int | None = None) -> np.ndarray:
+    """Rows [y0, y1), columns [x0, x1) of every source as (N, rows, cols) float32 planes, NaN =
+    no data, each frame as (value - zero) * scale."""
+    x1 = sources[0].shape[1] if x1 is None else x1
+    planes = np.empty((len(sources), y1 - y0, x1 - x0), dtype=np.float32)
     for i, src in enumerate(sources):
         plane = planes[i]
-        src.read_into(y0, y1, plane)
+        src.read_into(y0, y1, plane, x0, x1)
         if src.zero:
             plane -= np.float32(src.zero)
         if src.scale != 1.0:
@@ -760,11 +793,11 @@ def read_planes(sources, y0: int, y1: int) -> np.ndarray:
     return planes
 
 
-def read_block(sources, y0: int, y1: int) -> np.ndarray:
-    """The same rows as a (rows, cols, N) block: frames are read into contiguous planes, then
+def read_block(sources, y0: int, y1: int, x0: int = 0, x1: int | None = None) -> np.ndarray:
+    """The same pixels as a (rows, cols, N) block: frames are read into contiguous planes, then
     turned once so each pixel's values are contiguous, 4x faster than writing each frame into
     a strided slot (measured)."""
-    return np.ascontiguousarray(read_planes(sources, y0, y1).transpose(1, 2, 0))
+    return np.ascontiguousarray(read_planes(sources, y0, y1, x0, x1).transpose(1, 2, 0))
 
 
 def _average_planes(planes: np.ndarray, with_sigma: bool):
@@ -1043,23 +1076,36 @@ def _gesd_planes(planes: np.ndarray, params: CombineParams, with_sigma: bool):
     return whole
 
 
-def combine_rows(sources, params: CombineParams, y0: int, y1: int, maps: bool = True, weights=None):
+def combine_rows(sources, params: CombineParams, y0: int, y1: int, maps: bool = True, weights=None,
+                 cols: int | None = None):
     """Rows [y0, y1) of the combined image: (data, n_used, n_rejected, sigma). One unit of
-    work, the same whichever engine runs it (this machine's threads or a Dask worker)."""
+    work, the same whichever engine runs it (this machine's threads or a Dask worker).
+    `cols`: worked out that many columns at a time (block_shape), the same pixels."""
+    w = sources[0].shape[1]
+    if not cols or cols >= w:
+        return _combine_box(sources, params, y0, y1, 0, None, maps, weights)
+    parts = [_combine_box(sources, params, y0, y1, x0, min(w, x0 + cols), maps, weights) for x0 in range(0, w, cols)]
+    return tuple(None if part[0] is None else np.concatenate(part, axis=1) for part in zip(*parts))
+
+
+def _combine_box(sources, params: CombineParams, y0: int, y1: int, x0: int, x1: int | None, maps: bool, weights):
+    def planes():
+        return read_planes(sources, y0, y1, x0, x1)
+
     if params.method == "average" and weights is None:
-        return _average_planes(read_planes(sources, y0, y1), maps)
+        return _average_planes(planes(), maps)
     if params.method == "median":
-        return _median_planes(read_planes(sources, y0, y1), maps)
+        return _median_planes(planes(), maps)
     n = len(sources)
     if params.method == "minmax" and weights is None and 0 <= params.nlow < n - params.nhigh <= n <= NETWORK_MAX_N:
-        return _minmax_planes(read_planes(sources, y0, y1), params, maps)
+        return _minmax_planes(planes(), params, maps)
     if params.method == "sigmaclip" and weights is None and 2 <= n <= NETWORK_MAX_N:
-        return _sigmaclip_planes(read_planes(sources, y0, y1), params, maps)
+        return _sigmaclip_planes(planes(), params, maps)
     if params.method == "winsorized" and weights is None and 2 <= n <= NETWORK_MAX_N:
-        return _winsorized_planes(read_planes(sources, y0, y1), params, maps)
+        return _winsorized_planes(planes(), params, maps)
     if params.method == "gesd" and weights is None and 3 <= n <= NETWORK_MAX_N:
-        return _gesd_planes(read_planes(sources, y0, y1), params, maps)
-    return reduce_block(read_block(sources, y0, y1), params, with_sigma=maps, weights=weights)
+        return _gesd_planes(planes(), params, maps)
+    return reduce_block(read_block(sources, y0, y1, x0, x1), params, with_sigma=maps, weights=weights)
 
 
 def combine(
@@ -1090,12 +1136,13 @@ def combine(
     h, w = sources[0].shape
     n = len(sources)
     weights = check_weights(weights, n, params.method)
-    rows = block_rows or rows_for(sources, params.method, memory_limit, threads, weights is not None)
+    rows, cols = block_shape(sources, params.method, memory_limit, threads, weights is not None)
+    rows = block_rows or rows
     out = CombineResult.empty((h, w), maps, keep_data=sink is None)
     starts = list(range(0, h, rows))
 
     def do_block(y0: int):
-        return y0, combine_rows(sources, params, y0, min(h, y0 + rows), maps, weights)
+        return y0, combine_rows(sources, params, y0, min(h, y0 + rows), maps, weights, cols)
 
     def report(done) -> None:  # called in row order
         y0, block = done
