@@ -43,6 +43,9 @@ class FieldSpec:
     rotations: tuple[float, ...] | None = None
     # Explicit (x, y) shift per frame instead of random ones.
     shifts: tuple[tuple[float, float], ...] | None = None
+    # Each star drawn out to this many px (None: 6 FWHM, more for bright stars, 12-60): the
+    # seeing sets need whole wings, their curves of growth are measured out to 40 px.
+    star_reach: int | None = None
 
 
 @dataclass
@@ -64,9 +67,10 @@ def _moffat_alpha(fwhm, beta):
     return fwhm / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
 
 
-def add_star(img: np.ndarray, x: float, y: float, flux: float, fwhm: float, beta: float) -> None:
+def add_star(img: np.ndarray, x: float, y: float, flux: float, fwhm: float, beta: float,
+             half: int | None = None) -> None:
     alpha = _moffat_alpha(fwhm, beta)
-    half = int(min(60, max(12, 6 * fwhm * (flux / 1e5) ** 0.25)))
+    half = int(min(60, max(12, 6 * fwhm * (flux / 1e5) ** 0.25))) if half is None else half
     h, w = img.shape
     x0, x1 = max(0, int(x) - half), min(w, int(x) + half + 1)
     y0, y1 = max(0, int(y) - half), min(h, int(y) + half + 1)
@@ -147,7 +151,8 @@ def render_frame(
     steps = np.linspace(-trail / 2, trail / 2, 9) if trail else np.zeros(1)
     for x, y, f in zip(xs, ys, stars[:, 2]):
         for t in steps:
-            add_star(img, x - shift[0] + t, y - shift[1], f * transparency / len(steps), spec.fwhm, spec.beta)
+            add_star(img, x - shift[0] + t, y - shift[1], f * transparency / len(steps), spec.fwhm, spec.beta,
+                     spec.star_reach)
     electrons = rng.poisson(np.clip(img, 0, None) * spec.gain).astype(np.float64)
     electrons += rng.normal(0.0, spec.read_noise, size=img.shape)
     adu = electrons / spec.gain
@@ -373,7 +378,7 @@ def seeing_set(kind: str, n_frames: int = 8, size: int = 1024) -> tuple[FieldSpe
     n = SEEING_SETS[kind]
     t = np.r_[1.0, np.random.default_rng(n).uniform(0.6, 1.0, n_frames - 1)]
     spec = FieldSpec(n_frames=n_frames, shape=(size, size), n_stars=round(n * (size / 1024) ** 2),
-                     seed=2200 + n, transparencies=tuple(t))
+                     seed=2200 + n, transparencies=tuple(t), star_reach=60)
     if kind == "same":
         return spec, np.full(n_frames, 3.5), np.full(n_frames, 3.0)
     fw, be = seeing_psfs(n_frames, seed=n)
