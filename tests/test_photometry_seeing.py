@@ -37,6 +37,30 @@ def test_aperture_fraction_matches_a_rendered_star(beta):
         assert fl.flux[0] / 1e5 == pytest.approx(shape.aperture_fraction(r, (r + 5, r + 15)), abs=2e-3), r
 
 
+def test_annulus_median_of_a_broad_wing_under_noise():
+    """The sky an annulus median takes of a star's own wing: on noise much larger than the
+    wing's fall across the annulus the median reads the wing's mean over the annulus, not its
+    level at the area-halving radius (25% less here: 0.16% of the star's flux at r = 8)."""
+    fwhm, beta, flux, sigma = 4.0, 2.0, 3e5, 30.0
+    shape = psf.MoffatPSF(psf.alpha_of(fwhm, beta), beta)
+    img = np.zeros((800, 800))
+    xs = np.arange(50, 800, 100) + 0.3
+    pos = np.array([(x, y) for y in xs for x in xs])
+    for x, y in pos:
+        synthetic.add_star(img, x, y, flux, fwhm, beta, 49)
+    rng = np.random.default_rng(3)
+    annulus = (13.0, 23.0)
+    read = np.mean([photometry.annulus_medians(img + rng.normal(0, sigma, img.shape), np.zeros(img.shape, bool), pos,
+                                               *annulus) for _ in range(6)])
+    model = shape.noisy_median(np.array([flux]), annulus, sigma)[0]
+    r_mid = np.sqrt((annulus[0] ** 2 + annulus[1] ** 2) / 2)
+    assert read == pytest.approx(model, rel=0.03)  # measured 9.50 against 9.59
+    assert abs(flux * shape.level(r_mid) - read) > 0.2 * read  # the noise-free model: 7.17
+    # the aperture correction follows: per star, from its flux
+    assert shape.aperture_fraction(8.0, annulus, [flux], sigma)[0] == pytest.approx(
+        shape.enclosed(8.0) - 64 * np.pi * model / flux)
+
+
 @pytest.mark.parametrize("fwhm,beta", [(2.5, 4.5), (5.5, 2.0), (4.0, 3.0)])
 def test_moffat_fit_recovers_fwhm_and_wings(fwhm, beta):
     stars = _grid_stars()
@@ -110,7 +134,7 @@ def _rms(e):
 
 def test_growth_scales_within_goal_of_true_transparency(seeing_runs):
     _, err, _, _, _ = seeing_runs["sparse", "growth"]
-    assert _rms(err) < 1e-3 and np.abs(err).max() < 2e-3, err
+    assert _rms(err) < 1e-3 and np.abs(err).max() < 2e-3, err  # measured 0.086% / 0.183%
 
 
 def test_growth_as_good_where_the_psf_does_not_change(seeing_runs):
@@ -118,11 +142,16 @@ def test_growth_as_good_where_the_psf_does_not_change(seeing_runs):
     assert np.abs(growth).max() < 2e-3 and _rms(growth) < _rms(fixed), (growth, fixed)
 
 
-@pytest.mark.xfail(strict=True, reason="goal not reached on 1,500 stars: 0.18% RMS, 0.34% worst (0.16/0.26 while "
-                   "2-pixel cosmic rays were taken for stars and kept fainter ones out of the 60; notes/s5/issue22.md)")
+def test_growth_crowded_field_worst_frame_within_goal(seeing_runs):
+    _, err, _, _, _ = seeing_runs["crowded", "growth"]
+    assert np.abs(err).max() < 2e-3, err  # measured 0.187%
+
+
+@pytest.mark.xfail(strict=True, reason="goal not reached on 1,500 stars: 0.109% RMS (the sharp frames' small apertures "
+                   "hold neighbours' light: star ratios spread 1.5-3.5x their noise; notes/s6/issue22.md)")
 def test_growth_scales_within_goal_on_crowded_field(seeing_runs):
     _, err, _, _, _ = seeing_runs["crowded", "growth"]
-    assert _rms(err) < 1e-3 and np.abs(err).max() < 2e-3, err
+    assert _rms(err) < 1e-3, err
 
 
 @pytest.mark.parametrize("kind", ["sparse", "crowded"])
@@ -181,22 +210,46 @@ def _scales_with(state, **scale):
 
 
 @requires_pydia
-@pytest.mark.parametrize("change", [
-    pytest.param({"annulus": [30, 45]}, id="annulus"),
-    pytest.param({"radius": 12}, id="aperture", marks=pytest.mark.xfail(
-        strict=True, reason="aperture 12 vs 20 px moves frame 0002 by 2.2% (crowded bulge field: neighbours and "
-                            "halo light the Moffat model does not hold; notes/issue22.md)")),
-    pytest.param("half", id="half of the stars", marks=pytest.mark.xfail(
-        strict=True, reason="the two halves of the 12 stars differ by 5.1% on frame 0002 (notes/issue22.md)")),
+@pytest.mark.parametrize("radius,change", [
+    pytest.param("auto", {"annulus": [30, 45]}, id="annulus"),
+    pytest.param(10, {"annulus": [30, 45]}, id="annulus, one radius"),
+    pytest.param(None, {"radius": 12}, id="aperture", marks=pytest.mark.xfail(
+        strict=True, reason="aperture 12 vs 20 px moves frame 0004 by 2.3% (fixed: 1.9%): neighbours and the crowded "
+                            "background between 12 and 20 px; notes/s6/issue22.md")),
+    pytest.param("auto", "half", id="half of the stars", marks=pytest.mark.xfail(
+        strict=True, reason="the two halves of the 12 stars differ by 5.5% on frame 0002: apertures of 2 FWHM are 7.6 "
+                            "px in the reference, 12.6 px there, and each star's neighbours differ between them")),
+    pytest.param(10, "half", id="half of the stars, one radius", marks=pytest.mark.xfail(
+        strict=True, reason="0.9% on frame 0004: 6 stars with 1-1.5% noise each (notes/s6/issue22.md)")),
 ])
-def test_real_frame_scales_stable_to_half_a_percent(pydia_registered, change):
+def test_real_frame_scales_stable_to_half_a_percent(pydia_registered, radius, change):
     """Each frame's scale moves by less than 0.5% when the annulus, the aperture or the half of
-    the comparison stars used changes (goal of issue 22)."""
-    state = pydia_registered
-    stars = [list(s) for s in state.config.scale.stars]
+    the comparison stars used changes (goal of issue 22), with apertures of 2 FWHM per frame
+    (radius "auto") or one radius for all frames."""
+    moved = _real_change(pydia_registered, radius, change)
+    assert np.abs(moved).max() < 0.005, np.round(100 * moved, 2)
+
+
+def _real_change(state, radius, change):
+    """Relative change of each frame's scale under `change` (radius None: 20 px against the change's)."""
+    from tui_stack.config import load_config
+
+    # pydia.toml's 12 stars, not the config's now: an earlier case leaves one half of them there
+    stars = [list(s) for s in load_config(REPO / "sample_configs" / "pydia.toml").scale.stars]
     if change == "half":
-        base, other = _scales_with(state, stars=stars[0::2]), _scales_with(state, stars=stars[1::2])
+        base, other = (_scales_with(state, stars=stars[k::2], radius=radius) for k in (0, 1))
     else:
-        base = _scales_with(state, stars=stars, radius=20 if "radius" in change else "auto")
-        other = _scales_with(state, stars=stars, **change)
-    assert np.abs(other / base - 1).max() < 0.005, np.round(other / base - 1, 4)
+        base = _scales_with(state, stars=stars, radius=20 if radius is None else radius)
+        other = _scales_with(state, stars=stars, radius=radius, **change) if radius is not None else \
+            _scales_with(state, stars=stars, **change)
+    return other / base - 1
+
+
+@requires_pydia
+def test_real_frames_one_radius_far_steadier_between_halves(pydia_registered):
+    """Why "auto" fails on this crowded field: a star's aperture and annulus cover other neighbours
+    in a sharp and a soft frame (2 FWHM each); one radius for all frames cuts the change between
+    the two halves of the stars from 5.5% to 0.9% (worst frame)."""
+    auto = np.abs(_real_change(pydia_registered, "auto", "half")).max()
+    one = np.abs(_real_change(pydia_registered, 10, "half")).max()
+    assert one < auto / 3, (one, auto)
