@@ -204,7 +204,8 @@ def measure_frame(
     `radius` None: 20 px with "fixed" (the lab's), `fwhm_radius` times the frame's fitted FWHM
     with "growth" (at least 4 px). `annulus` "auto": from radius + 5 to radius + 15; None: no local sky.
     With "growth" the fluxes are total fluxes: the aperture sums divided by the share of the
-    light that aperture and annulus keep under the frame's fitted Moffat PSF. A frame whose PSF
+    light that aperture and annulus keep under the frame's fitted Moffat PSF (per star: the
+    annulus median of its own wing depends on its flux against the sky noise). A frame whose PSF
     cannot be fitted gets NaN fluxes (no scale rather than a wrong one).
     """
     from tui_stack.core import psf
