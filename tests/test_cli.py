@@ -153,6 +153,12 @@ def test_combine_command_matches_engine(field_integer, tmp_path, capsys):
     # pixel (y=0+.., x=3..) of frame 1 sits at output (y+0, x+3) where only frame 1 and 3 reach
     assert np.isfinite(data).sum() > 0
     assert np.isclose(data[0, 322], f1[0, 319], rtol=1e-5)  # only frame 1 covers the top-right corner
+    # as imcombine: the first frame's header and WCS, its reference pixel moved with the frame
+    # (offset 0, 2 on the output grid); the provenance after it
+    first, hdr = fits.getheader(files[0]), fits.getheader(out)
+    assert hdr["CTYPE1"] == first["CTYPE1"] and hdr["CRVAL2"] == first["CRVAL2"] and hdr["EXPTIME"] == first["EXPTIME"]
+    assert (hdr["CRPIX1"], hdr["CRPIX2"]) == (first["CRPIX1"], first["CRPIX2"] + 2)
+    assert hdr["NCOMBINE"] == 4 and hdr["IMCMB002"] == files[1].name
     code, _, err = run_cli(["combine", *files, "--method", "median", "--out", files[0]], capsys)
     assert_one_line_error(code, err, "overwrite an input")
 

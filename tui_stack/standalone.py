@@ -161,7 +161,11 @@ def combine_files(args, console) -> Path:
             integer(1)(workers)
         except ValueError as exc:
             raise InputError(f"--workers {exc}, got {args.workers!r}") from None
-    hdr = _provenance(args, params, paths, ox, oy, scales, zeros, weights)
+    from tui_stack.pipeline.shift import frame_header
+
+    # as imcombine: the first frame's header (its descriptive keywords and WCS, moved with its offset)
+    hdr = frame_header(paths[0], infos[0][1], (int(ox[0]), int(oy[0])))
+    hdr.extend(_provenance(args, params, paths, ox, oy, scales, zeros, weights), unique=True)
     # the image goes to disk block by block as it is combined (never whole in memory), into a
     # staging folder beside OUT, renamed over it at the end (tui_stack.rundir.OutputFile)
     new_folder = not out.parent.exists()  # made for OUT, as run makes its output folder: say so (a typo shows)

@@ -138,12 +138,22 @@ def reference_header(state: RunState):
     """The reference frame's descriptive keywords and WCS (the combined image and every
     resampled frame are on its grid). Read once per file version, not once per frame."""
     path = state.files[state.ref_index]
-    hdr = _reference_header_of(path, state.frames[state.ref_index].hdu_index, path.stat().st_mtime_ns).copy()
+    hdr = frame_header(path, state.frames[state.ref_index].hdu_index)
     calib = calibration.active(state.config)
     if calib is not None and calib.geometry.trim is not None:  # the WCS of the trimmed frame
         for key, off in (("CRPIX1", calib.geometry.trim.x0), ("CRPIX2", calib.geometry.trim.y0)):
             if key in hdr:
                 hdr[key] = hdr[key] - off
+    return hdr
+
+
+def frame_header(path: Path, hdu_index: int, offset: tuple[int, int] = (0, 0)):
+    """A frame's descriptive keywords and celestial WCS (a copy), its reference pixel moved by
+    `offset` (x, y) where the frame sits that far into a larger output grid."""
+    hdr = _reference_header_of(path, hdu_index, path.stat().st_mtime_ns).copy()
+    for key, off in (("CRPIX1", offset[0]), ("CRPIX2", offset[1])):
+        if off and key in hdr:
+            hdr[key] = hdr[key] + off
     return hdr
 
 
