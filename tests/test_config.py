@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,18 @@ def test_sample_demo_config_matches_the_generated_demo(tmp_path):
     for section in ("reference", "shift", "scale", "combine"):
         assert getattr(sample, section) == getattr(generated, section), section
     assert (sample.input.pattern, sample.input.select) == (generated.input.pattern, generated.input.select)
+
+
+@pytest.mark.parametrize("scale, named, meant", [
+    ({"radius": 20, "annulus": [10, 15]}, "[scale].annulus starts at 10 px, inside the aperture", {"radius": 20, "annulus": [20, 30]}),
+    ({"radius": 0.5}, "[scale].radius must be at least 1 px", {"radius": 1}),
+    ({"stars": [[226.5, 116.1], [40, 50], [226.5, 116.4]]}, "[scale].stars[2] is the star of [scale].stars[0] again",
+     {"stars": [[226.5, 116.1], [40, 50], [228, 116.4]]}),
+])
+def test_scale_values_that_cannot_be_meant_are_refused(scale, named, meant):
+    """Accepted before: an annulus inside the aperture took the stars' own light as sky (scales
+    5-8% off, no flag), radius 0.5 was an internal error, a star given twice counted twice."""
+    raw = {"input": {"directory": "."}, "reference": {"frame": 0, "star": "auto"}, "scale": scale}
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        config_from_dict(raw)
+    config_from_dict(dict(raw, scale=meant))  # the nearest meant value passes

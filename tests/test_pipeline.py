@@ -8,6 +8,7 @@ from astropy.io import fits
 
 from tui_stack import pipeline
 from tui_stack.core import combine
+from tui_stack.errors import InputError
 
 from conftest import checksums, make_config
 
@@ -170,3 +171,13 @@ def test_photometry_in_the_registration_pass_equals_the_shifted_frames(field_int
                                         fwhm_guess=fr.quality.fwhm)
         np.testing.assert_allclose(fr.star_flux, want.flux, rtol=1e-6)
         assert fr.star_flags == want.flags
+
+
+def test_a_stack_of_one_frame_is_refused(field_integer, tmp_path):
+    """Every frame but the reference excluded: `run` combined a "stack" of one frame (exit 0),
+    where the wizard asks for two."""
+    n = len(field_integer.files)
+    cfg = make_config(field_integer, tmp_path / "out", input__exclude=list(range(1, n)))
+    with pytest.raises(InputError, match=r"one usable frame \(demo_001.fits\) left to combine: a stack needs two"):
+        pipeline.run(cfg)
+    assert not (tmp_path / "out").exists()

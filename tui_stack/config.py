@@ -8,6 +8,7 @@ section is made from core.combine_params.PARAMS, which the `combine` command's f
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,6 +163,11 @@ class Config:
         if self.shift.transform in ("similarity", "affine") and self.shift.mode != "subpixel":
             raise ConfigError(f'config: [shift].transform = "{self.shift.transform}" resamples the frames: '
                               'it needs mode = "subpixel"')
+        sc = self.scale
+        if sc.sky == "annulus" and sc.annulus and sc.radius != "auto" and sc.annulus[0] < float(sc.radius):
+            raise ConfigError(f"config: [scale].annulus starts at {sc.annulus[0]:g} px, inside the aperture "
+                              f"(radius {float(sc.radius):g} px): the sky would hold the stars' own light; start it "
+                              "at the radius or beyond")
         if self.calibrate.any and self.compute.scheduler == "dask":
             raise ConfigError('config: [calibrate] runs on this machine only: it needs [compute].scheduler = "local"')
 
@@ -214,11 +220,24 @@ def _stars(where, v):
         return "auto"
     if not isinstance(v, list) or not v:
         raise _fail(where, 'must be "auto" or a non-empty list of [x, y]', v)
-    return [_xy(f"{where}[{i}]", s) for i, s in enumerate(v)]
+    stars = [_xy(f"{where}[{i}]", s) for i, s in enumerate(v)]
+    for i, (x, y) in enumerate(stars):
+        for j, (x2, y2) in enumerate(stars[:i]):
+            if math.hypot(x - x2, y - y2) < 1.0:  # counted twice in the median of the ratios
+                raise _fail(f"{where}[{i}]", f"is the star of {where}[{j}] again", v[i])
+    return stars
+
+
+MIN_RADIUS = 1.0  # px: a smaller aperture holds a fraction of one pixel
 
 
 def _radius(where, v):
-    return "auto" if v == "auto" else _pos_num(where, v)
+    if v == "auto":
+        return "auto"
+    r = _pos_num(where, v)
+    if r < MIN_RADIUS:
+        raise _fail(where, f"must be at least {MIN_RADIUS:g} px", v)
+    return r
 
 
 def _frame(where, v):

@@ -93,8 +93,9 @@ def combine_frames(
     cfg = state.config
     method = method or cfg.combine.method
     used = [fr for fr in state.frames if fr.used]
-    if not used:
-        raise InputError("no usable frames left to combine (see the flags of each frame)")
+    if len(used) < 2:
+        raise InputError(f"{'no usable frame' if not used else 'one usable frame (' + used[0].name + ')'} left to "
+                         "combine: a stack needs two or more (see the flags of each frame, and [input] exclude)")
     params = combine_params(cfg, method, state.files[state.ref_index], np.median([fr.sky for fr in used]))
     try:
         params.check_frames(len(used))
