@@ -213,3 +213,35 @@ def test_affine_transform_setting_fits_optics_stretched_along_one_axis(tmp_path)
         err[kind] = np.abs(got.apply(corners) - true.apply(corners)).max()
     assert err["affine"] < 0.05 and err["similarity"] > 0.3, err
     assert abs(got.axis_ratio - true.axis_ratio) < 2e-4
+
+
+def test_quality_of_binned_and_rescaled_frames_is_judged_per_reference_pixel(turned, subpixel_run):
+    """A 2x2-binned frame has 4x the sky per pixel, half the FWHM in its own pixels and a scale
+    1/4 for the same sky: it was flagged high_sky and "more transparent" (2.2x) while the
+    reference got low_transparency. Judged per reference pixel, its transparency is the truth's
+    and nothing is flagged that is not so."""
+    state, _ = subpixel_run
+    for k, fr in enumerate(state.frames):
+        if not fr.used:
+            continue
+        q = fr.quality
+        want = turned.transparencies[k] / np.median([turned.transparencies[i] for i, f in enumerate(state.frames) if f.used])
+        assert q.transparency == pytest.approx(want, rel=0.02), fr.name
+        assert ("low_transparency" in fr.flags) == (want < 0.8) and not {"high_sky", "out_of_focus"} & set(fr.flags), (
+            fr.name, fr.flags)
+    assert state.frames[6].area == pytest.approx(0.25, rel=1e-3)
+
+
+def test_quality_flags_compare_frames_per_reference_pixel():
+    """The same sky, seeing and clouds in a frame binned 2x2 by summing (area 0.25: 4x the sky
+    per pixel, half the FWHM in its pixels, a scale 1/4): no flag; the same frame clouded
+    (scale 1/4 x 1.5) is low_transparency, and one with twice the sky high_sky."""
+    from tui_stack.core import quality
+
+    def q(sky, fwhm):
+        return quality.FrameQuality(sky=sky, noise=10.0, n_stars=300, fwhm=fwhm, elongation=1.05, signal=100.0)
+
+    qs = [q(1000, 4.0), q(1010, 4.1), q(990, 3.9), q(4000, 2.0), q(4000, 2.0), q(8000, 2.0)]
+    quality.flag_qualities(qs, [1.0, 1.01, 0.99, 0.25, 0.375, 0.25], [1, 1, 1, 0.25, 0.25, 0.25])
+    assert [x.flags for x in qs] == [[], [], [], [], ["low_transparency"], ["high_sky"]]
+    assert qs[3].transparency == pytest.approx(1.0) and qs[4].transparency == pytest.approx(2 / 3)

@@ -151,37 +151,43 @@ def frame_quality(stars: Stars, sky: float, noise: float, saturation: float | No
     )
 
 
-def flag_qualities(qs: list[FrameQuality], scales: list[float] | None = None) -> None:
+def flag_qualities(qs: list[FrameQuality], scales: list[float] | None = None, areas: list[float] | None = None) -> None:
     """Flags relative to the set of frames: clouded, trailed, out of focus, high sky, few stars.
+    `areas`: each frame's pixels per reference pixel (a 2x2-binned frame 0.25): its sky, FWHM
+    and transparency are compared per reference pixel (its sky per pixel is 4x, its scale,
+    which brings it onto the reference grid, 1/4 for the same sky and clouds).
 
-    - low_transparency: transparency (1/scale) below 0.8 of the median frame's;
+    - low_transparency: transparency (area/scale) below 0.8 of the median frame's;
     - trailed: median elongation above 1.3 and 1.2 x the median frame's (crowded fields and
       real optics make every frame's stars a little elongated);
     - out_of_focus: FWHM above 1.5 x the median frame's;
     - high_sky: sky above 1.5 x the median frame's;
     - few_stars: fewer than a third of the median frame's stars (or under 5).
     """
-    good = [q for q in qs if q.n_stars > 0]
+    areas = np.ones(len(qs)) if areas is None else np.asarray(areas, float)
+    fwhm = np.array([q.fwhm for q in qs]) / np.sqrt(areas)  # reference pixels
+    sky = np.array([q.sky for q in qs]) * areas  # per reference pixel's area
+    good = [k for k, q in enumerate(qs) if q.n_stars > 0]
     if not good:
         return
-    med_fwhm = np.nanmedian([q.fwhm for q in good])
-    med_elong = np.nanmedian([q.elongation for q in good])
-    med_sky = np.nanmedian([q.sky for q in qs])
+    med_fwhm = np.nanmedian(fwhm[good])
+    med_elong = np.nanmedian([qs[k].elongation for k in good])
+    med_sky = np.nanmedian(sky)
     med_n = np.median([q.n_stars for q in qs])
     if scales is not None:
-        t = np.array([1.0 / s if s and np.isfinite(s) and s > 0 else np.nan for s in scales])
+        t = np.array([a / s if s and np.isfinite(s) and s > 0 else np.nan for s, a in zip(scales, areas)])
         med_t = np.nanmedian(t) if np.isfinite(t).any() else np.nan
         for q, ti in zip(qs, t):
             q.transparency = float(ti / med_t) if np.isfinite(ti) and np.isfinite(med_t) else float("nan")
-    for q in qs:
+    for k, q in enumerate(qs):
         flags = [f for f in q.flags if f == "few_stars"]
         if np.isfinite(q.transparency) and q.transparency < 0.8:
             flags.append("low_transparency")
         if np.isfinite(q.elongation) and q.elongation > max(1.3, 1.2 * med_elong):
             flags.append("trailed")
-        if np.isfinite(q.fwhm) and q.fwhm > 1.5 * med_fwhm:
+        if np.isfinite(fwhm[k]) and fwhm[k] > 1.5 * med_fwhm:
             flags.append("out_of_focus")
-        if q.sky > 1.5 * med_sky and med_sky > 0:
+        if sky[k] > 1.5 * med_sky and med_sky > 0:
             flags.append("high_sky")
         if (q.n_stars < med_n / 3 or q.n_stars < 5) and "few_stars" not in flags:
             flags.append("few_stars")

@@ -104,7 +104,7 @@ def register(state: RunState, progress: Progress = noop) -> None:
             ahead.close()
     _flag_duplicates(state)
     qs = [fr.quality for fr in state.frames]
-    quality.flag_qualities(qs)
+    quality.flag_qualities(qs, areas=[fr.area for fr in state.frames])
     state.qualities = qs
     progress("register", len(state.files), len(state.files))
 

@@ -160,7 +160,7 @@ def _flag_transparency(state: RunState) -> None:
     qs = [fr.quality for fr in state.frames]
     if any(q is None for q in qs):
         return
-    quality.flag_qualities(qs, [fr.scale for fr in state.frames])
+    quality.flag_qualities(qs, [fr.scale for fr in state.frames], [fr.area for fr in state.frames])
     for fr in state.frames:
         fr.flags = [f for f in fr.flags if f not in quality.QUALITY_FLAGS] + fr.quality.flags
 

@@ -81,6 +81,11 @@ class FrameResult:
     def name(self) -> str:
         return self.path.name
 
+    @property
+    def area(self) -> float:
+        """Frame pixels per reference pixel (a 2x2-binned frame: 0.25; 1 without a transform)."""
+        return registration.Affine.from_list(self.transform).area if self.transform is not None else 1.0
+
 
 @dataclass
 class CombinedResult:
