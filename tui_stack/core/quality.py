@@ -136,9 +136,23 @@ def find_stars(data: np.ndarray, mask: np.ndarray | None, noise: float, nsigma: 
     return stars
 
 
+MIN_ISOLATED = 10  # fewer isolated stars than this (a crowded field): the brightest of all
+
+
 def frame_quality(stars: Stars, sky: float, noise: float, saturation: float | None) -> FrameQuality:
+    """Sky, noise, star count, and the FWHM, elongation and peak signal of the 30 brightest
+    unsaturated stars with no other star within a stamp: a neighbour in the moments' stamp
+    widens and stretches a star (a 2x2-binned frame's stamp covers 4x the sky: median
+    elongation 1.12 of all, 1.04 of isolated ones, against 1.01 unbinned)."""
     ok = np.ones(len(stars), bool) if saturation is None else stars.peak + sky < 0.9 * saturation
-    bright = np.nonzero(ok)[0][:30]
+    bright = np.nonzero(ok)[0][:300]  # brightest first
+    if bright.size > 1:
+        d = np.hypot(stars.x[bright, None] - stars.x[None, :], stars.y[bright, None] - stars.y[None, :])
+        d[np.arange(bright.size), bright] = np.inf
+        isolated = bright[d.min(axis=1) > STAMP]
+        if isolated.size >= MIN_ISOLATED:
+            bright = isolated
+    bright = bright[:30]
     if bright.size == 0:
         return FrameQuality(sky, noise, max(stars.n_found, len(stars)), float("nan"), float("nan"), 0.0, flags=["few_stars"])
     return FrameQuality(
