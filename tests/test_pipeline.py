@@ -181,3 +181,21 @@ def test_a_stack_of_one_frame_is_refused(field_integer, tmp_path):
     with pytest.raises(InputError, match=r"one usable frame \(demo_001.fits\) left to combine: a stack needs two"):
         pipeline.run(cfg)
     assert not (tmp_path / "out").exists()
+
+
+def test_outputs_that_the_next_run_would_read_as_frames_are_refused(field_integer, tmp_path):
+    """[output] directory = the input folder with a pattern that takes combined_*.fits: the stack
+    was written among the frames (the next run read it as one); a narrower pattern is fine."""
+    import dataclasses
+    import shutil
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for p in field_integer.files:
+        shutil.copy(p, frames)
+    truth = dataclasses.replace(field_integer, files=[frames / p.name for p in field_integer.files])
+    with pytest.raises(InputError, match=r"combined_median.fits matches the input pattern '\*.fits'"):
+        pipeline.run(make_config(truth, frames, input__pattern="*.fits"))
+    assert sorted(p.name for p in frames.iterdir()) == sorted(p.name for p in field_integer.files)
+    state = pipeline.run(make_config(truth, frames, input__pattern="demo_*.fits"))
+    assert (frames / "combined_median.fits").exists() and len(state.files) == len(field_integer.files)

@@ -9,6 +9,7 @@ import numpy as np
 
 from tui_stack import __version__, safetext
 from tui_stack.core import combine, io
+from tui_stack.errors import InputError
 from tui_stack.pipeline import calibration
 from tui_stack.pipeline.report import report_dict
 from tui_stack.pipeline.shift import reference_header, write_shifted_frames
@@ -48,12 +49,23 @@ def write_combined(state: RunState, combined: CombinedResult, out_dir: Path) -> 
 
 
 def planned_outputs(state: RunState, methods=None) -> list[str]:
-    """The names a run writes into its output directory (rundir.OutputDir checks them first)."""
+    """The names a run writes into its output directory (rundir.OutputDir checks them first).
+    Exit 2 if one would be read as a frame by the next run: written among the inputs, its name
+    matching their glob."""
+    import fnmatch
+
     cfg = state.config
     names = [f"combined_{m}.fits" for m in (methods or [cfg.combine.method])] + ["report.json"]
     if cfg.output.write_shifted:
         names += [f"s{p.name}" for p in state.files]
-    return names + calibration.planned_masters(cfg, state.files)
+    names += calibration.planned_masters(cfg, state.files)
+    if io.resolved(cfg.output.directory) == io.resolved(cfg.input.directory):
+        caught = [n for n in names if fnmatch.fnmatch(n, cfg.input.pattern)]
+        if caught:
+            raise InputError(f"[output] directory is the input directory and {caught[0]} matches the input pattern "
+                             f"{cfg.input.pattern!r}: the next run would take it for a frame; choose another output "
+                             "directory (or a narrower pattern)")
+    return names
 
 
 def write_outputs(state: RunState, out: Path, progress: Progress = noop, shifted_written: bool = False) -> None:
