@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 STAMP = 15  # px, moments stamp
+WINDOWED = 300  # the brightest stars' widths measured under a window (all 2000: +50 ms a 4k frame)
 # The share of the 3x3 light in its 1, 2, 3 brightest pixels: a cosmic ray or a hot pixel, a
 # pixel or a track of pixels wide, has nearly all of it in the pixels it lit (a longer track
 # spreads its light over more and passes the 1-pixel test); a star of FWHM 1.5 px holds at most
@@ -113,6 +114,7 @@ def find_stars(data: np.ndarray, mask: np.ndarray | None, noise: float, nsigma: 
     core3 = np.sort(stamps[:, half - 1 : half + 2, half - 1 : half + 2].reshape(len(stamps), 9), axis=1)
     core = core3.sum(axis=1)
     share = np.cumsum(core3[:, ::-1][:, : len(MAX_SHARPNESS)], axis=1) / np.where(core > 0, core, np.inf)[:, None]
+    raw = stamps
     stamps = np.clip(stamps - 2.0 * noise, 0, None)  # the noise floor would widen every star
     tot = stamps.sum(axis=(1, 2))
     tot = np.where(tot > 0, tot, 1.0)
@@ -122,11 +124,11 @@ def find_stars(data: np.ndarray, mask: np.ndarray | None, noise: float, nsigma: 
     sxx = (stamps * (gx - cx[:, None, None]) ** 2).sum(axis=(1, 2)) / tot
     syy = (stamps * (gy - cy[:, None, None]) ** 2).sum(axis=(1, 2)) / tot
     sxy = (stamps * (gx - cx[:, None, None]) * (gy - cy[:, None, None])).sum(axis=(1, 2)) / tot
-    tr, det = sxx + syy, sxx * syy - sxy**2
-    disc = np.sqrt(np.clip(tr**2 / 4 - det, 0, None))
-    l1, l2 = tr / 2 + disc, np.clip(tr / 2 - disc, 1e-6, None)
-    # The stamp truncates the wings, so moments underestimate a Moffat's width; this is a
-    # relative measure between frames (same stamp everywhere), not an absolute FWHM.
+    l1, l2 = _axes(sxx, syy, sxy)
+    # the brightest (what frame_quality and the reference star's choice read) under a window:
+    # relative measures between frames (the same rule everywhere), not a Moffat's FWHM
+    k = WINDOWED
+    l1[:k], l2[:k] = _windowed(raw[:k], gx, gy, cx[:k], cy[:k], (l1[:k], l2[:k]))
     fwhm = 2.3548 * np.sqrt((l1 + l2) / 2)
     real = (share < np.array(MAX_SHARPNESS)).all(axis=1)
     stars = Stars(xp[real] + cx[real], yp[real] + cy[real], peak[real].astype(float), tot[real], fwhm[real],
@@ -134,6 +136,32 @@ def find_stars(data: np.ndarray, mask: np.ndarray | None, noise: float, nsigma: 
     stars.n_found = n_found - int((~real).sum())
     stars.blemishes = np.array([xp[~real], yp[~real], peak[~real]], float)
     return stars
+
+
+def _axes(sxx, syy, sxy):
+    """The second moments' principal variances (l1 >= l2)."""
+    tr, det = sxx + syy, sxx * syy - sxy**2
+    disc = np.sqrt(np.clip(tr**2 / 4 - det, 0, None))
+    return tr / 2 + disc, np.clip(tr / 2 - disc, 1e-6, None)
+
+
+def _windowed(stamps, gx, gy, cx, cy, axes, passes: int = 3):
+    """Principal variances of each star from second moments under a round Gaussian window of the
+    star's own size, the window taken out again (1/true = 1/seen - 1/window: exact for a
+    Gaussian star): a neighbour or the sky a stamp also holds barely counts (unweighted, a
+    2x2-binned crowded frame's stamps, 4x the sky area, read 1.6 elongation for 1.2)."""
+    dx, dy = gx[None] - cx[:, None, None], gy[None] - cy[:, None, None]
+    r2 = dx**2 + dy**2
+    xx, yy, xy = dx**2, dy**2, dx * dy
+    s2 = np.clip((axes[0] + axes[1]) / 2, 0.3, 50.0)
+    for _ in range(passes):
+        f = stamps * np.exp(-r2 / (2 * s2[:, None, None]))
+        tot = f.sum(axis=(1, 2))
+        tot = np.where(tot > 0, tot, np.inf)
+        l1, l2 = _axes(*((f * m).sum(axis=(1, 2)) / tot for m in (xx, yy, xy)))
+        t1, t2 = (1 / np.clip(1 / np.maximum(v, 1e-6) - 1 / s2, 1e-3, None) for v in (l1, l2))
+        s2 = np.clip((t1 + t2) / 2, 0.3, 50.0)
+    return t1, np.minimum(t2, t1)
 
 
 MIN_ISOLATED = 10  # fewer isolated stars than this (a crowded field): the brightest of all
