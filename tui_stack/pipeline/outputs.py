@@ -61,7 +61,7 @@ def planned_outputs(state: RunState, methods=None) -> list[str]:
     names += calibration.planned_masters(cfg, state.files)
     if io.resolved(cfg.output.directory) == io.resolved(cfg.input.directory):
         caught = [n for n in names if fnmatch.fnmatch(n, cfg.input.pattern)]
-        if caught:
+        if caught and not {p.name for p in state.files} & set(names):  # else "would overwrite an input" (rundir)
             raise InputError(f"[output] directory is the input directory and {caught[0]} matches the input pattern "
                              f"{cfg.input.pattern!r}: the next run would take it for a frame; choose another output "
                              "directory (or a narrower pattern)")
