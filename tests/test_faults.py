@@ -64,6 +64,92 @@ def test_unreadable_file_named_in_exclude_is_skipped(field, tmp_path, capsys):
     assert [f["file"] for f in report(tmp_path)["frames"]][0] == "demo_001.fits"
 
 
+def broken_copies(src: Path, where: Path) -> dict:
+    """Files whose header reads and whose data does not, made from the frame `src`: the kinds
+    the trial found (a half-copied frame, BITPIX 17, a BITPIX saying -64 over float32 data, a
+    header claiming 100000^2 pixels). Returns {name: what the error must say}."""
+    raw = src.read_bytes()
+    head = raw.index(b"END" + b" " * 77) + 80
+    head = -(-head // 2880) * 2880
+    bitpix = b"BITPIX  =                  -32"
+    assert bitpix in raw[:head]
+    (where / "trunc.fits").write_bytes(raw[: head + 287 * 320 * 4 + 100])  # 287 rows and a bit of one
+    with fits.open(src) as h:  # BITPIX 17 over 16-bit data, as the trial's
+        fits.PrimaryHDU(h[0].data.astype(np.int16), h[0].header).writeto(where / "bitpix17.fits")
+    raw16 = (where / "bitpix17.fits").read_bytes()
+    (where / "bitpix17.fits").write_bytes(raw16.replace(b"BITPIX  =                   16", b"BITPIX  =                   17", 1))
+    (where / "wrongbitpix.fits").write_bytes(raw.replace(bitpix, b"BITPIX  =                  -64", 1))
+    hdr = fits.Header([("SIMPLE", True), ("BITPIX", 16), ("NAXIS", 2), ("NAXIS1", 100000), ("NAXIS2", 100000)])
+    (where / "huge.fits").write_bytes(hdr.tostring().encode() + bytes(2880))
+    return {"trunc.fits": "holds rows 0-286 of 320", "bitpix17.fits": "BITPIX = 17",
+            "wrongbitpix.fits": "holds rows 0-159 of 320", "huge.fits": "holds none of its rows of 100000"}
+
+
+def test_excluded_frame_whose_data_cannot_be_read_is_skipped(field, tmp_path, capsys):
+    """Trial 6 #2: a header that reads over data that does not blocked `run` even when the file
+    was named in [input] exclude (it was still registered)."""
+    truth, frames = field
+    broken = broken_copies(truth.files[2], frames)
+    code, out, err = run_case(truth, frames, tmp_path, capsys, input__pattern="*.fits", input__exclude=sorted(broken),
+                              combine__method="average")
+    assert code == 0, err
+    rep = report(tmp_path)
+    assert [f["file"] for f in rep["frames"]] == [p.name for p in truth.files]
+    assert rep["combined"]["n_frames"] == 5
+    skipped = {s["file"]: s for s in rep["skipped"]}
+    assert sorted(skipped) == sorted(broken)
+    for name, why in broken.items():
+        assert why in skipped[name]["reason"], skipped[name]
+        assert skipped[name]["flags"] == ["excluded", "unreadable"]
+    assert "trunc.fits: excluded and unreadable, skipped" in out
+
+
+@pytest.mark.parametrize("name", ["trunc.fits", "bitpix17.fits", "wrongbitpix.fits", "huge.fits"])
+def test_frame_whose_data_cannot_be_read_is_named_before_any_work(field, tmp_path, capsys, name):
+    truth, frames = field
+    why = broken_copies(truth.files[2], frames)[name]
+    for other in {"trunc.fits", "bitpix17.fits", "wrongbitpix.fits", "huge.fits"} - {name}:
+        (frames / other).unlink()
+    code, _, err = run_case(truth, frames, tmp_path, capsys, input__pattern="*.fits")
+    assert_one_line_error(code, err, name, why)
+    assert not (tmp_path / "out").exists()  # refused at the selection: no output folder made
+
+
+def test_cube_of_one_plane_is_a_frame(field, tmp_path, capsys):
+    """Trial 6 #15: NAXIS3 = 1 (as many cameras write a single frame) was refused as 3 axes.
+    Every frame as such a cube, plain, in an extension and tile-compressed: the same outputs."""
+    truth, frames = field
+    (tmp_path / "flat").mkdir(), (tmp_path / "cube").mkdir()
+    code, _, err = run_case(truth, frames, tmp_path / "flat", capsys, combine__method="average")
+    assert code == 0, err
+    for i, path in enumerate(sorted(frames.glob("demo_*.fits"))):
+        with fits.open(path) as h:
+            data, hdr = h[0].data.copy(), h[0].header.copy()
+        path.unlink()
+        hdr.remove("NAXIS1"), hdr.remove("NAXIS2")
+        cube = data[None]
+        if i % 3 == 0:
+            fits.PrimaryHDU(cube, hdr).writeto(path)
+        elif i % 3 == 1:
+            fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(cube, hdr)]).writeto(path)
+        else:
+            fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(cube, hdr, compression_type="GZIP_2",
+                                                               quantize_level=0)]).writeto(path)
+        assert fits.getheader(path, int(i % 3 > 0))["NAXIS"] == 3
+    code, _, err = run_case(truth, frames, tmp_path / "cube", capsys, combine__method="average",
+                            output__write_shifted=True)
+    assert code == 0, err
+    a = fits.getdata(tmp_path / "flat" / "out" / "combined_average.fits")
+    b = fits.getdata(tmp_path / "cube" / "out" / "combined_average.fits")
+    np.testing.assert_array_equal(a, b)
+    assert fits.getdata(tmp_path / "cube" / "out" / "sdemo_001.fits").ndim == 2
+    # the standalone combine reads them too (rows of a plain, an extension and a compressed cube)
+    files = [str(p) for p in sorted(frames.glob("demo_*.fits"))]
+    code, _, err = run_cli(["combine", *files[:3], "--method", "average", "--out", str(tmp_path / "c.fits")], capsys)
+    assert code == 0, err
+    assert fits.getdata(tmp_path / "c.fits").shape == (320, 320)
+
+
 def test_image_in_extension_and_compressed_frames_are_used(field, tmp_path, capsys):
     truth, frames = field
     for i, path in enumerate(sorted(frames.glob("demo_*.fits"))):

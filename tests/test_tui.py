@@ -148,6 +148,44 @@ def test_errors_are_shown_not_raised(tmp_path):
     asyncio.run(go())
 
 
+def test_unreadable_file_does_not_reach_reference_and_shifts(demo_dir, tmp_path, monkeypatch):
+    """Trial 6 #2: a file Files marks "unreadable, not used" (header fine, data truncated) was
+    counted as a frame by Reference and read again there and on Shifts."""
+    import asyncio
+    import shutil
+
+    monkeypatch.setenv("TUI_STACK_STATE_DIR", str(tmp_path / "state"))
+    frames = tmp_path / "frames"
+    shutil.copytree(demo_dir / "frames", frames)
+    raw = (frames / "demo_002.fits").read_bytes()
+    (frames / "demo_000.fits").write_bytes(raw[: len(raw) // 2])  # sorts first: the old index 0
+    cfg = load_config(demo_dir / "demo.toml")
+    cfg.input.directory = frames
+    cfg.reference.frame, cfg.reference.star, cfg.scale.stars = "auto", "auto", "auto"
+    cfg.output.directory = tmp_path / "o"
+    app = StackApp(frames, cfg)
+
+    async def go():
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            bad = [i for i in app.ws.infos if i.error]
+            assert [i.path.name for i in bad] == ["demo_000.fits"] and "truncated" in bad[0].error
+            await press(pilot, "n")
+            assert app.screen.STEP == 1
+            run = app.ws.run
+            assert [p.name for p in run.files] == [f"demo_00{k}.fits" for k in range(1, 6)]
+            assert [p.name for p, _ in run.skipped] == ["demo_000.fits"]
+            assert not app.screen.query_one("#status").has_class("error")
+            await press(pilot, "a")
+            await press(pilot, "n")
+            assert app.screen.STEP == 2
+            assert [fr.name for fr in run.frames] == [p.name for p in run.files]
+            assert sum(fr.used for fr in run.frames) == 5
+            assert not app.screen.query_one("#status").has_class("error")
+
+    asyncio.run(go())
+
+
 def test_quit_asks_when_work_would_be_lost(demo_dir):
     import asyncio
 

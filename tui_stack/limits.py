@@ -110,7 +110,7 @@ def frame_shape(path: Path) -> tuple[int, int]:
 
     hdul = io.open_fits(path)
     try:
-        return tuple(hdul[io._image_hdu_index(hdul, Path(path))].shape)
+        return io.image_shape(hdul[io._image_hdu_index(hdul, Path(path))])
     finally:
         hdul.close()
 

@@ -107,7 +107,7 @@ def combine_files(args, console) -> Path:
         hdul = io.open_fits(p)
         try:
             idx = io._image_hdu_index(hdul, p)
-            shape = hdul[idx].shape
+            shape = io.image_shape(hdul[idx])
         finally:
             hdul.close()
         infos.append((p, idx, shape))

@@ -35,6 +35,9 @@ def print_summary(state, console) -> None:
             str(i), safetext.markup_name(fr.name, NAME_WIDTH, suffix=True), _fmt(fr.shift_x), _fmt(fr.shift_y), _fmt(fr.sky, ".0f"), _fmt(fr.scale, ".4f"), "yes" if fr.used else "no", " ".join(fr.flags),
         )
     console.print(t)
+    for path, why in getattr(state, "skipped", ()):
+        console.print(f"{safetext.terminal(path.name)}: excluded and unreadable, skipped ({safetext.terminal(why)})",
+                      markup=False)
     for fr in state.frames:
         if fr.message:  # what to do about a frame left out, where the flag alone does not say
             console.print(f"{fr.name}: {fr.message}", markup=False)

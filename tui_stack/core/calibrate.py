@@ -120,6 +120,7 @@ def read_info(path: Path, exposure_key: str = "EXPTIME") -> RawInfo:
     hdul = io.open_fits(path)
     try:
         idx = io._image_hdu_index(hdul, path)
+        shape = io.image_shape(hdul[idx])
         hdr = hdul[idx].header.copy()
         if idx > 0:  # keywords written in the primary header count too
             for card in hdul[0].header.cards:
@@ -127,7 +128,6 @@ def read_info(path: Path, exposure_key: str = "EXPTIME") -> RawInfo:
                     hdr[card.keyword] = card.value
     finally:
         hdul.close()
-    shape = (int(hdr.get("ZNAXIS2", hdr.get("NAXIS2"))), int(hdr.get("ZNAXIS1", hdr.get("NAXIS1"))))
     try:
         exptime = exposure_of(hdr, path, exposure_key)
     except InputError:

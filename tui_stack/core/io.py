@@ -61,18 +61,62 @@ class FrameInfo:
         return not self.error and header_selected(self.header, self.primary, select)
 
 
+def _axes(hdr) -> list[int]:
+    """NAXIS1, NAXIS2, ... of an image HDU (ZNAXISn of a tile-compressed one)."""
+    z = "Z" if "ZNAXIS" in hdr else ""
+    return [int(hdr.get(f"{z}NAXIS{k}", 0)) for k in range(1, int(hdr.get(f"{z}NAXIS", 0)) + 1)]
+
+
+def image_shape(hdu) -> tuple[int, int]:
+    """(h, w) of an image HDU: a cube whose further axes are all 1 (NAXIS3 = 1, as many cameras
+    write a single frame) is that one 2-D plane."""
+    axes = _axes(hdu.header)
+    return axes[1], axes[0]
+
+
 def _image_hdu_index(hdul, path: Path) -> int:
     """The first HDU holding 2-D image data (primary, image extension or compressed)."""
     for i, hdu in enumerate(hdul):
         if not getattr(hdu, "is_image", False):
             continue
-        naxis = hdu.header.get("ZNAXIS", hdu.header.get("NAXIS", 0))
-        if naxis == 0:
+        axes = _axes(hdu.header)
+        if not axes:
             continue
-        if naxis != 2:
-            raise InputError(f"{path}: image in HDU {i} has {naxis} axes; only 2-D frames can be stacked")
+        if len(axes) < 2 or any(n != 1 for n in axes[2:]):
+            raise InputError(f"{path}: image in HDU {i} has {len(axes)} axes "
+                             f"({' x '.join(map(str, axes))}); only 2-D frames can be stacked")
         return i
     raise InputError(f"{path}: no image data in any HDU")
+
+
+def _rows_held(path, have: int, row_bytes: int, n_rows: int) -> str:
+    """A truncated image: which of its rows the file holds."""
+    rows = max(0, have) // row_bytes
+    held = "none of its rows" if rows == 0 else f"rows 0-{rows - 1}"
+    return f"{path}: file is truncated: it holds {held} of {n_rows} (image data {max(0, have)} of {n_rows * row_bytes} bytes)"
+
+
+def check_data(hdul, idx: int, path: Path) -> None:
+    """The image's data can be read as its header describes, without reading it: a known
+    BITPIX and a file long enough to hold the data (a half-copied frame, a wrong BITPIX or
+    NAXIS). Compressed files are checked only by reading them."""
+    from astropy.io import fits
+
+    hdu = hdul[idx]
+    hdr = hdu.header
+    if isinstance(hdu, fits.CompImageHDU):
+        return
+    if hdr.get("BITPIX") not in _BITPIX_DTYPES:
+        raise InputError(f"{path}: image data cannot be read: BITPIX = {hdr.get('BITPIX')!r} is not a FITS "
+                         "data type (8, 16, 32, 64, -32, -64)")
+    info = hdu.fileinfo()
+    if info is None or info.get("file") is None or getattr(info["file"], "compression", None):
+        return  # gzip/bzip2: the sizes are those of the uncompressed stream
+    h, w = image_shape(hdu)
+    row = w * abs(int(hdr["BITPIX"])) // 8
+    have = os.stat(info["file"].name).st_size - info["datLoc"]
+    if have < h * row:
+        raise InputError(_rows_held(path, have, row, h))
 
 
 def open_fits(path: Path, memmap: bool = True):
@@ -142,16 +186,22 @@ def read_frame(path: Path) -> Frame:
     hdul = open_fits(path, memmap=False)
     try:
         idx = _image_hdu_index(hdul, path)
+        check_data(hdul, idx, path)
         hdu = hdul[idx]
+        shape = image_shape(hdu)
         try:
             data = _read_float32(hdu)
             if data is None:
-                data = np.asarray(hdu.data, dtype=np.float32)
+                data = np.asarray(hdu.data, dtype=np.float32).reshape(shape)
         except InputError:
             raise
         except Exception as exc:
             raise InputError(f"{path}: image data cannot be read, file truncated? ({exc})") from None
         header = hdu.header.copy()
+        if header.get("NAXIS", 2) > 2:  # a cube of one plane: a 2-D frame from here on
+            for k in range(3, header["NAXIS"] + 1):
+                header.remove(f"NAXIS{k}", ignore_missing=True)
+            header["NAXIS"] = 2
     finally:
         hdul.close()
     mask = ~np.isfinite(data)
@@ -179,19 +229,18 @@ def _read_float32(hdu) -> np.ndarray | None:
 
     hdr = hdu.header
     if (isinstance(hdu, fits.CompImageHDU) or hdr.get("BITPIX") != -32 or hdr.get("BSCALE", 1) != 1
-            or hdr.get("BZERO", 0) != 0 or hdr.get("NAXIS") != 2):
+            or hdr.get("BZERO", 0) != 0):
         return None
     info = hdu.fileinfo()
     if info is None or info.get("file") is None or getattr(info["file"], "compression", None):
         return None  # gzip/bzip2: the offsets are in the uncompressed stream; astropy reads it
-    shape = (int(hdr["NAXIS2"]), int(hdr["NAXIS1"]))
+    shape = image_shape(hdu)
     name, start = info["file"].name, info["datLoc"]
     need = shape[0] * shape[1] * 4
     with open(name, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size < start + need:
-            raise InputError(f"{name}: image data cannot be read, file truncated? "
-                             f"({max(0, size - start)} of {need} bytes)")
+            raise InputError(_rows_held(name, size - start, shape[1] * 4, shape[0]))
         try:
             mm = _map_file(f.fileno())
         except (OSError, ValueError):
@@ -226,17 +275,17 @@ class RowReader:
             hdr = hdu.header
             # tile-compressed, or a gzip/bzip2 file (offsets in the uncompressed stream): astropy's section
             compressed = isinstance(hdu, fits.CompImageHDU) or bool(getattr(hdul._file, "compression", None))
+            self.shape = image_shape(hdu)
             if not compressed:
+                check_data(hdul, hdu_index, self.path)
                 self._offset = hdu.fileinfo()["datLoc"]
-            else:
-                shape = tuple(hdu.section.shape)
+        # a cube of one plane (NAXIS3 = 1): the section's leading axes are taken at 0
+        self._lead = (0,) * (len(_axes(hdr)) - 2)
         if compressed:
-            self.shape = shape
             if keep_open:
                 self._hdul = fits.open(self.path)
                 self._section = self._hdul[hdu_index].section
             return
-        self.shape = (int(hdr["NAXIS2"]), int(hdr["NAXIS1"]))
         self._dtype = np.dtype(_BITPIX_DTYPES[hdr["BITPIX"]])
         self._bscale = float(hdr.get("BSCALE", 1.0))
         self._bzero = float(hdr.get("BZERO", 0.0))
@@ -258,13 +307,14 @@ class RowReader:
     def rows_into(self, y0: int, y1: int, x0: int, x1: int, out: np.ndarray) -> None:
         """Pixels [y0:y1, x0:x1] into `out`, converted in one pass (byte order, BZERO, BLANK)."""
         if self.compressed:
+            cut = (*self._lead, slice(y0, y1), slice(x0, x1))
             if self._section is not None:
-                out[...] = self._section[y0:y1, x0:x1]
+                out[...] = self._section[cut]
                 return
             from astropy.io import fits
 
             with fits.open(self.path) as hdul:
-                out[...] = hdul[self.hdu_index].section[y0:y1, x0:x1]
+                out[...] = hdul[self.hdu_index].section[cut]
             return
         w = self.shape[1]
         nbytes = (y1 - y0) * w * self._dtype.itemsize
@@ -275,7 +325,8 @@ class RowReader:
             if fd != self._fd:
                 os.close(fd)
         if len(buf) != nbytes:
-            raise InputError(f"{self.path}: file is truncated (rows {y0}-{y1} missing)")
+            have = os.stat(self.path).st_size - self._offset
+            raise InputError(_rows_held(self.path, have, w * self._dtype.itemsize, self.shape[0]))
         raw = np.frombuffer(buf, dtype=self._dtype).reshape(y1 - y0, w)[:, x0:x1]
         np.copyto(out, raw, casting="unsafe")
         if self._bscale != 1.0:
@@ -370,32 +421,50 @@ def header_matches(header, select: dict | None) -> bool:
     return True
 
 
-def select_files(directory: Path, pattern: str, select: dict | None = None, skip: set | frozenset = frozenset()) -> list[Path]:
+def select_files(directory: Path, pattern: str, select: dict | None = None, skip: set | frozenset = frozenset(),
+                 skipped: list | None = None) -> list[Path]:
     """Glob, then keep the files whose header matches every `select` keyword.
 
-    Every matched file is opened first, so a broken file is reported by name rather
-    than silently skipped, unless its name is in `skip` (the user excluded it).
+    Every matched file is opened first, and its data checked against its header (check_data),
+    so a broken file is reported by name rather than failing half-way through a run, unless
+    its name is in `skip` (the user excluded it): then it is left out, and (path, reason) is
+    appended to `skipped`. A file in `skip` is read whole to know (as the wizard's file table
+    read it): an excluded frame is never read again only to fail half-way through a run.
     """
     files = match_files(directory, pattern)
     kept = []
     for path in files:
         try:
             hdul = open_fits(path)
-            _image_hdu_index(hdul, path)
-        except InputError:
-            if path.name in skip:
-                continue
-            raise
+        except InputError as exc:
+            if path.name not in skip:
+                raise
+            _skipped(skipped, path, exc)
+            continue
         try:
             idx = _image_hdu_index(hdul, path)
+            check_data(hdul, idx, path)
+            if path.name in skip:
+                read_frame(path)
             if header_selected(hdul[idx].header, hdul[0].header if idx > 0 else None, select):
                 kept.append(path)
+        except InputError as exc:
+            if path.name not in skip:
+                raise
+            _skipped(skipped, path, exc)
         finally:
             hdul.close()
     if not kept:
+        if not select:  # every file excluded and unreadable
+            raise InputError(f"no readable files match {pattern!r} in {directory} besides those [input] exclude names")
         wanted = ", ".join(f"{k}={v!r}" for k, v in select.items())
         raise InputError(f"no files in {directory} matching {pattern!r} have {wanted}")
     return kept
+
+
+def _skipped(skipped: list | None, path: Path, exc: InputError) -> None:
+    if skipped is not None:
+        skipped.append((path, str(exc).removeprefix(f"{path}: ")))
 
 
 def resolved(path: Path) -> Path:

@@ -44,7 +44,9 @@ def run(cfg: Config, progress: Progress = noop) -> RunState:
     from tui_stack import limits, rundir
 
     state = RunState(config=cfg)
-    state.set_files(select(cfg))
+    skipped = []
+    state.set_files(select(cfg, skipped))
+    state.skipped = skipped
     ref = resolve_reference(cfg, state.files) if cfg.reference.frame != "auto" else 0
     need = limits.check_run(cfg, state.files, state.files[ref])
     with rundir.OutputDir(cfg.output.directory, "tui-stack run", protect=state.files) as od:

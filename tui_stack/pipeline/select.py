@@ -9,10 +9,12 @@ from tui_stack.core import io
 from tui_stack.errors import InputError
 
 
-def select(cfg: Config) -> list[Path]:
-    """The sorted frames to work on; an unreadable file named in `exclude` is skipped, not an error."""
+def select(cfg: Config, skipped: list | None = None) -> list[Path]:
+    """The sorted frames to work on. A file named in `exclude` that cannot be read (not FITS,
+    or data its header does not describe: truncated, a wrong BITPIX) is skipped, not an error,
+    and (path, reason) appended to `skipped`; any other unreadable file is an error naming it."""
     names = {e for e in cfg.input.exclude if isinstance(e, str)}
-    return io.select_files(cfg.input.directory, cfg.input.pattern, cfg.input.select, skip=names)
+    return io.select_files(cfg.input.directory, cfg.input.pattern, cfg.input.select, skip=names, skipped=skipped)
 
 
 def scan(directory: Path, pattern: str, progress=None):

@@ -120,6 +120,7 @@ class RunState:
     frames: list[FrameResult] = field(default_factory=list)
     combined: list[CombinedResult] = field(default_factory=list)
     calibration: object = None  # core.calibrate.Calibration of the lights, when [calibrate] has frames
+    skipped: list = field(default_factory=list)  # (path, reason): files [input] exclude names that cannot be read
 
     # ------------------------------------------------ choices, each clearing what depends on it
 

@@ -289,12 +289,15 @@ class WizardScreen(Screen):
         if not self.ws.ui_restore.get(str(self.STEP)):  # not while the saved rows are put back
             self.save_soon()
 
-    def pipeline_selection(self) -> list | None:
-        """The frames the pipeline selects from what step 1 chose; None (and said why) if none."""
+    def pipeline_selection(self) -> tuple[list, list] | None:
+        """The frames the pipeline selects from what step 1 chose, and the files it skipped
+        (unreadable ones: Files lists them as not used, so `exclude` names them); None (and
+        said why) if none."""
         from tui_stack import pipeline
 
+        skipped = []
         try:
-            return pipeline.select(self.ws.config_for_run())
+            return pipeline.select(self.ws.config_for_run(), skipped), skipped
         except InputError as exc:
             self.status(str(exc), error=True)
             return None
@@ -531,10 +534,10 @@ class PreviewScreen(WizardScreen):
         ws = self.ws
         if ws.run is not None:
             return True
-        files = self.pipeline_selection()
-        if files is None:
+        chosen = self.pipeline_selection()
+        if chosen is None:
             return False
-        ws.run = pipeline.RunState(config=ws.config, files=files)
+        ws.run = pipeline.RunState(config=ws.config, files=chosen[0], skipped=chosen[1])
         ws.ref_image = None
         ws.star_xy = None
         return True

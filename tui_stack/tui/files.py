@@ -227,9 +227,10 @@ class FilesScreen(WizardScreen):
         ws = self.ws
         if ws.run is None:
             return True  # built on the next screen
-        files = self.pipeline_selection()
-        if files is None:
+        chosen = self.pipeline_selection()
+        if chosen is None:
             return False
+        files, ws.run.skipped = chosen
         if files != ws.run.files:
             ws.run.set_files(files)
             ws.ref_image, ws.star_xy = None, None
