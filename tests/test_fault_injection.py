@@ -264,6 +264,140 @@ def test_5_output_larger_than_the_free_disk_is_refused(field, tmp_path, capsys, 
     assert snapshot(tmp_path / "out") == {}
 
 
+# ---------------------------------------------------------------- trial 6 #3, #7, #11: full and read-only disks, demo sizes
+
+
+class _FullDisk:
+    """os for tui_stack.rundir, except that writing a file finds the disk full."""
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    @staticmethod
+    def write(fd, data):
+        import errno
+
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_5_disk_full_as_the_lock_is_written_is_exit_2_and_leaves_no_folder(field, tmp_path, capsys, monkeypatch):
+    """The run's first write (the lock file's holder line) was an internal error, exit 1, and the
+    folder the run had made stayed, holding an empty .tui-stack.lock."""
+    truth, frames = field
+    monkeypatch.setattr(rundir, "os", _FullDisk())
+    code, _, err = run_in_process(truth, frames, tmp_path, capsys, out=tmp_path / "new" / "out")
+    assert_one_line_error(code, err, str(tmp_path / "new" / "out"), "no space left on the device")
+    assert not (tmp_path / "new").exists()
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    code, _, err = run_in_process(truth, frames, tmp_path, capsys, out=out)
+    assert_one_line_error(code, err, str(out), "no space left on the device")
+    assert snapshot(out) == {"notes.txt": hashlib.sha256(b"mine").hexdigest()}  # no lock file left
+
+
+def test_5_disk_full_mid_run_names_the_output_once(field, tmp_path, capsys, monkeypatch):
+    """astropy wraps a full disk's OSError in another one, twice over: the message said it three
+    times and named the hidden staging file."""
+    import errno
+
+    truth, frames = field
+
+    def full(self, *a, **kw):  # what astropy.io.fits.util._free_space_check raises, nested as writeto nests it
+        try:
+            try:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            except OSError as exc:
+                raise OSError("Not enough space on disk: requested 1048576, available 0. " + str(exc))
+        except OSError as exc:
+            raise OSError("Not enough space on disk: requested 1048576, available 0. " + str(exc))
+
+    monkeypatch.setattr(fits.HDUList, "writeto", full)
+    code, _, err = run_in_process(truth, frames, tmp_path, capsys, output__write_shifted=True)
+    assert_one_line_error(code, err, f"{tmp_path / 'out' / 'sdemo_001.fits'}: no space left on the device; free some")
+    assert STAGING not in err and "Not enough space" not in err and err.count("space") == 1
+    assert snapshot(tmp_path / "out") == {}
+
+
+def test_5_disk_check_says_the_margin_it_keeps(field, tmp_path, capsys, monkeypatch):
+    from collections import namedtuple
+
+    from tui_stack import limits
+
+    truth, frames = field
+    usage = namedtuple("usage", "total used free")
+    free = limits.DISK_MARGIN + 2**20  # more than the outputs alone need: the margin is what is short
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - free, free))
+    code, _, err = run_in_process(truth, frames, tmp_path, capsys, output__write_shifted=True)
+    assert_one_line_error(code, err, "the outputs need 18.4 MB of free space (2.4 MB and 16.0 MB kept free for "
+                                     "the file system) but only 17.0 MB are free there")
+
+
+def test_7_demo_sizes_that_cannot_fit_are_refused_naming_the_flag(tmp_path, capsys, monkeypatch):
+    from collections import namedtuple
+
+    from tui_stack import limits
+
+    monkeypatch.setattr(limits, "available_memory", lambda: 8 * 2**30)
+    code, _, err = run_cli(["demo", "--headless", "--size", "100000", "--out", tmp_path / "d"], capsys)
+    assert_one_line_error(code, err, "--size 100000", "372.5 GB of memory, more than the 8.0 GB available")
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(2**40, 2**40 - 50 * 2**30, 50 * 2**30))
+    code, _, err = run_cli(["demo", "--headless", "--frames", "100000", "--out", tmp_path / "d"], capsys)
+    assert_one_line_error(code, err, "--frames 100000 of --size 1024 px and their outputs need 783.4 GB",
+                          "only 50.0 GB are free")
+    assert not (tmp_path / "d").exists()
+
+
+def test_3_demo_on_a_read_only_disk_is_exit_2(tmp_path, capsys, monkeypatch):
+    import errno
+    import tempfile
+
+    def read_only(*a, **kw):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    code, _, err = run_cli(["demo", "--headless", "--out", tmp_path / "ro" / "demo", "--size", "256", "--frames", "3"],
+                           capsys)
+    assert_one_line_error(code, err, str(tmp_path / "ro" / "demo"), "not writable (Read-only file system)")
+    assert not (tmp_path / "ro").exists()
+
+
+def test_11_interrupted_demo_leaves_its_folder_as_it_was(tmp_path, capsys, monkeypatch):
+    """SIGTERM while the demo drew its frames said "the output directory was left as it was"
+    while the frames written stayed (1031 frames, 4.1 GB)."""
+    from tui_stack import pipeline
+    from tui_stack.errors import Interrupted
+
+    real_write, written = synthetic._write, []
+
+    def killed_after_two(path, data, hdr):
+        if len(written) == 2:
+            raise Interrupted(signal.SIGTERM)
+        written.append(real_write(path, data, hdr))
+        return written[-1]
+
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    monkeypatch.setattr(synthetic, "_write", killed_after_two)
+    code, _, err = run_cli(["demo", "--headless", "--out", out, "--size", "256", "--frames", "5"], capsys)
+    assert code == 143 and err.strip() == "tui-stack: terminated (SIGTERM); the output directory was left as it was " \
+                                          "before this run"
+    assert len(written) == 2 and snapshot(out) == {"notes.txt": hashlib.sha256(b"mine").hexdigest()}
+    monkeypatch.setattr(synthetic, "_write", real_write)
+
+    def killed(*a, **kw):  # after the frames, in the pipeline: they stay, and it says so
+        raise Interrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(pipeline, "run", killed)
+    code, _, err = run_cli(["demo", "--headless", "--out", out, "--size", "256", "--frames", "3"], capsys)
+    assert code == 143 and err.strip() == (f"tui-stack: terminated (SIGTERM); the demo's frames stay in {out / 'frames'} "
+                                           f"and its output directory {out / 'out'} was left as it was before this run")
+    assert sorted(p.name for p in (out / "frames").iterdir()) == [
+        "demo_001.fits", "demo_002.fits", "demo_003.fits", "demo_flat.fits", "truth.csv"]
+
+
 # ---------------------------------------------------------------- 6. umask
 
 

@@ -115,6 +115,28 @@ def test_frame_whose_data_cannot_be_read_is_named_before_any_work(field, tmp_pat
     assert not (tmp_path / "out").exists()  # refused at the selection: no output folder made
 
 
+def test_combine_names_a_file_whose_data_cannot_be_read(field, tmp_path, capsys):
+    """Trial 6 #7, #15: `combine` on a BITPIX 17 file was an internal error (KeyError: 17), and a
+    file holding 287 of 320 rows said "rows 0-320 missing"."""
+    truth, frames = field
+    broken = broken_copies(truth.files[2], frames)
+    good = [str(p) for p in truth.files[:3]]
+    for name, why in broken.items():
+        code, _, err = run_cli(["combine", *good, str(frames / name), "--method", "median", "--out",
+                                str(tmp_path / "c.fits")], capsys)
+        assert_one_line_error(code, err, name, why)
+        assert not (tmp_path / "c.fits").exists()
+
+
+def test_combine_help_says_what_the_flags_do(capsys):
+    with pytest.raises(SystemExit):
+        run_cli(["combine", "--help"], capsys)
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--no-mclip sigclip, avsigclip, ccdclip: clip about the mean of the values less the lowest and highest, " \
+           "not about the median (the default" in text
+    assert "--weights WEIGHTS weights of the average: none, exposure (the exposure time) or noise" in text
+
+
 def test_cube_of_one_plane_is_a_frame(field, tmp_path, capsys):
     """Trial 6 #15: NAXIS3 = 1 (as many cameras write a single frame) was refused as 3 axes.
     Every frame as such a cube, plain, in an extension and tile-compressed: the same outputs."""

@@ -78,7 +78,7 @@ def _combine_parser() -> argparse.ArgumentParser:
 
             p.add_argument("--method", required=True, choices=METHODS, metavar="M", help=", ".join(METHODS))
         elif param.default is True:
-            p.add_argument("--no-" + param.flag[2:], dest=param.name, action="store_false", help=param.help)
+            p.add_argument("--no-" + param.flag[2:], dest=param.name, action="store_false", help=param.off or param.help)
         elif param.default is False:
             p.add_argument(param.flag, action="store_true", help=param.help)
         else:
@@ -185,7 +185,8 @@ def _main(argv: list[str], whole_process: bool) -> int:
         if rundir.COMMITTED:  # the signal came as the outputs were put in place: they are complete
             _say(f"tui-stack: {what} after the outputs were complete in {rundir.COMMITTED[-1]}")
         else:
-            _say(f"tui-stack: {what}; the output directory was left as it was before this run")
+            left = getattr(exc, "left", "the output directory was left as it was before this run")
+            _say(f"tui-stack: {what}; {left}")
         if getattr(exc, "signum", None) == signals.signal.SIGHUP:
             signals.detach_stdio()
         return exit_code_of(exc)
@@ -291,20 +292,27 @@ def cmd_run(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from tui_stack import demo
+    from tui_stack import demo, limits
+    from tui_stack.core.io import resolved
 
     if args.frames < 3 or args.size < 256:
         from tui_stack.errors import InputError
 
         raise InputError("demo: use at least 3 frames and a size of at least 256 px")
+    limits.check_demo(args.size, args.frames, resolved(args.out), args.headless)
     config_path = demo.write_demo(args.out, n_frames=args.frames, size=args.size)
     if args.headless:
         from tui_stack import pipeline, safetext, summary
         from tui_stack.config import load_config
 
         cfg = load_config(config_path)
-        with _progress_runner(False) as cb:
-            state = pipeline.run(cfg, cb)
+        try:
+            with _progress_runner(False) as cb:
+                state = pipeline.run(cfg, cb)
+        except KeyboardInterrupt as exc:  # the frames are written: say so, not that nothing changed
+            exc.left = (f"the demo's frames stay in {config_path.parent / 'frames'} and its output directory "
+                        f"{cfg.output.directory} was left as it was before this run")
+            raise
         console = _console()
         summary.print_summary(state, console)
         out = safetext.markup(args.out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from tui_stack.config import Config, config_from_dict, config_to_toml
@@ -34,12 +35,43 @@ def write_truth_csv(truth: synthetic.FieldTruth, path: Path) -> None:
 
 
 def write_demo(directory: Path, n_frames: int = 10, size: int = 1024) -> Path:
-    """Frames in DIR/frames, truth in DIR/frames/truth.csv, config DIR/demo.toml (outputs to DIR/out)."""
+    """Frames in DIR/frames, truth in DIR/frames/truth.csv, config DIR/demo.toml (outputs to DIR/out).
+
+    The frames are drawn into a hidden folder in DIR and moved into place once all are written:
+    interrupted (a signal, a full or read-only disk) it removes what it wrote and the folders it
+    made, so DIR is left as it was."""
+    import shutil
+    import tempfile
+
+    from tui_stack import rundir, signals
+    from tui_stack.core import io
+
     directory = resolved(directory)
-    frames = directory / "frames"
-    truth = synthetic.write_field(frames, demo_spec(n_frames, size))
-    write_truth_csv(truth, frames / "truth.csv")
-    cfg = demo_config(truth, Path("frames"), Path("out"))
-    path = directory / "demo.toml"
-    path.write_text("# tui-stack demo: synthetic field, truth in frames/truth.csv\n" + config_to_toml(cfg), encoding="utf-8")
-    return path
+    made = [p for p in (directory, *directory.parents) if not p.exists()]  # deepest first
+    staging, done = None, False
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".tui-stack-demo-", dir=directory))
+        truth = synthetic.write_field(staging, demo_spec(n_frames, size))
+        write_truth_csv(truth, staging / "truth.csv")
+        frames = directory / "frames"
+        cfg = demo_config(truth, Path("frames"), Path("out"))
+        path = directory / "demo.toml"
+        with signals.deferred():  # the set in place whole, or not at all
+            frames.mkdir(exist_ok=True)
+            for p in sorted(staging.iterdir()):
+                os.replace(p, frames / p.name)
+            io.write_text_atomic(path, "# tui-stack demo: synthetic field, truth in frames/truth.csv\n"
+                                 + config_to_toml(cfg))
+        done = True
+        return path
+    except OSError as exc:
+        raise rundir.cannot_write(directory, exc) from None
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        for p in made if not done else ():  # the folders this call made, if empty
+            try:
+                p.rmdir()
+            except OSError:
+                break

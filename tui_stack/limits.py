@@ -101,7 +101,37 @@ def check_disk(directory: Path, nbytes: int, what: str = "the outputs") -> None:
     except OSError:
         return  # cannot tell: the write itself reports a full disk
     if nbytes + DISK_MARGIN > free:
-        raise InputError(f"{directory}: {what} need {human(nbytes)} but only {human(free)} are free there")
+        raise InputError(f"{directory}: {what} need {human(nbytes + DISK_MARGIN)} of free space ({human(nbytes)} "
+                         f"and {human(DISK_MARGIN)} kept free for the file system) but only {human(free)} are free there")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the system can give without swapping (Linux MemAvailable), None if unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+DEMO_DRAW_BYTES = 40  # per pixel, peak of drawing one demo frame (tracemalloc, 512^2 to 2048^2)
+
+
+def check_demo(size: int, n_frames: int, directory: Path, headless: bool) -> None:
+    """`tui-stack demo --size/--frames` before a frame is drawn: one frame must fit in memory
+    while it is drawn, and every frame (and with --headless the outputs) on the disk."""
+    free = available_memory()
+    draw = DEMO_DRAW_BYTES * size * size
+    if free is not None and draw > free:
+        raise InputError(f"--size {size}: drawing a {size}x{size} px frame needs {human(draw)} of memory, "
+                         f"more than the {human(free)} available")
+    frame = image_bytes((size, size))
+    need = (n_frames + 1) * frame  # the frames and a flat
+    if headless:
+        need += (n_frames + 1) * frame  # the shifted frames and the stack
+    check_disk(directory, need, f"--frames {n_frames} of --size {size} px" + (" and their outputs" if headless else ""))
 
 
 def frame_shape(path: Path) -> tuple[int, int]:

@@ -59,6 +59,13 @@ def _flock(fd: int, where: Path | None = None) -> bool:
         raise
 
 
+def cannot_write(directory: Path, exc: OSError) -> InputError:
+    """A disk that is full or read-only, named by the output directory (not a hidden file of ours)."""
+    if exc.errno == errno.ENOSPC:
+        return InputError(f"{directory}: no space left on the device; free some or choose another output directory")
+    return InputError(f"{directory}: output directory is not writable ({exc.strerror or exc})")
+
+
 def _open_nofollow(path: Path, flags: int, mode: int = 0o666) -> int:
     return os.open(path, flags | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), mode)
 
@@ -127,8 +134,13 @@ class DirLock:
                     raise InputError(f"{self.path}: stale lock of another user cannot be removed "
                                      f"({exc.strerror})") from None
                 continue
-            os.ftruncate(fd, 0)
-            os.write(fd, (_holder_text(self.command) + "\n").encode("utf-8", "backslashreplace"))
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, (_holder_text(self.command) + "\n").encode("utf-8", "backslashreplace"))
+            except OSError as exc:  # a full disk: no lock file left behind, the folder as it was
+                self.path.unlink(missing_ok=True)
+                os.close(fd)
+                raise cannot_write(self.path.parent, exc) from None
             self.fd = fd
             return self
         raise InputError(f"{self.path.parent}: cannot lock the output directory (lock file keeps changing)")
@@ -355,13 +367,13 @@ class OutputDir:
             raise
         try:
             self.recovered = recover(self.directory)
-            try:
-                self.staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.directory))
-            except OSError as exc:
-                raise InputError(f"{self.directory}: output directory is not writable ({exc.strerror})") from None
+            self.staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.directory))
             self._owner_fd = _open_nofollow(self.staging / _OWNER, os.O_RDWR | os.O_CREAT, 0o600)
             _flock(self._owner_fd, self.directory)
             self.previous = previous_set(self.directory)
+        except OSError as exc:
+            self._abort()
+            raise cannot_write(self.directory, exc) from None
         except BaseException:
             self._abort()
             raise
@@ -504,7 +516,7 @@ class OutputFile:
             _flock(od._owner_fd, od.directory)
         except OSError as exc:
             od._abort()
-            raise InputError(f"{od.directory}: output directory is not writable ({exc.strerror})") from None
+            raise cannot_write(od.directory, exc) from None
         except BaseException:
             od._abort()
             raise

@@ -107,6 +107,7 @@ def combine_files(args, console) -> Path:
         hdul = io.open_fits(p)
         try:
             idx = io._image_hdu_index(hdul, p)
+            io.check_data(hdul, idx, p)  # before any block is combined: a broken file named at once
             shape = io.image_shape(hdul[idx])
         finally:
             hdul.close()

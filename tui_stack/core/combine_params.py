@@ -146,6 +146,7 @@ class Param:
     value: Callable | None = None  # what the card records, from the CombineParams (default: the field)
     method_param: bool = True  # a field of CombineParams; else only a run setting ([combine] key)
     cli: bool = True  # a flag of `tui-stack combine`
+    off: str = ""  # what its --no- flag does (a switch that is on by default)
 
     @property
     def flag(self) -> str:
@@ -175,7 +176,9 @@ PARAMS: tuple[Param, ...] = (
     Param("nkeep", 1, integer(-10_000), "keep at least N values; negative: reject at most -N", IRAF_KEEP, "TSNKEEP",
           "IRAF nkeep"),
     Param("mclip", True, boolean, "clip about the median (else the mean without min and max)", IRAF_MCLIP,
-          "TSMCLIP", "clip about the median"),
+          "TSMCLIP", "clip about the median",
+          off="sigclip, avsigclip, ccdclip: clip about the mean of the values less the lowest and highest, "
+              "not about the median (the default; IRAF mclip = no)"),
     Param("pclip", -0.5, pclip_rank, "pclip: rank of the spread estimate, as a fraction of n/2", ("pclip",),
           "TSPCLIP", "pclip rank parameter"),
     Param("gain", "GAIN", number_or_keyword, "ccdclip: e-/ADU, or the header keyword holding it", ("ccdclip",),
@@ -189,8 +192,8 @@ PARAMS: tuple[Param, ...] = (
     Param("gesd_outliers", 0.3, fraction, "gesd: largest fraction of outliers", ("gesd",), "TSGESDF",
           "GESD outlier fraction"),
     Param("gesd_alpha", 0.05, fraction, "gesd: significance", ("gesd",), "TSGESDA", "GESD significance"),
-    Param("weights", "none", choice(WEIGHTS), "weights of the average: exposure time or 1/(sky noise x scale)^2",
-          method_param=False),
+    Param("weights", "none", choice(WEIGHTS), "weights of the average: none, exposure (the exposure time) or noise "
+          "(1/(sky noise x scale)^2)", method_param=False),
     Param("exposure_key", "EXPTIME", keyword, "header keyword of the exposure time", method_param=False),
     Param("memory_limit", DEFAULT_MEMORY_LIMIT, memory_size, "bound on the combine's buffers, e.g. 256MB",
           method_param=False),

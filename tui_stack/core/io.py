@@ -525,11 +525,22 @@ class OutputError(InputError):
 
 
 def _output_error(path: Path, exc: OSError) -> OutputError:
+    """One line naming the output as it will be once in place (not the hidden staging folder
+    it is written in, tui_stack.rundir) and the system's reason, said once (astropy wraps the
+    OSError in another one, twice over, repeating its text)."""
     import errno
 
-    if exc.errno == errno.ENOSPC:
+    from tui_stack.rundir import STAGING_PREFIX
+
+    path = Path(path)
+    if path.parent.name.startswith(STAGING_PREFIX):
+        path = path.parent.parent / path.name
+    cause = exc
+    while cause.errno is None and isinstance(cause.__cause__ or cause.__context__, OSError):
+        cause = cause.__cause__ or cause.__context__
+    if cause.errno == errno.ENOSPC:
         return OutputError(f"{path}: no space left on the device; free some or choose another output directory")
-    return OutputError(f"{path}: cannot write ({exc.strerror or exc})")
+    return OutputError(f"{path}: cannot write ({cause.strerror or cause})")
 
 
 def _atomically(path: Path, write) -> None:
