@@ -26,9 +26,20 @@ def run_cli(args, capsys):
     return code, out, err
 
 
+STAGE_LINE = r"tui-stack: [a-z][\w ]* (started|done \((\d+) of \2, \d+\.\d s\))"
+
+
+def stage_lines(err: str) -> list[str]:
+    """The progress lines `run` writes to a log (stderr not a terminal), one per stage start and end."""
+    import re
+
+    return [ln for ln in err.splitlines() if re.fullmatch(STAGE_LINE, ln)]
+
+
 def assert_one_line_error(code, err, *words):
+    """Exit 2 and one line saying what is wrong (after the stage lines of the work done before, if any)."""
     assert code == 2
-    lines = err.strip().splitlines()
+    lines = [ln for ln in err.strip().splitlines() if ln not in stage_lines(err)]
     assert len(lines) == 1, err
     assert lines[0].startswith("tui-stack: error: ")
     assert "Traceback" not in err
@@ -123,6 +134,27 @@ def test_unknown_key_and_wrong_type(tmp_path, capsys):
     p.write_text('[reference]\nbox = 10\n')
     assert_one_line_error(*run_cli(["run", p], capsys)[::2], "missing section [input]")
     assert_one_line_error(*run_cli(["run", tmp_path / "nope.toml"], capsys)[::2], "not found")
+
+
+def test_run_logs_a_line_per_stage_when_stderr_is_not_a_terminal(field_integer, frames, tmp_path):
+    """Trial 6: `run ... 2>log` wrote nothing until the summary; a batch job's log shows each
+    stage starting and ending (no bars), and --quiet none."""
+    import re
+
+    cfg = config_for(field_integer, frames, tmp_path, combine__method="average")
+    with open(tmp_path / "log", "w") as log:
+        r = subprocess.run([sys.executable, "-m", "tui_stack", "run", str(cfg)], stdout=subprocess.PIPE, stderr=log,
+                           text=True)
+    assert r.returncode == 0 and "combined (average)" in r.stdout
+    lines = (tmp_path / "log").read_text().splitlines()
+    assert [re.sub(r"\(\d+ of \d+, \d+\.\d s\)", "(...)", ln) for ln in lines] == [
+        f"tui-stack: {stage} {what}" for stage in ("register", "scale", "combine average")
+        for what in ("started", "done (...)")]
+    assert lines == stage_lines("\n".join(lines)) and "(6 of 6," in lines[1] and "(320 of 320," in lines[5]
+    with open(tmp_path / "log", "w") as log:
+        r = subprocess.run([sys.executable, "-m", "tui_stack", "run", str(cfg), "--quiet"], stdout=subprocess.PIPE,
+                           stderr=log, text=True)
+    assert r.returncode == 0 and (tmp_path / "log").read_text() == ""
 
 
 def test_console_script_exit_codes(tmp_path):

@@ -227,14 +227,36 @@ def _bug(exc: BaseException) -> int:
     return EXIT_BUG
 
 
+def _stage_lines():
+    """The pipeline's (stage, done, total) callback for a log file (stderr not a terminal): a
+    line as each stage starts and one as it ends, with its time; no bars, no blank lines."""
+    import time
+
+    started, ended = {}, set()
+
+    def cb(stage, done, total):
+        if stage not in started:
+            started[stage] = time.monotonic()
+            _say(f"tui-stack: {stage} started")
+        if done >= total and stage not in ended:
+            ended.add(stage)
+            _say(f"tui-stack: {stage} done ({total} of {total}, {time.monotonic() - started[stage]:.1f} s)")
+
+    return cb
+
+
 def _progress_runner(quiet: bool):
-    """A rich progress bar fed by the pipeline's (stage, done, total) callback."""
+    """A rich progress bar fed by the pipeline's (stage, done, total) callback; on a log file,
+    a line per stage start and end (_stage_lines)."""
     from contextlib import contextmanager
 
     @contextmanager
     def runner():
-        if quiet or not sys.stderr.isatty():  # a log file gets the summary, not bars (nor blank lines)
+        if quiet:
             yield lambda stage, done, total: None
+            return
+        if not sys.stderr.isatty():
+            yield _stage_lines()
             return
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 

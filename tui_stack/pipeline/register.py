@@ -89,6 +89,7 @@ def _has_wcs(header) -> bool:
 def register(state: RunState, progress: Progress = noop) -> None:
     """Sky, quality, reference star and shift of every frame (one frame in memory at a time
     per thread, plus the frames measured ahead)."""
+    progress("register", 0, len(state.files))  # started: the reference is prepared first
     ahead = None
     if compute.current().name == "local":
         ahead = _Ahead(state.files, state.config,

@@ -103,6 +103,7 @@ def measure_scales(state: RunState, progress: Progress = noop, shifted_dir: Path
     With `shifted_dir`, each prepared frame is also written there as s<name>.
     """
     cfg = state.config
+    progress("scale", 0, len(state.frames))
     ref_fr = state.frames[state.ref_index]
     if cfg.scale.stars == "auto" and state.ref_stars is None:  # a resumed session keeps tables, not star lists
         _, _, _, state.ref_stars, _ = measure_frame(ref_fr.path, cfg)

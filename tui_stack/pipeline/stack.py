@@ -102,6 +102,7 @@ def combine_frames(
     except ValueError as exc:
         raise InputError(str(exc)) from None
     weights = frame_weights(state, method)
+    progress(f"combine {method}", 0, state.shape[0])
     result = compute.current().combine(
         combine_sources(state, shifted_dir),
         params,
