@@ -64,9 +64,9 @@ def report_dict(state: RunState) -> dict:
             "star": {"x": round(ref.x, 4), "y": round(ref.y, 4)} if ref else None,
         },
         "frames": frames,
-        # files named in [input] exclude that cannot be read: not frames of the run
-        "skipped": [{"file": p.name, "flags": ["excluded", "unreadable"], "reason": why} for p, why in state.skipped],
     }
+    if state.skipped:  # files named in [input] exclude that cannot be read: not frames of the run
+        out["skipped"] = [{"file": p.name, "flags": ["excluded", "unreadable"], "reason": why} for p, why in state.skipped]
     if state.combined:
         chosen = [c for c in state.combined if c.method == state.config.combine.method]
         c = chosen[0] if chosen else state.combined[-1]
