@@ -50,3 +50,11 @@ def make_config(truth, out_dir, **over):
 requires_pydia = pytest.mark.skipif(
     not (PYDIA / "frames.csv").exists(), reason=f"real frames not found at {PYDIA} (CI has them in ../shared/data)"
 )
+
+
+@pytest.fixture(autouse=True)
+def _private_state_dir(tmp_path_factory, monkeypatch):
+    """Wizard sessions and crash logs of the tests go to a temporary folder, never the user's
+    ~/.local/state/tui-stack (where `--resume` would open a pytest folder). A test that wants
+    its own sets TUI_STACK_STATE_DIR again."""
+    monkeypatch.setenv("TUI_STACK_STATE_DIR", str(tmp_path_factory.mktemp("state")))

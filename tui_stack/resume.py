@@ -119,7 +119,8 @@ def validate(data, path: Path) -> None:
     files = run.get("files")
     _need(isinstance(files, list) and files and all(isinstance(f, str) for f in files), path, "run.files")
     frames = run.get("frames")
-    _need(isinstance(frames, list) and len(frames) == len(files), path, "run.frames must match run.files")
+    # no frames yet (the session ended on the Reference step), or one per file
+    _need(isinstance(frames, list) and len(frames) in (0, len(files)), path, "run.frames must match run.files")
     _need(all(isinstance(f, dict) and isinstance(f.get("path"), str) for f in frames), path, "run.frames[].path")
     ref = run.get("ref_index")
     _need(isinstance(ref, int) and 0 <= ref < len(files), path, "run.ref_index out of range")
@@ -140,9 +141,10 @@ def validate(data, path: Path) -> None:
 
     root = Path(directory)
     pattern = inp.get("pattern", "*")
-    for f, fr in zip(files, frames):
+    for k, f in enumerate(files):
         p = Path(f)
-        _need(fr["path"] == f, path, f"run.frames path {fr['path']!r} is not run.files' {f!r}")
+        if frames:
+            _need(frames[k]["path"] == f, path, f"run.frames path {frames[k]['path']!r} is not run.files' {f!r}")
         _need(p.is_absolute() and (p.parent == root or p.parent.resolve() == root.resolve())
               and fnmatch.fnmatch(p.name, str(pattern)), path,
               f"frame {safetext.terminal(f)} is not a {pattern} file of {safetext.terminal(directory)}")

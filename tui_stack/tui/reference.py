@@ -209,7 +209,7 @@ class ReferenceScreen(PreviewScreen):
             return
         ws.run.set_reference_star(star)  # another star: the shifts must be measured again
         ws.star_xy = (star.x, star.y)
-        ws.config.reference.star = (round(star.x, 2), round(star.y, 2))
+        ws.config.reference.star = (float(star.x), float(star.y))  # full precision: `run` on the saved config centroids from here
         ws.dirty = True
         view = self.preview()
         with self.app.batch_update():

@@ -87,7 +87,8 @@ class ScalesScreen(PreviewScreen):
 
     def _measured(self, _=None) -> None:
         ws = self.ws
-        ws.config.scale.stars = [[round(x, 2), round(y, 2)] for x, y in ws.run.comparison_stars]
+        # full precision: a 0.002 px move changes a flux by ~0.1% (exact apertures, sampled annulus)
+        ws.config.scale.stars = [[float(x), float(y)] for x, y in ws.run.comparison_stars]
         ws.dirty = True
         self._fill()
 
