@@ -108,6 +108,7 @@ def measure_scales(state: RunState, progress: Progress = noop, shifted_dir: Path
     if cfg.scale.stars == "auto" and state.ref_stars is None:  # a resumed session keeps tables, not star lists
         _, _, _, state.ref_stars, _ = measure_frame(ref_fr.path, cfg)
     state.set_comparison_stars(comparison_stars(state, ref_fr.sky))
+    state.clear_scales()  # the same stars in another aperture: nothing of the last measure stays
     limits.check_scale(cfg, state.shape, len(state.comparison_stars))
     n = len(state.frames)
 

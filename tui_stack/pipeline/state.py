@@ -152,6 +152,11 @@ class RunState:
         if stars == self.comparison_stars:
             return
         self.comparison_stars = stars
+        self.clear_scales()
+
+    def clear_scales(self) -> None:
+        """The scales are measured again (other stars, another aperture): those of before, and
+        the stacks made with them, go."""
         for fr in self.frames:
             fr.scale, fr.scale_mad, fr.n_scale_stars, fr.star_flux, fr.star_flags = float("nan"), float("nan"), 0, [], []
             fr.scale_error = fr.scale_spread = float("nan")

@@ -82,8 +82,12 @@ class CombineScreen(PreviewScreen):
         except ConfigError as exc:
             self.status(str(exc).removeprefix("config: "), error=True)
             return False
+        text = self.query_one("#outdir", Input).value.strip()
+        if not text:  # not the current directory, silently: a user types where the outputs go
+            self.status("type an output directory (tab to the field under the tables)", error=True)
+            return False
         try:
-            cfg.output.directory = resolved(Path(self.query_one("#outdir", Input).value).expanduser())
+            cfg.output.directory = resolved(Path(text).expanduser())
         except InputError as exc:
             self.status(str(exc), error=True)
             return False
@@ -150,8 +154,10 @@ class CombineScreen(PreviewScreen):
 
         ws = self.ws
         run = ws.run
-        if run is None or not run.combined or not self._read_params():
+        if run is None or not run.combined:
             self.status("combine first (c)", error=True)
+            return
+        if not self._read_params():
             return
         run.config = ws.config_for_run()
         if ws.config.combine.method not in [c.method for c in run.combined]:

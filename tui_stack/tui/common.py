@@ -45,19 +45,52 @@ def flag_codes(flags) -> str:
     return "".join(FLAG_CODES.get(f, "?") for f in flags)
 
 
-def flag_legend(flags=None) -> str:
+LEGEND_WIDTH = 66  # help's text column at 80 columns: a legend line no wider is never wrapped
+
+
+def flag_legend(flags=None, width: int = LEGEND_WIDTH) -> str:
+    """'code name' pairs, packed into lines of `width` so no pair is broken across two."""
     items = FLAG_CODES.items() if flags is None else ((f, FLAG_CODES.get(f, "?")) for f in flags)
-    return "  ".join(f"{code} {name}" for name, code in items)
+    lines = [""]
+    for name, code in items:
+        pair = f"{code} {name}"
+        if lines[-1] and len(lines[-1]) + 2 + len(pair) > width:
+            lines.append("")
+        lines[-1] += ("  " if lines[-1] else "") + pair
+    return "\n".join(lines)
 
 
 def fit_line(text: str, width: int) -> str:
     """One line of at most `width` characters that keeps the end of the sentence: what is cut
-    is the middle (usually a long path)."""
+    is the middle of the longest path (its file name stays whole), else the middle of the line."""
     text = " ".join(text.split())
     if len(text) <= width:
         return text
+    words = text.split(" ")
+    k = max(range(len(words)), key=lambda i: len(words[i]) if "/" in words[i] else -1)
+    word = words[k]
+    over = len(text) - width
+    tail = word[word.rstrip("/").rfind("/"):]  # "/name" or "/folder/"
+    keep = len(word) - over - 1 - len(tail)  # characters of the path's start that still fit
+    if "/" in word and keep >= 1:
+        words[k] = word[:keep] + "…" + word[len(word) - len(tail):]
+        return " ".join(words)
     head = width // 2 - 1
     return text[:head] + "…" + text[-(width - head - 1):]
+
+
+def name_list(lead: str, names: list, width: int) -> str:
+    """lead + as many of `names` as fit in `width` characters, then how many more; '' if none."""
+    if not names:
+        return ""
+    shown = []
+    for n in names:
+        more = len(names) - len(shown) - 1
+        if shown and len(lead) + len(", ".join(shown + [n])) + (len(f" and {more} more") if more else 0) > width:
+            break
+        shown.append(n)
+    rest = len(names) - len(shown)
+    return lead + ", ".join(shown) + (f" and {rest} more" if rest else "")
 
 
 def crash_log(exc: BaseException) -> Path | str:
@@ -142,9 +175,14 @@ class ConfirmScreen(ModalScreen[bool]):
 def screen_bindings(screen) -> list[Binding]:
     """Every binding of a wizard screen (its classes' and the app's), first one wins per key."""
     seen, out = set(), []
+    last = getattr(screen, "STEP", 0) == len(STEPS) - 1
     for cls in type(screen).__mro__:
         for b in cls.__dict__.get("BINDINGS", []):
             if b.action == "screen.copy_text":  # ctrl+c quits here (the app's binding comes first)
+                continue
+            if b.action in ("app.focus_next", "app.focus_previous", "focus_next", "focus_previous"):
+                continue  # help has its own line for tab and shift+tab
+            if b.action == "next" and last:  # no step after the last
                 continue
             if isinstance(b, Binding) and b.description and b.key not in seen:
                 seen.add(b.key)

@@ -165,19 +165,29 @@ class FilesScreen(WizardScreen):
         # of it (2.8 KB instead of 0.6 KB over SSH, measured with tmux pipe-pane).
         table = self.query_one(DataTable)
         self.set_timer(0.2, lambda: (table.action_cursor_down(), table.action_cursor_up()))
-        bad = sum(1 for i in ws.infos if i.error)
         if n_files == 0:
             self.status(f"no files match {ws.config.input.pattern!r} in {ws.config.input.directory}; edit the glob (/)", error=True)
             return
-        msg = f"{len(ws.usable_infos())} of {n_files} files selected"
-        if len(ws.infos) < n_files:
-            msg += f" ({n_files - len(ws.infos)} left out by the header filter)"
-        if bad:
-            msg += f"; {bad} unreadable (the line above says why)"
-        self.status(msg)
+        self._n_files = n_files
+        self._selection_status()
         self.query_one(CalibrationPanel).scanned(self)
         if ws.resume is not None:
             self.call_after_refresh(self._resume)  # once the scan's worker has fully ended
+        else:  # a fresh wizard's session from here on: --resume after a dropped link finds this one
+            self.app.save_session(self.STEP)
+
+    _n_files = 0
+
+    def _selection_status(self) -> None:
+        """How many files are ticked, as the table's u column shows."""
+        ws, n_files = self.ws, self._n_files
+        msg = f"{len(ws.usable_infos())} of {n_files} files selected"
+        if len(ws.infos) < n_files:
+            msg += f" ({n_files - len(ws.infos)} left out by the header filter)"
+        bad = sum(1 for i in ws.infos if i.error)
+        if bad:
+            msg += f"; {bad} unreadable (the line above says why)"
+        self.status(msg)
 
     def _resume(self) -> None:
         """Back to where the saved session was: same frames, tables, step."""
@@ -191,6 +201,7 @@ class FilesScreen(WizardScreen):
         stale = session.restore_run(ws, data)
         self._changed = False  # the restored state is the selection's
         self.restore_ui(fields=False)
+        self._selection_status()
         step = int(data.get("step", 0))
         if stale:
             self.status(stale, error=True)
@@ -204,7 +215,7 @@ class FilesScreen(WizardScreen):
 
         def loaded(result):
             ws.ref_image, ws.ref_noise = result
-            ws.dirty = True
+            ws.dirty = bool(ws.run.frames)  # measured tables, not written yet
             self.app.goto(step)
 
         self.run_task("resuming the saved session", load, loaded)
@@ -248,12 +259,13 @@ class FilesScreen(WizardScreen):
         if not self.ws.infos or i is None:
             return
         self._set_use(i, i not in self.ws.included)
-        self.status(f"{len(self.ws.usable_infos())} frames selected")
+        self._selection_status()
 
     def action_toggle_all(self) -> None:
         use = len(self.ws.included) < sum(1 for i in self.ws.infos if not i.error)
         for i in range(len(self.ws.infos)):
             self._set_use(i, use)
+        self._selection_status()
 
     def can_leave(self) -> bool:
         usable = self.ws.usable_infos()

@@ -76,7 +76,6 @@ class ReferenceScreen(PreviewScreen):
             ws.star_xy = None
         ws.run.set_reference_frame(index)  # another frame clears the shifts and scales
         ws.config.reference.frame = ws.run.files[index].name
-        ws.dirty = True
 
         from tui_stack.pipeline import sky_subtracted
 
@@ -210,7 +209,6 @@ class ReferenceScreen(PreviewScreen):
         ws.run.set_reference_star(star)  # another star: the shifts must be measured again
         ws.star_xy = (star.x, star.y)
         ws.config.reference.star = (float(star.x), float(star.y))  # full precision: `run` on the saved config centroids from here
-        ws.dirty = True
         view = self.preview()
         with self.app.batch_update():
             view.set_markers({(int(round(star.x)), int(round(star.y))): ("X", "green")})

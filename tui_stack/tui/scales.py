@@ -23,20 +23,26 @@ SIDE_WIDTH = 46  # the tables' panel at 80 columns (.side-wide)
 class ScalesScreen(PreviewScreen):
     STEP = 3
     NAME_WIDTH = NAME_WIDTH
-    KEYS = "[b]tab[/] preview/tables  [b]enter[/] add  [b]d[/] remove  [b]a[/] auto  [b]n[/] next"
+    KEYS = "[b]tab[/] pane  [b]enter[/] add  [b]d[/] del  [b]a[/] auto  [b]m[/] method  [b]<>[/] radius  [b]n[/] next"
     HELP = ("The scale of each frame from comparison stars (o on the preview; x: flagged, left out). "
             "The frames table gives each frame's scale, its spread (MAD) and the stars used; the stars "
             "table gives each star's reference flux and its ratio in the highlighted frame. tab moves "
-            "between the preview and the two tables.")
+            "between the preview and the two tables. m switches the aperture method (fixed: one radius "
+            "in every frame, the lab's; growth: each frame's own PSF, for changing seeing), < and > make "
+            "the aperture radius 1 px smaller or larger and R gives it back to auto; each re-measures.")
     BINDINGS = [
         Binding("enter", "add_star", "Add the star at the preview's cursor"),
         Binding("d", "remove_star", "Remove the highlighted star of the stars table"),
         Binding("a", "auto", "Pick the comparison stars automatically"),
         Binding("r", "measure", "Measure the comparison stars again"),
+        Binding("m", "method", "Aperture method: fixed (one radius, the lab's) or growth (each frame's PSF)"),
+        Binding("less_than_sign", "radius(-1)", "Aperture radius 1 px smaller", key_display="<"),
+        Binding("greater_than_sign", "radius(1)", "Aperture radius 1 px larger", key_display=">"),
+        Binding("R", "radius(0)", "Aperture radius auto again (fixed: 20 px; growth: 2 FWHM per frame)"),
     ]
 
     def legend(self) -> str:
-        return "flags: " + flag_legend()
+        return "flags (code name):\n" + flag_legend()
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(classes="main"):
@@ -70,6 +76,41 @@ class ScalesScreen(PreviewScreen):
     def action_auto(self) -> None:
         self.ws.config.scale.stars = "auto"
         self.action_measure()
+
+    def action_method(self) -> None:
+        from tui_stack.config import SCALE_METHODS
+
+        cfg = self.ws.config
+        self._set_scale("method", SCALE_METHODS[(SCALE_METHODS.index(cfg.scale.method) + 1) % len(SCALE_METHODS)])
+
+    def action_radius(self, step: int) -> None:
+        if step == 0:
+            self._set_scale("radius", "auto")
+            return
+        r = self.ws.config.scale.aperture()
+        if r is None:  # growth's auto radius is each frame's own: start from the reference's
+            run = self.ws.run
+            r = run.frames[run.ref_index].aperture_radius if run and run.frames else float("nan")
+            r = round(r) if np.isfinite(r) else 8.0
+        self._set_scale("radius", float(round(r) + step))
+
+    def _set_scale(self, key: str, value) -> None:
+        """A [scale] key through the config's own checks, then measured again."""
+        from tui_stack.errors import ConfigError
+
+        if self.busy or self.ws.run is None or not self.ws.run.frames:
+            return
+        try:
+            self.ws.config.set("scale", key, value)
+        except ConfigError as exc:
+            self.status(str(exc).removeprefix("config: "), error=True)
+            return
+        self.action_measure()
+
+    def aperture_text(self) -> str:
+        cfg = self.ws.config.scale
+        r = cfg.aperture()
+        return f"{cfg.method}, r {'2 FWHM' if r is None else f'{r:g} px'}{' (auto)' if cfg.radius == 'auto' else ''}"
 
     def action_measure(self) -> None:
         from tui_stack import pipeline
@@ -111,7 +152,7 @@ class ScalesScreen(PreviewScreen):
         self.restore_ui()
         n_flagged = sum(1 for f in ref.star_flags if f)
         self.status(f"{len(run.comparison_stars)} stars, {n_flagged} flagged in the reference; "
-                    "a flag in one frame counts there only")
+                    f"aperture {self.aperture_text()} (m, < >)")
 
     def _fill_stars(self) -> None:
         run = self.ws.run

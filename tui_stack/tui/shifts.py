@@ -12,8 +12,8 @@ from textual.widgets import DataTable, Static
 from tui_stack import safetext
 from tui_stack.fmt import fmt
 from tui_stack.tui import plot
-from tui_stack.tui.common import (WizardScreen, cutout, fixed_table, flag_codes, flag_legend, row_index, stamp_limits,
-                                  widen_names)
+from tui_stack.tui.common import (WizardScreen, cutout, fixed_table, flag_codes, flag_legend, name_list, row_index,
+                                  stamp_limits, widen_names)
 from tui_stack.tui.preview import ImageView
 
 # narrow columns; the detail line gives the highlighted frame in full
@@ -45,7 +45,7 @@ class ShiftsScreen(WizardScreen):
     ]
 
     def legend(self) -> str:
-        return "flags: " + flag_legend()
+        return "flags (code name):\n" + flag_legend()
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(classes="main"):
@@ -81,7 +81,11 @@ class ShiftsScreen(WizardScreen):
 
         run = self.ws.run
         run.config = self.ws.config_for_run()
-        self.run_task("measuring shifts", lambda p: pipeline.register(run, p), lambda _: self._fill())
+        self.run_task("measuring shifts", lambda p: pipeline.register(run, p), self._measured)
+
+    def _measured(self, _=None) -> None:
+        self.ws.dirty = True
+        self._fill()
 
     def _fill(self) -> None:
         run = self.ws.run
@@ -100,9 +104,8 @@ class ShiftsScreen(WizardScreen):
         self._plot()
         self.restore_ui()
         bad = [fr.name for fr in run.frames if fr.flags and not set(fr.flags) <= {"excluded"}]
-        self.status(f"{sum(f.used for f in run.frames)} of {len(run.frames)} frames used, "
-                    f"{run.config.shift.mode} mode (s)" + (f"; flagged: {', '.join(bad[:4])}" if bad else "")
-                    + ". n: scales")
+        head = f"{sum(f.used for f in run.frames)} of {len(run.frames)} frames used, {run.config.shift.mode} mode (s)"
+        self.status(head + name_list("; flagged: ", bad, self.size.width - len(head) - 10) + ". n: scales")
 
     def _plot(self) -> None:
         run = self.ws.run
@@ -112,7 +115,9 @@ class ShiftsScreen(WizardScreen):
         if self._residuals and run.frames and i is not None:
             fr = run.frames[i]
             res = np.array(fr.residuals, float).reshape(-1, 4)
-            view.title = f"{safetext.terminal(fr.name)}: star - fit (px), {len(res)} stars, rms {fmt(fr.fit_rms, '.3f')}"
+            # the table's n counts the stars kept in the fit; the plot shows the rejected ones too
+            view.title = (f"{safetext.terminal(fr.name)}: star - fit (px), {fr.n_matched} of {len(res)} stars used, "
+                          f"rms {fmt(fr.fit_rms, '.3f')}")
             view.xlabel, view.ylabel = "dx", "dy"
             view.set_data(res[:, 2], res[:, 3])
             return
@@ -183,8 +188,13 @@ class ShiftsScreen(WizardScreen):
         if run is None or not run.frames or i is None:
             return
         fr = run.frames[i]
-        info_index = next(k for k, info in enumerate(self.ws.infos) if info.path == fr.path)
         wanted = "excluded" in fr.flags
+        if not wanted and not fr.used:
+            # already out for a reason of its own (integer mode cannot turn it, no stars, ...):
+            # skipping it too would keep it out once that reason is gone (s: subpixel)
+            self.status(f"{fr.name} is not used anyway: {self._why_unused(fr)}", error=True)
+            return
+        info_index = next(k for k, info in enumerate(self.ws.infos) if info.path == fr.path)
         if run.set_used(i, wanted):
             self.ws.included.add(info_index)
         else:
@@ -192,9 +202,12 @@ class ShiftsScreen(WizardScreen):
         run.config = self.ws.config_for_run()
         self._fill()
         if wanted and not fr.used:  # taken back, but the frame itself cannot be used: say why
-            why = fr.message or ", ".join(f for f in fr.flags if f != "excluded") or "no shift"
-            hint = "; s: subpixel mode" if "needs_subpixel" in fr.flags else ""
-            self.status(f"{fr.name} cannot be used: {why}{hint}", error=True)
+            self.status(f"{fr.name} cannot be used: {self._why_unused(fr)}", error=True)
+
+    @staticmethod
+    def _why_unused(fr) -> str:
+        why = fr.message or ", ".join(f for f in fr.flags if f != "excluded") or "no shift"
+        return why + ("; s: subpixel mode" if "needs_subpixel" in fr.flags else "")
 
     def action_mode(self) -> None:
         """Integer <-> subpixel, then the shifts measured again in the new mode."""
