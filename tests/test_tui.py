@@ -195,15 +195,14 @@ def test_quit_asks_when_work_would_be_lost(demo_dir):
     async def go():
         async with app.run_test(size=SIZE) as pilot:
             await settle(pilot)
-            await pilot.press("n")
-            await settle(pilot)
+            await press(pilot, "n", 2)  # shifts measured (choosing the reference alone loses nothing)
             assert app.ws.dirty
             await pilot.press("q")
             await pilot.pause()
             assert app.screen.__class__.__name__ == "ConfirmScreen"
             await pilot.press("n")
             await pilot.pause()
-            assert app.screen.STEP == 1 and app.is_running
+            assert app.screen.STEP == 2 and app.is_running
             await pilot.press("ctrl+c")  # asks too; yes: interrupted, 130 as SPEC says
             await pilot.pause()
             assert app.screen.__class__.__name__ == "ConfirmScreen"
