@@ -33,6 +33,11 @@ def app_for(demo_dir, out, **sections):
     return StackApp(cfg.input.directory, cfg)
 
 
+def resumed(demo_dir, saved) -> StackApp:
+    """The app `tui-stack --resume` opens on the saved session."""
+    return StackApp(demo_dir / "frames", config_from_dict(tomllib.loads(saved["config"])), resume=saved)
+
+
 def status(app) -> str:
     return str(app.screen.query_one("#status").render())
 
@@ -54,7 +59,7 @@ def test_a_session_that_ended_on_the_reference_step_resumes_there(demo_dir, tmp_
     asyncio.run(first())
     saved = session.load(demo_dir / "frames")
     assert saved["step"] == 1 and saved["run"]["frames"] == []
-    app2 = StackApp(demo_dir / "frames", config_from_dict(tomllib.loads(saved["config"])), resume=saved)
+    app2 = resumed(demo_dir, saved)
 
     async def second():
         async with app2.run_test(size=SIZE) as pilot:
@@ -147,7 +152,7 @@ def test_files_status_counts_what_the_table_shows_and_a_fresh_session_is_saved(d
 
     asyncio.run(go())
     saved = session.load(demo_dir / "frames")
-    app2 = StackApp(demo_dir / "frames", config_from_dict(tomllib.loads(saved["config"])), resume=saved)
+    app2 = resumed(demo_dir, saved)
 
     async def again():
         async with app2.run_test(size=SIZE) as pilot:
