@@ -20,6 +20,7 @@ one outside the frame is masked: NaN spreads through the passes and is the mask.
 from __future__ import annotations
 
 import math
+import os
 import threading
 
 import numpy as np
@@ -157,6 +158,21 @@ _PAD = 16
 _SCRATCH = _Scratch()
 
 
+def _compiled():
+    """The compiled passes (core/_resample.c, built at install when a C compiler is there), or
+    None: not built, or TUI_STACK_PURE=1 asks for the numpy passes (the same pixels, slower)."""
+    if os.environ.get("TUI_STACK_PURE", "0") not in ("", "0"):
+        return None
+    try:
+        from tui_stack.core import _resample
+    except ImportError:
+        return None
+    return _resample
+
+
+COMPILED = _compiled()  # the one switch between the two forms of every pass below
+
+
 def _runs(key):
     """[i, j) runs of equal consecutive values of `key`."""
     cut = (np.flatnonzero(key[1:] != key[:-1]) + 1).tolist()
@@ -174,6 +190,9 @@ def _along_x(src, start, w, step: int = 1, dst=None):
     `step` -1: start falls by one a column (a mirrored frame): slices read backwards."""
     n, taps = len(start), w.shape[0]
     dst = np.empty((src.shape[0], n), np.float32) if dst is None else dst
+    if COMPILED is not None:
+        COMPILED.along_x(src, start, w, dst)
+        return dst
     for i, j in _runs(start - step * np.arange(n)):
         part, tmp = dst[:, i:j], _SCRATCH.get("tmp", (src.shape[0], j - i))
         for k in range(taps):
@@ -187,6 +206,9 @@ def _along_y(src, start, w, step: int = 1, dst=None):
     """dst[i, :] = sum_k w[i, k] src[start[i] + k, :]."""
     n, taps = len(start), w.shape[0]
     dst = np.empty((n, src.shape[1]), np.float32) if dst is None else dst
+    if COMPILED is not None:
+        COMPILED.along_y(src, start, w, dst)
+        return dst
     for i, j in _runs(start - step * np.arange(n)):
         part, tmp = dst[i:j], _SCRATCH.get("tmp", (j - i, src.shape[1]))
         for k in range(taps):
@@ -210,6 +232,9 @@ def _slice(src, first: int, m: int, step: int, axis: int):
 def _shear_rows(src, start, w, n, dst):
     """dst[i, j] = sum_k w[i, k] src[i, start[i] + j + k]: each row moved by its own amount;
     rows that start on the same pixel (the amount grows slowly) together."""
+    if COMPILED is not None:
+        COMPILED.shear_rows(src, start, w, dst)
+        return dst
     for i, j in _runs(start):
         s0 = start[i]
         part, tmp = dst[i:j], _SCRATCH.get("tmp", (j - i, n))
@@ -225,6 +250,9 @@ def _shear_cols(src, start, w, n, dst):
     amount. The columns are first lined up (one copy per run of columns that start on the
     same pixel), then every tap is one pass over the whole block with per-column weights:
     few numpy calls however many runs a turn makes (measured 2x faster than tap by run)."""
+    if COMPILED is not None:
+        COMPILED.shear_cols(src, start, w, dst)
+        return dst
     taps = w.shape[0]
     lined = _SCRATCH.get("lined", (n + taps - 1, len(start)), padded=True)
     for i, j in _runs(start):
