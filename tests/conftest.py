@@ -58,3 +58,17 @@ def _private_state_dir(tmp_path_factory, monkeypatch):
     ~/.local/state/tui-stack (where `--resume` would open a pytest folder). A test that wants
     its own sets TUI_STACK_STATE_DIR again."""
     monkeypatch.setenv("TUI_STACK_STATE_DIR", str(tmp_path_factory.mktemp("state")))
+
+
+@pytest.fixture(scope="module", params=["compiled", "numpy"])
+def passes(request):
+    """core.shifting's resampling passes in both forms: the compiled ones (skipped where they
+    were not built, or TUI_STACK_PURE=1) and the numpy ones, so both stay tested."""
+    from tui_stack.core import shifting
+
+    if request.param == "compiled" and shifting.COMPILED is None:
+        pytest.skip("compiled resampling passes not built (or TUI_STACK_PURE=1)")
+    with pytest.MonkeyPatch.context() as mp:
+        if request.param == "numpy":
+            mp.setattr(shifting, "COMPILED", None)
+        yield request.param

@@ -29,7 +29,7 @@ MAPS = [turn(0), turn(0.6, 1.0002), turn(-1.0), turn(-4, 0.97), turn(30, mirror=
 
 
 @pytest.mark.parametrize("m", MAPS, ids=range(len(MAPS)))
-def test_warp_reproduces_a_smooth_field_through_any_map(m):
+def test_warp_reproduces_a_smooth_field_through_any_map(m, passes):
     shape = (90, 120)
     yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(float)
     img = smooth(shape, xx, yy).astype(np.float32)
@@ -45,7 +45,7 @@ def test_warp_reproduces_a_smooth_field_through_any_map(m):
     assert np.all(out[mask] == 0)
 
 
-def test_whole_pixel_maps_are_exact_copies():
+def test_whole_pixel_maps_are_exact_copies(passes):
     rng = np.random.default_rng(2)
     img = rng.normal(0, 1, (30, 40)).astype(np.float32)
     out, mask = shifting.warp_frame(img, None, shifting.shift_matrix(3, -2))
@@ -56,7 +56,7 @@ def test_whole_pixel_maps_are_exact_copies():
 
 
 @pytest.mark.parametrize("dx, dy", [(0.5, 0.5), (0.13, -0.71), (2.81, 1.27), (-3.42, 0.0)])
-def test_shifted_stars_land_where_the_shift_puts_them(dx, dy):
+def test_shifted_stars_land_where_the_shift_puts_them(dx, dy, passes):
     """Alignment of the written pixels: no systematic offset above 0.01 px, flux kept."""
     rng = np.random.default_rng(int(100 * abs(dx)))
     shape = (160, 200)
@@ -78,7 +78,7 @@ def test_shifted_stars_land_where_the_shift_puts_them(dx, dy):
                                                      8 - round(dx):-8 - round(dx) or None].sum() - 1) < 1e-3
 
 
-def test_poly5_reproduces_polynomials_of_degree_5():
+def test_poly5_reproduces_polynomials_of_degree_5(passes):
     x = np.arange(40, dtype=np.float64)
     row = (0.001 * (x - 20) ** 5 - 0.02 * (x - 20) ** 3 + x).astype(np.float64)
     img = np.tile(row.astype(np.float32), (12, 1))
@@ -108,7 +108,7 @@ def write(path, data, **header):
 @pytest.mark.parametrize("m", [shifting.shift_matrix(2.3, -1.6), turn(0.8, 1.0001, shape=(70, 50)),
                                turn(-170, shape=(70, 50)), turn(25, mirror=True, shape=(70, 50))], ids=range(4))
 @pytest.mark.parametrize("rows", [1, 6, 70])
-def test_warp_source_blocks_equal_the_whole_frame(tmp_path, m, rows):
+def test_warp_source_blocks_equal_the_whole_frame(tmp_path, m, rows, passes):
     """Block by block from disk (BLANK pixels masked) = the whole frame in memory: same pixels."""
     rng = np.random.default_rng(4)
     raw = rng.integers(0, 3000, (70, 50)).astype(np.int16)
@@ -132,7 +132,7 @@ def test_warp_source_blocks_equal_the_whole_frame(tmp_path, m, rows):
     assert np.array_equal(got2, got, equal_nan=True)
 
 
-def test_combine_of_warp_sources_equals_combine_of_resampled_frames():
+def test_combine_of_warp_sources_equals_combine_of_resampled_frames(passes):
     rng = np.random.default_rng(9)
     frames = rng.normal(100, 5, (7, 60, 48)).astype(np.float32)
     maps = [turn(a, 1 + 1e-4 * a, shape=(60, 48), shift=(0.3 * a, -0.2 * a)) for a in np.linspace(-1, 1, 7)]
@@ -289,7 +289,7 @@ def test_resampling_combine_peak_within_memory_limit(tmp_path, method, step):
     assert np.isfinite(result.data).mean() > (0.99 if step < 1 else 0.6)
 
 
-def test_quarter_turn_and_mirror_are_exact_copies_from_disk(tmp_path):
+def test_quarter_turn_and_mirror_are_exact_copies_from_disk(tmp_path, passes):
     """Whole-number maps (a quarter turn, a mirror, a whole-pixel shift): the resampling
     source copies pixels exactly, as integer mode needs."""
     rng = np.random.default_rng(6)

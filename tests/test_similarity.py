@@ -68,8 +68,9 @@ def test_a_turn_that_moves_the_outer_stars_a_tenth_of_a_pixel_is_resampled_as_a_
 
 
 @pytest.fixture(scope="module")
-def rotated_quiet(tmp_path_factory):
-    """The same turns with almost no noise: what is left is the method's own error."""
+def rotated_quiet(tmp_path_factory, passes):
+    """The same turns with almost no noise: what is left is the method's own error (through
+    both forms of the resampling passes)."""
     spec = synthetic.FieldSpec(n_frames=4, shape=(512, 512), n_stars=300, max_shift=6, seed=9, rotations=ROTATIONS,
                                gain=1000.0, read_noise=0.0, cosmic_rays=0)
     truth = synthetic.write_field(tmp_path_factory.mktemp("rotq"), spec)
