@@ -142,12 +142,17 @@ def measure(kernels, seed=3):
     return rows
 
 
-def speed(kernels, size=4096):
+def speed(kernels, size=4096, repeat=3):
+    """Seconds to resample a 4096^2 frame (blocks of 64 rows, one thread), best of `repeat`;
+    the block resampler through both forms of its passes, taking turns: compiled
+    (core/_resample.c; "shift_s", "similarity_s") and numpy ("..._numpy_s")."""
     rng = np.random.default_rng(0)
     img = rng.normal(100, 10, (size, size)).astype(np.float32)
     read = shifting.box_reader(img)
     th = np.radians(1.0)
     c, s = np.cos(th), np.sin(th)
+    keep = shifting.COMPILED
+    forms = {"": keep, "_numpy": None} if keep is not None else {"_numpy": None}
     out = {}
     for k in kernels:
         times = {}
@@ -155,12 +160,18 @@ def speed(kernels, size=4096):
             if k == SPLINE:
                 t = time.perf_counter()
                 resample(k, img, m)
-            else:
-                w = shifting.Warp(m, k, size)
-                t = time.perf_counter()
-                for y0 in range(0, size, 64):
-                    w.render(read, y0, min(size, y0 + 64), 0, size)
-            times[name] = time.perf_counter() - t
+                times[name] = time.perf_counter() - t
+                continue
+            w = shifting.Warp(m, k, size)
+            for _ in range(repeat):
+                for form, passes in forms.items():
+                    shifting.COMPILED = passes
+                    t = time.perf_counter()
+                    for y0 in range(0, size, 64):
+                        w.render(read, y0, min(size, y0 + 64), 0, size)
+                    dt = time.perf_counter() - t
+                    shifting.COMPILED = keep
+                    times[name + form] = min(dt, times.get(name + form, np.inf))
         out[k] = times
     return out
 
@@ -176,7 +187,7 @@ def main() -> int:
         for k, t in speed(kernels).items():
             rows[k].update({f"{name}_s": v for name, v in t.items()})
     cols = ["systematic_px", "scatter_px", "flux_total", "flux_mean", "flux_worst", "noise_half", "noise_mean", "ringing",
-            "peak_error", "shift_s", "similarity_s"]
+            "peak_error", "shift_s", "similarity_s", "shift_numpy_s", "similarity_numpy_s"]
     print("| kernel | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 1) + "|")
     for k in kernels:
