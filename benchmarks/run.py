@@ -1098,6 +1098,8 @@ def main() -> int:
     ap.add_argument("--modes", default="integer",
                     help="frame sets for the whole job: integer, subpixel (subpixel shifts), similarity (turned <= 1 deg)")
     ap.add_argument("--run-methods", default="median", help="combine methods of the whole-job runs")
+    ap.add_argument("--pure", action="store_true",
+                    help="also the subpixel and turned runs with the numpy resampling passes (TUI_STACK_PURE=1)")
     ap.add_argument("--skip-combine", action="store_true", help="only the whole-job runs (no combine-only cases)")
     ap.add_argument("--stack", action="store_true",
                     help="also the stack step alone per frame set, with the true geometry (resampling cost)")
@@ -1200,10 +1202,12 @@ def main() -> int:
                                                           "dask", "--workers", str(os.cpu_count() or 1)]))
         except ImportError:
             print("dask column skipped: pip install 'tui-stack[dask]'")
-    def ours_run(frames_dir, truth, mode, method):
+    pure = dict(os.environ, TUI_STACK_PURE="1")  # --pure: the numpy resampling passes
+
+    def ours_run(frames_dir, truth, mode, method, env=None):
         cfg = run_config(frames_dir, truth, work, method, mode)
         shutil.rmtree(work / "run", ignore_errors=True)  # a fresh output directory: the run owns it
-        res = measure(ts + ["run", str(cfg), "--quiet", "--memory-limit", args.memory_limit])
+        res = measure(ts + ["run", str(cfg), "--quiet", "--memory-limit", args.memory_limit], env=env)
         report = work / "run" / "report.json"
         if res["ok"] and report.exists():
             frames = json.loads(report.read_text())["frames"]
@@ -1231,6 +1235,8 @@ def main() -> int:
         for k, method in enumerate(run_methods):
             case = "run" + label + ("" if run_methods == ["median"] else f" {method}")
             cases.append(("tui-stack", case, lambda a=(mdir, mtruth, mode, method): ours_run(*a)))
+            if args.pure and mode != "integer":
+                cases.append(("tui-stack numpy", case, lambda a=(mdir, mtruth, mode, method): ours_run(*a, env=pure)))
             if args.only == "all" and "siril" in peers and siril_available() and method in SIRIL_STACK:
                 cases.append(("siril", case, lambda a=(mfiles, work / "siril_run", mtruth, method, k == 0):
                               siril_register_stack(*a)))
@@ -1242,6 +1248,9 @@ def main() -> int:
             for method in run_methods:
                 cases.append(("tui-stack", f"stack {mode} {method}", lambda a=(str(mdir), method): measure(
                     [sys.executable, "-c", STACK_SCRIPT, *a, str(parse_size(args.memory_limit))])))
+                if args.pure and mode != "integer":
+                    cases.append(("tui-stack numpy", f"stack {mode} {method}", lambda a=(str(mdir), method): measure(
+                        [sys.executable, "-c", STACK_SCRIPT, *a, str(parse_size(args.memory_limit))], env=pure)))
     if args.only == "all" and "lab" in peers and "integer" in modes:
         cases.append(("lab", "run" if modes == ["integer"] else "run integer median", lab_run))
     runs = {(tool, case): [] for tool, case, _ in cases}
