@@ -111,8 +111,10 @@ class _Taps:
         if cache is None or i0 < cache[0] or i1 > cache[1]:
             pad = max(64, i1 - i0)
             lo, hi = i0 - pad, i1 + pad
-            if cache is not None:
-                lo, hi = min(lo, cache[0]), max(hi, cache[1])
+            if cache is not None:  # at least twice as wide: blocks walking down a frame recompute
+                width = cache[1] - cache[0]  # a few times, not once a block (1° frame 0.044 -> 0.037 s)
+                lo = min(lo, cache[0] - width if i0 < cache[0] else cache[0])
+                hi = max(hi, cache[1] + width if i1 > cache[1] else cache[1])
             pos = self.a * np.arange(lo, hi, dtype=np.float64) + self.b
             if self.exact:
                 start, w = np.rint(pos).astype(np.int64), np.ones((1, 1))
