@@ -154,7 +154,7 @@ def test_memory_limit_counts_the_resampling():
     assert rows * combine._row_bytes(16, 4096, "median", 2, False) + 2 * src.work_bytes(rows) <= 256 << 20
 
 
-def test_large_turns_are_combined_in_tiles_that_read_about_their_own_size():
+def test_large_turns_are_combined_in_tiles_that_read_about_their_own_size(passes):
     """A block of whole rows of a frame turned by 20-40 degrees reads the band of frame rows its
     width maps into (at 30 degrees on 2048^2 x 8 frames the combine took 273 s, against 6.5 s in
     tiles). In square tiles each frame's reads are about 3x the pixels made here (the kernel's
