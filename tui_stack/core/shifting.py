@@ -14,7 +14,9 @@ of the turn with the rest in D). A shear moves each line by one constant amount,
 needs one set of kernel weights; the last pass is separable (each output column, and each
 row, its own weights). A pure shift is that last pass alone. A turned block is done in
 tiles of columns, so a y-shear reads few extra rows. Any output pixel whose kernel touched a masked pixel or
-one outside the frame is masked: NaN spreads through the passes and is the mask.
+one outside the frame is masked: NaN spreads through the passes and is the mask. The 1-D
+passes run compiled (core/_resample.c, same pixels) when it was built; the numpy forms here
+are the reference and the fallback (COMPILED below).
 """
 
 from __future__ import annotations
