@@ -100,9 +100,9 @@ lin_t(float *restrict d, const float *const *p, const float *const *w, int ws, i
     }
 }
 
-/* wider vectors where the CPU has them, chosen when the module loads (GCC/Clang on x86-64
- * with ifunc support; the plain SSE2 form elsewhere) */
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
+/* wider vectors where the CPU has them, chosen when the module loads (GCC on x86-64 with
+ * glibc, whose ifunc picks the clone; the plain SSE2 form elsewhere) */
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__GLIBC__) && !defined(__clang__)
 __attribute__((target_clones("avx2", "default")))
 #endif
 static void lin(float *d, const float *const *p, const float *const *w, int ws, int dir, Py_ssize_t n, int taps)
