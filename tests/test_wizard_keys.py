@@ -511,3 +511,19 @@ def test_a_frame_of_another_size_goes_on_as_run_takes_it(demo_dir, tmp_path, sta
             assert fr.used and "turned" not in fr.flags, (fr.flags, status(app))
 
     asyncio.run(go())
+
+
+def test_calibration_keys_say_the_header_filter_hides_the_calibration_frames(demo_dir, tmp_path, state):
+    """The demo's folder holds a flat (PICTTYPE 2) that the filter PICTTYPE=1 leaves out of the
+    table: `c` and `k` said "no bias, dark or flat frames in this directory"."""
+    assert (demo_dir / "frames" / "demo_flat.fits").exists()
+    app = app_for(demo_dir, tmp_path)
+
+    async def go():
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            for key in ("c", "k"):
+                await press(pilot, key)
+                assert status(app) == "no bias, dark or flat frames pass the filter PICTTYPE=1 (/ edits it)"
+
+    asyncio.run(go())

@@ -109,6 +109,15 @@ class CalibrationPanel(Vertical):
         if self.calib is None:
             self.query_one("#cal-masters", Static).update("c: build the masters and see them here")
 
+    @staticmethod
+    def _none_found(screen) -> str:
+        """Calibration frames are looked for among the files the header filter keeps."""
+        select = screen.ws.config.input.select
+        if not select:
+            return "no bias, dark or flat frames in this directory"
+        shown = ", ".join(f"{k}={v}" for k, v in select.items())
+        return f"no bias, dark or flat frames pass the filter {shown} (/ edits it)"
+
     def ready(self, screen, then) -> bool:
         """Masters built for the current sets (or none asked for); else build them, then `then`."""
         from tui_stack.pipeline import calibration
@@ -125,7 +134,7 @@ class CalibrationPanel(Vertical):
 
         ws = screen.ws
         if self.proposal is None:
-            screen.status("no bias, dark or flat frames in this directory")
+            screen.status(self._none_found(screen))
             return
         if not ws.config.calibrate.any:
             screen.status("no calibration frames chosen (k: on)")
@@ -155,7 +164,7 @@ class CalibrationPanel(Vertical):
         from tui_stack.core import calibrate as cal
 
         if self.proposal is None:
-            screen.status("no bias, dark or flat frames in this directory: nothing to switch")
+            screen.status(self._none_found(screen))
             return
         c = screen.ws.config.calibrate
         if c.any:

@@ -24,7 +24,10 @@ class CombineScreen(PreviewScreen):
             "results table, the photometry table and the output directory (tab leaves a field). "
             "c combines (escape cancels); each method's result is kept side by side "
             "(flux/ref: median photometry ratio against the reference); w writes the outputs and "
-            "tui-stack.toml, from which `tui-stack run` gives the same result.")
+            "tui-stack.toml, from which `tui-stack run` gives the same result. With few frames IRAF's "
+            "sigclip (sigma from the pixel's own values) can hardly reject: one outlier among 10 is at most "
+            "3 of those sigmas from the median, so sigma 3 keeps it; sigmaclip and avsigclip estimate sigma "
+            "otherwise and reject it.")
     BINDINGS = [
         Binding("m", "method", "Next combine method"),
         Binding("c", "combine", "Combine with the method and parameters shown"),
