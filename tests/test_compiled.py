@@ -118,12 +118,13 @@ def test_bad_arguments_raise_instead_of_reading_outside():
 
 
 def test_the_switch():
-    """Built wherever a C compiler is (pip install builds it); TUI_STACK_PURE=1 picks the
-    numpy passes."""
+    """Built wherever a C compiler and Python's headers are (pip install builds it);
+    TUI_STACK_PURE=1 picks the numpy passes."""
     code = "from tui_stack.core import shifting; print(shifting.COMPILED is not None)"
     env = dict(os.environ, TUI_STACK_PURE="1")
     pure = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert pure.stdout.strip() == "False"
     cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
-    if os.environ.get("TUI_STACK_PURE", "0") in ("", "0") and shutil.which(cc):
+    headers = os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))
+    if os.environ.get("TUI_STACK_PURE", "0") in ("", "0") and shutil.which(cc) and headers:
         assert shifting.COMPILED is not None, "a C compiler is here but core/_resample.c was not built: pip install -e ."
