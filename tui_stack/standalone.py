@@ -91,9 +91,10 @@ def combine_files(args, console) -> Path:
     paths = [Path(p) for p in args.files]
     resolved = set()
     for p in paths:
-        if io.resolved(p) in resolved:
+        real = io.resolved(p)
+        if real in resolved:
             raise InputError(f"{p}: the same file is given twice")
-        resolved.add(io.resolved(p))
+        resolved.add(real)
     out = Path(args.out)
     if out.is_dir() or str(args.out).endswith("/"):
         raise InputError(f"--out {out}: is a directory; give the output file's name, "
