@@ -106,3 +106,14 @@ def test_scale_values_that_cannot_be_meant_are_refused(scale, named, meant):
     with pytest.raises(ConfigError, match=re.escape(named)):
         config_from_dict(raw)
     config_from_dict(dict(raw, scale=meant))  # the nearest meant value passes
+
+
+@pytest.mark.parametrize("section", ["input", "output"])
+def test_empty_directory_is_refused_not_taken_as_the_config_folder(section):
+    """`directory = ""` read as "." before: a run wrote its stack beside the config, unasked."""
+    raw = {"input": {"directory": "frames"}, "reference": {"frame": 0, "star": "auto"}}
+    raw[section] = dict(raw.get(section, {}), directory=" ")
+    with pytest.raises(ConfigError, match=re.escape(f'[{section}].directory is empty; use "."')):
+        config_from_dict(raw, Path("/data"))
+    raw[section]["directory"] = "."
+    assert getattr(config_from_dict(raw, Path("/data")), section).directory == Path("/data")

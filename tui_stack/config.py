@@ -267,7 +267,9 @@ def _exclude(where, v):
 def _path(where, v):
     if isinstance(v, Path):
         return v
-    return Path(_str(where, v))
+    if not _str(where, v).strip():  # Path("") is "." silently: the outputs beside the config, unasked
+        raise _fail(where, 'is empty; use "." for the config\'s own folder', v)
+    return Path(v)
 
 
 def _saturation(where, v):
