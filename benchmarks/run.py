@@ -1033,6 +1033,60 @@ def calibration_case(size: int, only: str) -> list[dict]:
 # ------------------------------------------------------------------ main
 
 
+def _scale_errors(ts, work: Path, d: Path, truth: dict, method: str, name: str) -> tuple[dict, np.ndarray | None]:
+    """One `tui-stack run` on a seeing set; its scales' errors against the truth (frames 1..)."""
+    out = work / f"scales_{name}_{method}"
+    cfg = write_config(work / f"scales_{name}_{method}.toml", {
+        "input": {"directory": str(d), "pattern": "demo_*.fits"},
+        "reference": {"frame": 0, "star": [round(v) for v in truth["ref_star"]]},
+        "scale": {"stars": "auto", "method": method},
+        "output": {"directory": str(out), "write_shifted": False}})
+    res = measure(ts + ["run", str(cfg), "--quiet"])
+    if not res["ok"]:
+        return res, None
+    frames = json.loads((out / "report.json").read_text())["frames"]
+    err = (np.array([f["scale"] for f in frames]) / np.array(truth["scales"]) - 1)[1:]
+    res["rms_pct"] = round(100 * float(np.sqrt(np.mean(err ** 2))), 3)
+    res["worst_pct"] = round(100 * float(np.abs(err).max()), 3)
+    return res, err
+
+
+def _seeing_frames(kind: str, noise_draw: int = 0) -> tuple[Path, dict]:
+    from tui_stack.core import synthetic
+
+    d = CACHE / (f"seeing_{kind}" + (f"_noise{noise_draw}" if noise_draw else ""))
+    truth_file = d / "truth.json"
+    if not truth_file.exists():
+        spec, fw, be = synthetic.seeing_set(kind)
+        t = synthetic.write_seeing_field(d, spec, fw, be, noise_draw=noise_draw)
+        truth_file.write_text(json.dumps({"scales": t.scales.tolist(), "ref_star": list(t.ref_star),
+                                          "fwhm": list(fw), "beta": list(be)}))
+    return d, json.loads(truth_file.read_text())
+
+
+def noise_case(work: Path, draws: int) -> list[dict]:
+    """How much of growth's error on the seeing sets is the sets' own noise: the same frames
+    (stars, PSFs, transparencies) with the noise drawn `draws` times. The mean error over the
+    draws is what a method gets wrong (systematic), their scatter what the noise moves."""
+    ts = tui_stack_cmd()
+    rows = []
+    for kind in ("sparse", "crowded"):
+        errs = []
+        for k in range(draws):
+            d, truth = _seeing_frames(kind, k)
+            res, err = _scale_errors(ts, work, d, truth, "growth", f"{kind}_noise{k}")
+            rows.append({"tool": "tui-stack", "case": f"{kind} noise draw {k} growth", **res})
+            if err is not None:
+                errs.append(err)
+        if len(errs) > 1:
+            e = np.array(errs)
+            rows.append({"tool": "tui-stack", "case": f"{kind} over {len(e)} noise draws", "ok": True,
+                         "wall_s": "-", "peak_rss_mb": "-",
+                         "systematic_rms_pct": round(100 * float(np.sqrt(np.mean(e.mean(0) ** 2))), 3),
+                         "noise_rms_pct": round(100 * float(np.sqrt(np.mean(e.var(0, ddof=1)))), 3)})
+    return rows
+
+
 def scales_case(work: Path, repeat: int = 1) -> list[dict]:
     """Issue 22: [scale] method "growth" (each frame's aperture sums corrected by its own Moffat
     PSF) against the lab's "fixed" aperture. Accuracy: 8 frames of 1024^2 with known
@@ -1044,27 +1098,9 @@ def scales_case(work: Path, repeat: int = 1) -> list[dict]:
     ts = tui_stack_cmd()
     rows = []
     for kind in synthetic.SEEING_SETS:
-        d = CACHE / f"seeing_{kind}"
-        truth_file = d / "truth.json"
-        if not truth_file.exists():
-            spec, fw, be = synthetic.seeing_set(kind)
-            t = synthetic.write_seeing_field(d, spec, fw, be)
-            truth_file.write_text(json.dumps({"scales": t.scales.tolist(), "ref_star": list(t.ref_star),
-                                              "fwhm": list(fw), "beta": list(be)}))
-        truth = json.loads(truth_file.read_text())
+        d, truth = _seeing_frames(kind)
         for method in ("growth", "fixed"):
-            out = work / f"scales_{kind}_{method}"
-            cfg = write_config(work / f"scales_{kind}_{method}.toml", {
-                "input": {"directory": str(d), "pattern": "demo_*.fits"},
-                "reference": {"frame": 0, "star": [round(v) for v in truth["ref_star"]]},
-                "scale": {"stars": "auto", "method": method},
-                "output": {"directory": str(out), "write_shifted": False}})
-            res = measure(ts + ["run", str(cfg), "--quiet"])
-            if res["ok"]:
-                frames = json.loads((out / "report.json").read_text())["frames"]
-                err = np.array([f["scale"] for f in frames]) / np.array(truth["scales"]) - 1
-                res["rms_pct"] = round(100 * float(np.sqrt(np.mean(err[1:] ** 2))), 3)
-                res["worst_pct"] = round(100 * float(np.abs(err[1:]).max()), 3)
+            res, _ = _scale_errors(ts, work, d, truth, method, kind)
             rows.append({"tool": "tui-stack", "case": f"{kind} 8x1024 {method}", **res})
     frames_dir, files, truth = make_frames(16, 4096)
     runs = {m: [] for m in ("fixed", "growth")}
@@ -1113,6 +1149,9 @@ def main() -> int:
     ap.add_argument("--scales", action="store_true",
                     help="only the scale race (issue 22): [scale] method growth vs fixed on frames of varied "
                          "seeing with known transparency, and the run time of 16 frames of 4096^2")
+    ap.add_argument("--noise-draws", type=int, default=0,
+                    help="with --scales: also the sparse and crowded sets with the noise drawn this many times "
+                         "(what of growth's error is the sets' own noise)")
     ap.add_argument("--calibration", action="store_true",
                     help="only the calibration case: 50 bias, 20 dark, 20 flat, 16 lights of --size^2, vs ccdproc and Siril")
     ap.add_argument("--make-calibration-frames", action="store_true", help=argparse.SUPPRESS)
@@ -1123,11 +1162,13 @@ def main() -> int:
     if args.scales:
         work = CACHE / "work"
         work.mkdir(parents=True, exist_ok=True)
-        rows = scales_case(work, args.repeat)
+        rows = scales_case(work, args.repeat) + (noise_case(work, args.noise_draws) if args.noise_draws else [])
         for r in rows:
             print(f"{r['case']:28s} {r['wall_s']!s:>7} s {r['peak_rss_mb']!s:>7} MB  {'ok' if r['ok'] else 'FAILED'}"
                   + (f"  scale error rms {r['rms_pct']}%  worst {r['worst_pct']}%" if "rms_pct" in r else "")
-                  + (f"  runs {r['walls_s']}" if "walls_s" in r else ""))
+                  + (f"  runs {r['walls_s']}" if "walls_s" in r else "")
+                  + (f"  systematic rms {r['systematic_rms_pct']}%  noise rms {r['noise_rms_pct']}%"
+                     if "noise_rms_pct" in r else ""))
         (HERE / "results-scales.json").write_text(json.dumps(rows, indent=2))
         return 0
     if args.calibration:

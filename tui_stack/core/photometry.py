@@ -198,6 +198,7 @@ def measure_frame(
     annulus: tuple[float, float] | None | str = "auto",
     fwhm_guess: float = 4.0,
     fwhm_radius: float = 2.0,
+    offset: tuple[float, float] = (0.0, 0.0),
 ) -> StarFluxes:
     """The comparison stars of one sky-subtracted frame, by `method` ("growth" or "fixed").
 
@@ -206,7 +207,8 @@ def measure_frame(
     With "growth" the fluxes are total fluxes: the aperture sums divided by the share of the
     light that aperture and annulus keep under the frame's fitted Moffat PSF (per star: the
     annulus median of its own wing depends on its flux against the sky noise). A frame whose PSF
-    cannot be fitted gets NaN fluxes (no scale rather than a wrong one).
+    cannot be fitted gets NaN fluxes (no scale rather than a wrong one). `offset`: where the
+    stars sit from the apertures' centres, px (an integer shift's rounding).
     """
     from tui_stack.core import psf
 
@@ -239,13 +241,13 @@ def measure_frame(
         fl.flags = [f + [NO_PSF] for f in fl.flags]
         return fl
     fl.fwhm, fl.beta = shape.fwhm, shape.beta
-    fraction = np.full(len(pos), shape.aperture_fraction(r, ring(r)))
+    fraction = np.full(len(pos), shape.aperture_fraction(r, ring(r), offset=offset))
     if ring(r) is not None and noise > 0:
         # each star's own wing under the sky noise in its annulus median, from a first total flux
         first = fl.flux / fraction
         ok = np.isfinite(first) & (first > 0)
         if ok.any():
-            fraction[ok] = shape.aperture_fraction(r, ring(r), first[ok], noise)
+            fraction[ok] = shape.aperture_fraction(r, ring(r), first[ok], noise, offset)
     fl.fraction = float(np.median(fraction))
     fl.flux = fl.flux / fraction
     fl.error = fl.error / fraction

@@ -29,13 +29,16 @@ class MoffatPSF:
         """Surface brightness at radius r of a star of flux 1."""
         return (self.beta - 1) / (np.pi * self.alpha**2) * (1 + np.asarray(r, float) ** 2 / self.alpha**2) ** -self.beta
 
-    def aperture_fraction(self, radius: float, annulus: tuple[float, float] | None, flux=None, noise: float = 0.0):
+    def aperture_fraction(self, radius: float, annulus: tuple[float, float] | None, flux=None, noise: float = 0.0,
+                          offset: tuple[float, float] = (0.0, 0.0)):
         """Fraction of a star's total light an aperture sum of `radius` gives, less the star's
         own wing light that an annulus median (r_in, r_out) takes as sky: the aperture
-        correction is its inverse. Without noise the median of a monotonic wing is its level
-        at the radius that halves the annulus' area; with `flux` (the stars' total fluxes) and
-        the sky `noise` per pixel, one fraction per star from the median of wing plus noise."""
-        kept = float(self.enclosed(radius))
+        correction is its inverse. The aperture's share is measured on the profile in pixels
+        (`in_pixels`), the star `offset` from the aperture's centre. Without noise the median
+        of a monotonic wing is its level at the radius that halves the annulus' area; with
+        `flux` (the stars' total fluxes) and the sky `noise` per pixel, one fraction per star
+        from the median of wing plus noise."""
+        kept = self.in_pixels(radius, offset)
         if annulus is None:
             return kept
         if flux is None or not noise > 0:
@@ -43,6 +46,26 @@ class MoffatPSF:
             return kept - float(np.pi * radius**2 * self.level(r_mid))
         flux = np.atleast_1d(np.asarray(flux, float))
         return kept - np.pi * radius**2 * self.noisy_median(flux, annulus, noise) / flux
+
+    def in_pixels(self, radius: float, offset: tuple[float, float] = (0.0, 0.0)) -> float:
+        """The share of the light an exact-overlap aperture sum of `radius` takes of this
+        profile sampled at pixel centres (as the fit models the pixels), the star `offset` px
+        from the aperture's centre, averaged over where in its pixel the star falls. The
+        integral (`enclosed`) is what a continuous aperture would take: the pixels' steps across
+        the aperture's edge differ from it by 0.1-0.2% at 2 FWHM (sharp frames most), and the
+        rounding of an integer shift puts the aperture up to 0.7 px off the star (0.1% more)."""
+        from tui_stack.core.photometry import aperture_sums
+
+        size = 2 * int(np.ceil(radius + np.hypot(*offset))) + 5
+        c = size // 2
+        phases = np.array([(0.0, 0.0), (0.25, 0.1), (-0.3, 0.35), (0.45, -0.2)])
+        g = np.arange(size, dtype=float) - c
+        sums = []
+        for fx, fy in phases:
+            img = self.level(np.hypot(g[None, :] - fx, g[:, None] - fy))
+            at = np.array([[c + fx - offset[0], c + fy - offset[1]]])
+            sums.append(aperture_sums(img, np.zeros(img.shape, bool), at, float(radius))[0])
+        return float(np.mean(sums))
 
     def noisy_median(self, flux: np.ndarray, annulus: tuple[float, float], noise: float) -> np.ndarray:
         """The median an annulus (r_in, r_out) reads of each star's wing (total `flux`) on

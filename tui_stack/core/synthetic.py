@@ -346,14 +346,17 @@ def seeing_psfs(n_frames: int, seed: int = 22, fwhm=(2.5, 6.0), beta=(2.0, 4.5))
 
 
 def write_seeing_field(directory: Path, spec: FieldSpec, fwhms, betas, prefix: str = "demo_",
-                       ref_index: int = 0) -> FieldTruth:
+                       ref_index: int = 0, noise_draw: int = 0) -> FieldTruth:
     """Like write_field, but frame i has its own PSF: FWHM fwhms[i] px, Moffat beta betas[i]
-    (recorded as TRUTH_FW and TRUTH_BE in its header)."""
+    (recorded as TRUTH_FW and TRUTH_BE in its header). `noise_draw` > 0: the same frames with
+    other noise (what a measurement's own noise moves)."""
     from dataclasses import replace
 
     if len(fwhms) != spec.n_frames or len(betas) != spec.n_frames:
         raise ValueError("fwhms and betas must have one value per frame")
     directory, (stars, ref_star, comps), shifts, transp, rng = _plan(directory, spec, ref_index)
+    if noise_draw:
+        rng = np.random.default_rng([spec.seed + 2, noise_draw])
     files = []
     for i in range(spec.n_frames):
         one = replace(spec, fwhm=float(fwhms[i]), beta=float(betas[i]))

@@ -69,8 +69,14 @@ def _measure(state: RunState, fr: FrameResult, data: np.ndarray, mask: np.ndarra
         k = float(np.sqrt(area))
         radius = None if radius is None else radius * k
         annulus = tuple(r * k for r in annulus) if isinstance(annulus, tuple) else annulus
+    # integer shifts: each aperture sits where the rounded shift puts it, the star where the
+    # measured one does (a shift's fraction off; transforms and subpixel shifts: on the star)
+    offset = (0.0, 0.0)
+    if fr.transform is None and not fr.flipped:
+        off = (fr.applied_shift_x - fr.shift_x, fr.applied_shift_y - fr.shift_y)
+        offset = off if all(np.isfinite(off)) and max(map(abs, off)) <= 1 else offset
     fluxes = photometry.measure_frame(data, mask, at, cfg.scale.method, radius, fr.sky, fr.noise,
-                                      cfg.scale.saturation, annulus, fwhm_guess=guess)
+                                      cfg.scale.saturation, annulus, fwhm_guess=guess, offset=offset)
     if area != 1.0:
         fluxes.flux = fluxes.flux / area
         fluxes.error = None if fluxes.error is None else fluxes.error / area
