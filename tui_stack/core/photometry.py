@@ -40,6 +40,7 @@ class StarFluxes:
     fwhm: float = float("nan")  # of the frame's fitted Moffat PSF, px
     beta: float = float("nan")  # its wing index
     fraction: float = 1.0  # share of a star's light the aperture less annulus kept (1 / correction; growth: the stars' median)
+    fraction_error: float = 0.0  # its relative 1-sigma uncertainty from the fitted PSF (common to all stars)
     method: str = "fixed"
 
 
@@ -249,6 +250,7 @@ def measure_frame(
         if ok.any():
             fraction[ok] = shape.aperture_fraction(r, ring(r), first[ok], noise, offset)
     fl.fraction = float(np.median(fraction))
+    fl.fraction_error = shape.fraction_error(r, ring(r), offset)
     fl.flux = fl.flux / fraction
     fl.error = fl.error / fraction
     return fl
@@ -305,7 +307,9 @@ def weighted_scale(ref: StarFluxes, frame: StarFluxes, clip: float = 4.0, disagr
     n = int(keep.sum())
     chi2 = float(np.sum(w * (r[keep] - centre) ** 2) / (n - 1)) if n > 1 else 1.0
     spread = float(np.sqrt(chi2))
-    error = float(np.sqrt(max(chi2, 1.0) / w.sum()))
+    # the two frames' corrections are each common to all their stars: no average over stars lowers them
+    error = float(np.sqrt(max(chi2, 1.0) / w.sum() + (centre * ref.fraction_error) ** 2
+                          + (centre * frame.fraction_error) ** 2))
     mad = float(1.4826 * np.median(np.abs(r[keep] - np.median(r[keep])))) if n > 1 else 0.0
     flags = [STARS_DISAGREE] if n >= 3 and spread > disagree else []
     return FrameScale(centre, mad, n, ratios, error, spread, flags)

@@ -16,6 +16,8 @@ class MoffatPSF:
     alpha: float
     beta: float
     n_stars: int = 0
+    # covariance of the fit's (log alpha, log(beta - 1)): how well the stars pin the shape
+    cov: np.ndarray | None = None
 
     @property
     def fwhm(self) -> float:
@@ -66,6 +68,22 @@ class MoffatPSF:
             at = np.array([[c + fx - offset[0], c + fy - offset[1]]])
             sums.append(aperture_sums(img, np.zeros(img.shape, bool), at, float(radius))[0])
         return float(np.mean(sums))
+
+    def fraction_error(self, radius: float, annulus: tuple[float, float] | None, offset=(0.0, 0.0)) -> float:
+        """Relative 1-sigma uncertainty of `aperture_fraction` from the fitted shape's own (its
+        covariance, through the fraction's derivatives); 0 without a covariance."""
+        if self.cov is None or not np.all(np.isfinite(self.cov)):
+            return 0.0
+        t = np.array([np.log(self.alpha), np.log(self.beta - 1)])
+        base = self.aperture_fraction(radius, annulus, offset=offset)
+        grad = []
+        for i in range(2):
+            dt = t.copy()
+            dt[i] += 1e-3
+            other = MoffatPSF(float(np.exp(dt[0])), float(1 + np.exp(dt[1])))
+            grad.append((other.aperture_fraction(radius, annulus, offset=offset) - base) / 1e-3)
+        grad = np.array(grad)
+        return float(np.sqrt(max(grad @ self.cov @ grad, 0.0)) / base)
 
     def noisy_median(self, flux: np.ndarray, annulus: tuple[float, float], noise: float) -> np.ndarray:
         """The median an annulus (r_in, r_out) reads of each star's wing (total `flux`) on
@@ -247,7 +265,13 @@ def fit_moffat(
 
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         theta, _ = _lm(fun, np.array([[np.log(np.median(a)), np.log(np.median(be) - 1)]]))
+        r, J = fun(theta)
     alpha, beta = float(np.exp(theta[0, 0])), float(1 + np.exp(theta[0, 1]))
     if not (np.isfinite(alpha) and np.isfinite(beta)) or beta > 50:
         return None
-    return MoffatPSF(alpha=alpha, beta=beta, n_stars=int(ok.sum()))
+    dof = max(int((W > 0).sum()) - 2 - 2 * len(S), 1)  # each star's flux and background solved inside
+    try:
+        cov = np.linalg.inv(J[0].T @ J[0]) * max(float(r[0] @ r[0]) / dof, 1.0)
+    except np.linalg.LinAlgError:
+        cov = None
+    return MoffatPSF(alpha=alpha, beta=beta, n_stars=int(ok.sum()), cov=cov)

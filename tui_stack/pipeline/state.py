@@ -56,7 +56,7 @@ class FrameResult:
     psf_beta: float = float("nan")  # its wing index (small: broad wings)
     aperture_radius: float = float("nan")  # px
     aperture_correction: float = float("nan")  # total flux / (aperture sum - annulus sky)
-    scale_error: float = float("nan")  # 1-sigma, from the star ratios
+    scale_error: float = float("nan")  # 1-sigma, from the star ratios and the two PSF fits
     scale_spread: float = float("nan")  # scatter of the star ratios / their noise (1: noise alone)
     rotation: float = float("nan")  # degrees, from matching stars after the shift
     # reference -> frame as read, [a, b, c, d, e, f] (notes/TRANSFORM_CONTRACT): a similarity or
