@@ -46,6 +46,8 @@ class FieldSpec:
     # Each star drawn out to this many px (None: 6 FWHM, more for bright stars, 12-60): the
     # seeing sets need whole wings, their curves of growth are measured out to 40 px.
     star_reach: int | None = None
+    # > 1: stars integrated over their pixels (n x n points within 6 FWHM), not sampled at centres
+    oversample: int = 1
 
 
 @dataclass
@@ -68,7 +70,9 @@ def _moffat_alpha(fwhm, beta):
 
 
 def add_star(img: np.ndarray, x: float, y: float, flux: float, fwhm: float, beta: float,
-             half: int | None = None) -> None:
+             half: int | None = None, oversample: int = 1) -> None:
+    """A Moffat star sampled at pixel centres, or (`oversample` n > 1) averaged over n x n
+    points of each pixel within 6 FWHM, as a CCD integrates the light over its pixels."""
     alpha = _moffat_alpha(fwhm, beta)
     half = int(min(60, max(12, 6 * fwhm * (flux / 1e5) ** 0.25))) if half is None else half
     h, w = img.shape
@@ -78,7 +82,15 @@ def add_star(img: np.ndarray, x: float, y: float, flux: float, fwhm: float, beta
         return
     yy, xx = np.mgrid[y0:y1, x0:x1]
     r2 = (xx - x) ** 2 + (yy - y) ** 2
-    img[y0:y1, x0:x1] += flux * (beta - 1) / (np.pi * alpha**2) * (1 + r2 / alpha**2) ** (-beta)
+    amp = flux * (beta - 1) / (np.pi * alpha**2)
+    star = amp * (1 + r2 / alpha**2) ** (-beta)
+    if oversample > 1:
+        core = r2 < (6 * fwhm) ** 2
+        sub = (np.arange(oversample) + 0.5) / oversample - 0.5
+        dx = (xx[core] - x)[:, None, None] + sub[None, None, :]
+        dy = (yy[core] - y)[:, None, None] + sub[None, :, None]
+        star[core] = (amp * (1 + (dx * dx + dy * dy) / alpha**2) ** (-beta)).mean(axis=(1, 2))
+    img[y0:y1, x0:x1] += star
 
 
 def plan_field(spec: FieldSpec):
@@ -152,7 +164,7 @@ def render_frame(
     for x, y, f in zip(xs, ys, stars[:, 2]):
         for t in steps:
             add_star(img, x - shift[0] + t, y - shift[1], f * transparency / len(steps), spec.fwhm, spec.beta,
-                     spec.star_reach)
+                     spec.star_reach, spec.oversample)
     electrons = rng.poisson(np.clip(img, 0, None) * spec.gain).astype(np.float64)
     electrons += rng.normal(0.0, spec.read_noise, size=img.shape)
     adu = electrons / spec.gain
@@ -377,11 +389,12 @@ def seeing_set(kind: str, n_frames: int = 8, size: int = 1024) -> tuple[FieldSpe
     """The sets of issue 22 (benchmarks/run.py --scales and the tests): `n_frames` frames of
     size^2 with subpixel offsets, transparency 0.6-1 (the reference 1), 400 ("sparse") or 1,500
     ("crowded") stars, FWHM 2.5-6 px and Moffat beta 2-4.5 varying from frame to frame, or
-    ("same") every frame at FWHM 3.5, beta 3. Returns (spec, fwhms, betas) for write_seeing_field."""
+    ("same") every frame at FWHM 3.5, beta 3; stars integrated over their pixels, as a CCD
+    records them. Returns (spec, fwhms, betas) for write_seeing_field."""
     n = SEEING_SETS[kind]
     t = np.r_[1.0, np.random.default_rng(n).uniform(0.6, 1.0, n_frames - 1)]
     spec = FieldSpec(n_frames=n_frames, shape=(size, size), n_stars=round(n * (size / 1024) ** 2),
-                     seed=2200 + n, transparencies=tuple(t), star_reach=60)
+                     seed=2200 + n, transparencies=tuple(t), star_reach=60, oversample=5)
     if kind == "same":
         return spec, np.full(n_frames, 3.5), np.full(n_frames, 3.0)
     fw, be = seeing_psfs(n_frames, seed=n)
