@@ -16,7 +16,7 @@ from tui_stack.core import photometry, quality, registration
 from tui_stack.config import FIXED_RADIUS
 from tui_stack.errors import InputError
 from tui_stack.pipeline.reference import measure_frame
-from tui_stack.pipeline.shift import prepared_frame, write_shifted
+from tui_stack.pipeline.shift import own_pixels, prepared_frame, write_shifted
 from tui_stack.pipeline.state import FrameResult, Progress, RunState, measurable, noop
 
 
@@ -83,15 +83,12 @@ def _measure(state: RunState, fr: FrameResult, data: np.ndarray, mask: np.ndarra
         fluxes.radius = fluxes.radius / np.sqrt(area)  # in reference pixels, as every frame's
     return fluxes
 
-def early_photometry(state: RunState, fr: FrameResult, sub: np.ndarray, mask: np.ndarray) -> None:
-    """Measure the comparison stars in the frame as it is, at where the registration puts
-    them, while it is in memory for registration: the scale pass need not read it again.
-    Integer shifts: the same apertures on the same pixels as in the shifted frame (an
-    aperture off the frame is off the shifted frame too). Subpixel shifts and rotations:
-    the apertures sit at fractional positions (photutils' exact overlap) on pixels never
-    interpolated, so a resampling's smoothing cannot bias the flux ratios."""
-    if not state.comparison_stars or not fr.used:
-        return
+def own_photometry(state: RunState, fr: FrameResult, sub: np.ndarray, mask: np.ndarray) -> photometry.StarFluxes:
+    """The comparison stars measured on the frame's own pixels (sky-subtracted, as read) at
+    where the registration puts them. Integer shifts: the same apertures on the same pixels as
+    in the shifted frame (an aperture off the frame is off the shifted frame too). Subpixel
+    shifts and rotations: the apertures sit at fractional positions (photutils' exact overlap)
+    on pixels never interpolated, so a resampling's smoothing cannot bias the flux ratios."""
     ref_xy = np.array(state.comparison_stars, float)
     area = 1.0
     if fr.transform is not None:  # on the frame as read (integer mode: a lossless turn, the same pixels)
@@ -99,9 +96,15 @@ def early_photometry(state: RunState, fr: FrameResult, sub: np.ndarray, mask: np
         at, area = tr.apply(ref_xy), tr.area
     else:
         at = ref_xy - [fr.applied_shift_x, fr.applied_shift_y]
-    at = [tuple(p) for p in at]
-    fluxes = _measure(state, fr, sub, mask, at, area)
-    fr.early_fluxes = (_photometry_key(state, fr), fluxes)
+    return _measure(state, fr, sub, mask, [tuple(p) for p in at], area)
+
+
+def early_photometry(state: RunState, fr: FrameResult, sub: np.ndarray, mask: np.ndarray) -> None:
+    """Measure the comparison stars while the frame is in memory for registration: the scale
+    pass need not read it again."""
+    if not state.comparison_stars or not fr.used:
+        return
+    fr.early_fluxes = (_photometry_key(state, fr), own_photometry(state, fr, sub, mask))
 
 def measure_scales(state: RunState, progress: Progress = noop, shifted_dir: Path | None = None) -> None:
     """Comparison-star photometry in each shifted frame and the scale against the reference.
@@ -124,12 +127,10 @@ def measure_scales(state: RunState, progress: Progress = noop, shifted_dir: Path
             return None
         early = getattr(fr, "early_fluxes", None)
         fluxes = early[1] if early is not None and early[0] == _photometry_key(state, fr) else None
-        if fluxes is not None and shifted_dir is None:
-            return fluxes  # measured in the registration pass: nothing to read
-        data, mask, header = prepared_frame(state, i)
-        if fluxes is None:
-            fluxes = _measure(state, fr, data, mask, state.comparison_stars)
+        if fluxes is None:  # another method, radius or star list than the registration pass had
+            fluxes = own_photometry(state, fr, *own_pixels(state, i))
         if shifted_dir is not None:
+            data, mask, header = prepared_frame(state, i)
             write_shifted(state, i, data, mask, header, shifted_dir / f"s{fr.name}")
         return fluxes
 
