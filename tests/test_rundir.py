@@ -297,3 +297,40 @@ def test_a_file_system_without_locks_is_an_input_error_naming_the_folder(tmp_pat
         with rundir.OutputFile(tmp_path / "c.fits"):
             pass
     assert not list(tmp_path.iterdir())  # nothing left behind: no lock file, no staging folder
+
+
+def test_outputs_of_another_user_in_a_sticky_directory_are_refused_before_any_work(tmp_path, monkeypatch):
+    """A shared scratch (mode 1777, as /tmp): another user's set there cannot be replaced by
+    this one (os.replace: EPERM). Before: the whole run, then an internal error (exit 1)
+    naming the hidden staging file. Now exit 2 at the start, naming the owner."""
+    import pwd
+
+    out = tmp_path / "shared"
+    out.mkdir()
+    write_set(out, ["combined_median.fits", "report.json"], "theirs")
+    out.chmod(0o1777)
+    me = os.geteuid()
+    owner = pwd.getpwuid(me).pw_name
+    monkeypatch.setattr(os, "geteuid", lambda: me + 4242)  # another user than the files' owner
+    before = listing(out)
+    with pytest.raises(InputError, match=rf"the outputs here are user {owner}'s, and this directory's sticky bit"):
+        with rundir.OutputDir(out):
+            pass
+    with pytest.raises(InputError, match=rf"is user {owner}'s, and this directory's sticky bit"):
+        with rundir.OutputFile(out / "combined_median.fits"):
+            pass
+    assert listing(out) == before  # nothing of ours left, theirs untouched
+    out.chmod(0o777)  # no sticky bit: anyone who can write here can replace the set
+    with rundir.OutputDir(out):
+        pass
+
+
+def test_a_killed_run_folder_that_cannot_be_removed_is_said_not_claimed_removed(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    write_set(out, ["report.json"], "old")
+    (out / (rundir.STAGING_PREFIX + "dead")).mkdir()  # a killed run's (no owner lock held)
+    monkeypatch.setattr(rundir, "_remove_tree", lambda path: None)  # as another user's folder in a sticky dir
+    with rundir.OutputDir(out) as od:
+        assert any(r.startswith(f"could not remove {rundir.STAGING_PREFIX}dead, left by a killed run of user")
+                   for r in od.recovered), od.recovered
+        assert not any(r == f"removed {rundir.STAGING_PREFIX}dead" for r in od.recovered)

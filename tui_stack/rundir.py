@@ -66,6 +66,36 @@ def cannot_write(directory: Path, exc: OSError) -> InputError:
     return InputError(f"{directory}: output directory is not writable ({exc.strerror or exc})")
 
 
+def _user(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def foreign_in_sticky(directory: Path, names) -> tuple[Path, str] | None:
+    """(a file of `names` in `directory`, its owner) that this user cannot replace or remove:
+    in a sticky directory (/tmp, a shared scratch) only the file's owner, the directory's or
+    root can. None where every one of them can be."""
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return None
+    me = os.geteuid()
+    if not st.st_mode & stat.S_ISVTX or me in (0, st.st_uid):
+        return None
+    for name in names:
+        try:
+            owner = os.lstat(Path(directory) / name).st_uid
+        except OSError:
+            continue
+        if owner != me:
+            return Path(directory) / name, _user(owner)
+    return None
+
+
 def _open_nofollow(path: Path, flags: int, mode: int = 0o666) -> int:
     return os.open(path, flags | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), mode)
 
@@ -287,10 +317,18 @@ def recover(directory: Path) -> list[str]:
                 except (OSError, ValueError):
                     journal = None
                 if journal is not None:
-                    _put_in_place(directory, Path(entry.path), journal)
-                    done.append(f"finished the interrupted commit of {name}")
+                    try:
+                        _put_in_place(directory, Path(entry.path), journal)
+                        done.append(f"finished the interrupted commit of {name}")
+                    except OSError as exc:
+                        done.append(f"could not finish the interrupted commit of {name} ({exc.strerror or exc})")
                 _remove_tree(Path(entry.path))
-                done.append(f"removed {name}")
+                if os.path.lexists(entry.path):
+                    who = _user(entry.stat(follow_symlinks=False).st_uid)
+                    done.append(f"could not remove {name}, left by a killed run of user {who} "
+                                f"(they or root can; it may hold large files)")
+                else:
+                    done.append(f"removed {name}")
             finally:
                 if fd is not None:
                     os.close(fd)
@@ -377,6 +415,11 @@ class OutputDir:
         except BaseException:
             self._abort()
             raise
+        foreign = foreign_in_sticky(self.directory, [*self.previous, MANIFEST])
+        if foreign is not None:
+            self._abort()
+            raise InputError(f"{safetext.terminal(foreign[0])}: the outputs here are user {foreign[1]}'s, and this "
+                             "directory's sticky bit lets only them replace them; choose another output directory")
         return self
 
     def __exit__(self, exc_type, exc, tb):
@@ -448,7 +491,11 @@ class OutputDir:
                 os.fsync(fh.fileno())
             os.replace(tmp, staging / JOURNAL)
             _fsync_dir(staging)
-            _put_in_place(self.directory, staging, journal)
+            try:
+                _put_in_place(self.directory, staging, journal)
+            except OSError as exc:  # the journal stays: the next run here finishes putting the set in place
+                self.staging = None
+                raise cannot_write(self.directory, exc) from None
             self.committed = True
             COMMITTED.append(self.directory)
             self._release()
@@ -520,6 +567,11 @@ class OutputFile:
         except BaseException:
             od._abort()
             raise
+        foreign = foreign_in_sticky(od.directory, [self.target.name])
+        if foreign is not None:
+            od._abort()
+            raise InputError(f"{safetext.terminal(foreign[0])}: is user {foreign[1]}'s, and this directory's sticky "
+                             "bit lets only them replace it; choose another output file")
         return self
 
     @property
@@ -531,7 +583,10 @@ class OutputFile:
         with signals.deferred():
             with open(self.path, "rb") as fh:
                 os.fsync(fh.fileno())
-            os.replace(self.path, self.target)
+            try:
+                os.replace(self.path, self.target)
+            except OSError as exc:
+                raise cannot_write(od.directory, exc) from None
             _fsync_dir(od.directory)
             od.committed = True
             COMMITTED.append(self.target)

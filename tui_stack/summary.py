@@ -38,6 +38,8 @@ def print_summary(state, console) -> None:
     for path, why in getattr(state, "skipped", ()):
         console.print(f"{safetext.terminal(path.name)}: excluded and unreadable, skipped ({safetext.terminal(why)})",
                       markup=False)
+    for note in getattr(state, "output_notes", ()):
+        console.print(f"{safetext.terminal(str(state.config.output.directory))}: {safetext.terminal(note)}", markup=False)
     for fr in state.frames:
         if fr.message:  # what to do about a frame left out, where the flag alone does not say
             console.print(f"{fr.name}: {fr.message}", markup=False)

@@ -50,6 +50,7 @@ def run(cfg: Config, progress: Progress = noop) -> RunState:
     ref = resolve_reference(cfg, state.files) if cfg.reference.frame != "auto" else 0
     need = limits.check_run(cfg, state.files, state.files[ref])
     with rundir.OutputDir(cfg.output.directory, "tui-stack run", protect=state.files) as od:
+        state.output_notes = [r for r in od.recovered if r.startswith("could not")]
         od.check_names(planned_outputs(state))
         od.check_space(need)
         engine = None

@@ -121,6 +121,7 @@ class RunState:
     combined: list[CombinedResult] = field(default_factory=list)
     calibration: object = None  # core.calibrate.Calibration of the lights, when [calibrate] has frames
     skipped: list = field(default_factory=list)  # (path, reason): files [input] exclude names that cannot be read
+    output_notes: list = field(default_factory=list)  # what tidying the output directory could not do
 
     # ------------------------------------------------ choices, each clearing what depends on it
 
