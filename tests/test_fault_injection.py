@@ -329,8 +329,8 @@ def test_5_disk_check_says_the_margin_it_keeps(field, tmp_path, capsys, monkeypa
     free = limits.DISK_MARGIN + 2**20  # more than the outputs alone need: the margin is what is short
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - free, free))
     code, _, err = run_in_process(truth, frames, tmp_path, capsys, output__write_shifted=True)
-    assert_one_line_error(code, err, "the outputs need 18.4 MB of free space (2.4 MB and 16.0 MB kept free for "
-                                     "the file system) but only 17.0 MB are free there")
+    assert_one_line_error(code, err, "the outputs need 2.4 MB of free space and 16.0 MB more kept free for "
+                                     "the file system, but only 17.0 MB are free there")
 
 
 def test_7_demo_sizes_that_cannot_fit_are_refused_naming_the_flag(tmp_path, capsys, monkeypatch):

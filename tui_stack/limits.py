@@ -101,8 +101,8 @@ def check_disk(directory: Path, nbytes: int, what: str = "the outputs") -> None:
     except OSError:
         return  # cannot tell: the write itself reports a full disk
     if nbytes + DISK_MARGIN > free:
-        raise InputError(f"{directory}: {what} need {human(nbytes + DISK_MARGIN)} of free space ({human(nbytes)} "
-                         f"and {human(DISK_MARGIN)} kept free for the file system) but only {human(free)} are free there")
+        raise InputError(f"{directory}: {what} need {human(nbytes)} of free space and {human(DISK_MARGIN)} more kept "
+                         f"free for the file system, but only {human(free)} are free there")
 
 
 def available_memory() -> int | None:
