@@ -131,3 +131,36 @@ def test_bound_catches_unbounded_blocks(frames):
     copies) is far past it."""
     peak, _ = peak_of_combine(frames, method_params("median"), block_rows=SHAPE[0])
     assert peak > MEMORY_LIMIT + output_bytes(True) + OVERHEAD
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc's allocator, on Linux")
+def test_freed_frames_go_back_to_the_system():
+    """tui-stack sets glibc's mmap threshold to 1 MB at start (cli): with glibc's sliding
+    threshold a freed 16 MB frame stays in the process after the second one (15 MB held here;
+    16 x 4096^2 runs peaked 30-80 MB higher and spent twice the system time)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    probe = textwrap.dedent("""
+        import sys
+        from tui_stack import cli
+        if sys.argv[1] == "set":
+            cli._large_arrays_from_the_system()
+        import numpy as np
+        def rss():
+            return int([l for l in open("/proc/self/status") if l.startswith("VmRSS")][0].split()[1]) // 1024
+        base = rss()
+        for _ in range(3):
+            a = np.ones((2048, 2048), np.float32)
+            del a
+        print(rss() - base)
+    """)
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    held = {m: int(subprocess.run([sys.executable, "-c", probe, m], capture_output=True, text=True, env=env,
+                                  check=True).stdout) for m in ("set", "default")}
+    if not os.confstr("CS_GNU_LIBC_VERSION"):
+        pytest.skip("not glibc")
+    assert held["set"] <= 2 and held["default"] >= 12, held
