@@ -49,25 +49,28 @@ def resampled(state: RunState, fr: FrameResult) -> bool:
     return subpixel or (len(t) == 6 and all(abs(v - round(v)) < 1e-9 for v in t))
 
 
+def _sky_subtracted(state: RunState, fr: FrameResult):
+    frame = calibration.read_frame(fr.path, state.config)
+    frame.data -= np.float32(fr.sky)
+    return frame
+
+
 def own_pixels(state: RunState, i: int) -> tuple[np.ndarray, np.ndarray]:
     """Frame i sky-subtracted as read, turned back where a meridian flip turned it (exact):
     the pixels its photometry is measured on, never resampled ones (data, mask)."""
     fr = state.frames[i]
-    frame = calibration.read_frame(fr.path, state.config)
-    data = frame.data
-    data -= np.float32(fr.sky)
+    frame = _sky_subtracted(state, fr)
     if fr.flipped and fr.transform is None:
-        return data[::-1, ::-1], frame.mask[::-1, ::-1]
-    return data, frame.mask
+        return frame.data[::-1, ::-1], frame.mask[::-1, ::-1]
+    return frame.data, frame.mask
 
 
 def prepared_frame(state: RunState, i: int) -> tuple[np.ndarray, np.ndarray, object]:
     """Frame i sky-subtracted and moved onto the reference grid: (data, mask, header). In
     subpixel mode by the resampler the combine uses inside its blocks (the same pixels)."""
     fr = state.frames[i]
-    frame = calibration.read_frame(fr.path, state.config)
+    frame = _sky_subtracted(state, fr)
     data = frame.data
-    data -= np.float32(fr.sky)
     if resampled(state, fr):
         data, mask = shifting.warp_frame(data, frame.mask, frame_matrix(state, fr), state.shape)
         return data, mask, frame.header
