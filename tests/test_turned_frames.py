@@ -262,3 +262,20 @@ def test_scales_measured_again_after_a_change_come_from_the_same_pixels_as_a_run
     used = [i for i, fr in enumerate(again.frames) if fr.used]
     assert len(used) >= 5 and any(again.frames[i].transform is not None for i in used[1:])
     assert [state.frames[i].scale for i in used] == [again.frames[i].scale for i in used]
+
+
+def test_frames_turned_under_a_wcs_that_gives_only_the_pointing_register_by_their_stars(tmp_path):
+    """A mount's or camera driver's WCS: each frame's pointing, no turn (synthetic.write_field's
+    headers). Its guess pairs the stars near the pointing and no others; the frames were left
+    out as "another field" (no_match) where the same frames without a WCS registered exactly."""
+    spec = synthetic.FieldSpec(n_frames=4, shape=(768, 768), n_stars=350, rotations=(0.0, 10.0, -15.0, 30.0), seed=91,
+                               cosmic_rays=10)
+    truth = synthetic.write_field(tmp_path / "frames", spec)
+    assert "CRPIX1" in fits.getheader(truth.files[1]) and "PC1_2" not in fits.getheader(truth.files[1])
+    state = pipeline.RunState(config=make_config(truth, tmp_path / "out", shift__mode="subpixel", scale__stars="auto"))
+    state.set_files(pipeline.select(state.config))
+    pipeline.choose_reference(state)
+    pipeline.register(state)
+    for fr, turn in zip(state.frames[1:], spec.rotations[1:]):
+        assert fr.used and fr.first_guess == "pattern" and "no_match" not in fr.flags, (fr.name, fr.flags)
+        assert fr.rotation == pytest.approx(turn, abs=0.01)

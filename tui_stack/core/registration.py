@@ -758,28 +758,40 @@ def solve_geometry(data: np.ndarray, mask: np.ndarray | None, noise: float, ref_
 
     ref_list = np.asarray(ref_list, float).reshape(-1, 2)
     frame_list = np.asarray(frame_list, float).reshape(-1, 2)
-    found = None
-    if guess is not None:
+
+    def from_guess():
         # a WCS can be off by a few px: the stars correct it before it is trusted
         i, j = pair_stars(ref_list[: patterns.N_VERIFY], frame_list[: patterns.N_VERIFY], guess, 10.0)
         if len(i) >= patterns.MIN_MATCHED:
             fit = fit_transform(ref_list[i], frame_list[j], kind="similarity", mirrored=guess.mirrored)
             if fit.ok:
-                found = (fit.transform, 0, fit.n_used, source)
-    if found is None:
+                return fit.transform, 0, fit.n_used, source
+        return None
+
+    def from_patterns():
         m = patterns.match_patterns(ref_list, frame_list)
-        if m is None:
-            return GeometryResult(None, None, "")
-        found = (m.transform, m.votes, m.n_matched, "pattern")
-    first, votes, n_first, src = found
-    if fwhm is not None:
-        box = star_box(fwhm * first.scale)
-    fit = refine_transform(data, mask, noise, reg_xy, first, kind="similarity", weights=reg_weights, box=box,
-                           method=method)
-    if kind == "affine" and fit.ok:
-        fit = refine_transform(data, mask, noise, reg_xy, fit.transform, kind="affine", weights=reg_weights,
-                               box=box, method=method, iterations=1)
-    return GeometryResult(fit.transform if fit.ok else first, fit if fit.ok else None, src, votes, n_first)
+        return None if m is None else (m.transform, m.votes, m.n_matched, "pattern")
+
+    # a WCS that gives the pointing but not the turn (a mount's or camera driver's) pairs the
+    # stars near the pointing and no others: the refined fit fails, and the patterns decide
+    result = GeometryResult(None, None, "")
+    for first_guess in ([from_guess] if guess is not None else []) + [from_patterns]:
+        found = first_guess()
+        if found is None:
+            continue
+        first, votes, n_first, src = found
+        if fwhm is not None:
+            box = star_box(fwhm * first.scale)
+        fit = refine_transform(data, mask, noise, reg_xy, first, kind="similarity", weights=reg_weights, box=box,
+                               method=method)
+        if kind == "affine" and fit.ok:
+            fit = refine_transform(data, mask, noise, reg_xy, fit.transform, kind="affine", weights=reg_weights,
+                                   box=box, method=method, iterations=1)
+        if fit.ok:
+            return GeometryResult(fit.transform, fit, src, votes, n_first)
+        if result.transform is None:
+            result = GeometryResult(first, None, src, votes, n_first)
+    return result
 
 
 def celestial_wcs(header):
