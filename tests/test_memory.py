@@ -134,35 +134,41 @@ def test_bound_catches_unbounded_blocks(frames):
 
 
 @pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc's allocator, on Linux")
-def test_freed_frames_go_back_to_the_system():
+def test_frame_sized_arrays_come_from_the_system_not_the_heap():
     """tui-stack sets glibc's mmap threshold to 1 MB at start (cli): with glibc's sliding
-    threshold a freed 16 MB frame stays in the process below anything allocated after it (16 MB;
-    16 x 4096^2 runs peaked 30-80 MB higher and spent twice the system time)."""
+    threshold, once a 16 MB frame is freed the next one comes from the heap, whose freed space
+    the process keeps (16 x 4096^2 runs peaked 30-80 MB higher and spent twice the system time).
+    Where the second frame lives, by glibc's own count (mallinfo2: mmapped vs heap bytes)."""
+    import os
     import subprocess
     import sys
     import textwrap
 
     probe = textwrap.dedent("""
-        import sys
+        import ctypes, sys
         from tui_stack import cli
         if sys.argv[1] == "set":
             cli._large_arrays_from_the_system()
         import numpy as np
-        def rss():
-            return int([l for l in open("/proc/self/status") if l.startswith("VmRSS")][0].split()[1]) // 1024
-        first = np.ones((2048, 2048), np.float32)  # 16 MB
-        del first  # glibc's sliding threshold now takes the next one from the heap
-        base = rss()
+        libc = ctypes.CDLL(None)
+        if not hasattr(libc, "mallinfo2"):
+            print("-1 -1")
+            sys.exit()
+        class Info(ctypes.Structure):
+            _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                       "fsmblks", "uordblks", "fordblks", "keepcost")]
+        libc.mallinfo2.restype = Info
+        first = np.ones((2048, 2048), np.float32)
+        del first
         frame = np.ones((2048, 2048), np.float32)
-        kept = np.ones(50_000)  # something allocated after it, still alive: the heap cannot shrink past it
-        del frame
-        print(rss() - base)
+        info = libc.mallinfo2()
+        print(info.hblkhd >> 20, info.arena >> 20)
     """)
-    import os
-
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
-    held = {m: int(subprocess.run([sys.executable, "-c", probe, m], capture_output=True, text=True, env=env,
-                                  check=True).stdout) for m in ("set", "default")}
-    if not os.confstr("CS_GNU_LIBC_VERSION"):
-        pytest.skip("not glibc")
-    assert held["set"] <= 2 and held["default"] >= 12, held
+    got = {m: [int(v) for v in subprocess.run([sys.executable, "-c", probe, m], capture_output=True, text=True,
+                                              env=env, check=True).stdout.split()] for m in ("set", "default")}
+    if not os.confstr("CS_GNU_LIBC_VERSION") or got["set"][0] < 0:
+        pytest.skip("not glibc 2.33 or later (mallinfo2)")
+    (mapped_set, heap_set), (mapped_default, heap_default) = got["set"], got["default"]
+    assert mapped_set >= 16 and heap_set < 16, got  # the frame mmapped: freed, it goes back
+    assert mapped_default < 16 and heap_default >= 16, got  # what glibc does alone
