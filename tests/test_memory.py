@@ -164,7 +164,9 @@ def test_frame_sized_arrays_come_from_the_system_not_the_heap():
         info = libc.mallinfo2()
         print(info.hblkhd >> 20, info.arena >> 20)
     """)
-    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    # glibc's own tunables off (a Dask nanny started by an earlier test sets MALLOC_TRIM_THRESHOLD_
+    # in this process, which stops glibc's sliding threshold too)
+    env = {k: v for k, v in os.environ.items() if not (k.startswith("MALLOC_") or k == "GLIBC_TUNABLES")}
     got = {m: [int(v) for v in subprocess.run([sys.executable, "-c", probe, m], capture_output=True, text=True,
                                               env=env, check=True).stdout.split()] for m in ("set", "default")}
     if not os.confstr("CS_GNU_LIBC_VERSION") or got["set"][0] < 0:
