@@ -187,6 +187,27 @@ class RunState:
         self.ref_star, self.ref_stars, self.comparison_stars = None, None, []
         self.frames, self.combined = [], []
 
+    def measured_otherwise(self, config: Config) -> str | None:
+        """Which tables were measured under other settings than `config`'s: "shifts" (another
+        [shift].mode: the applied shifts say which), "scales" (another [scale] method or radius:
+        the PSF and aperture of each measured frame say which), or None. A saved session whose
+        setting changed and whose re-measure was cut is measured again, not mixed."""
+        from tui_stack.core import shifting
+
+        for fr in self.frames:
+            if fr.used and np.isfinite(fr.shift_x) and np.isfinite(fr.shift_y):
+                want = shifting.applied_shift(fr.shift_x, fr.shift_y, config.shift.mode)
+                if not np.allclose((fr.applied_shift_x, fr.applied_shift_y), want, rtol=0, atol=1e-9):
+                    return "shifts"
+        measured = [fr for fr in self.frames if fr.star_flux]
+        if measured:
+            growth = any(np.isfinite(fr.psf_fwhm) for fr in measured)
+            r = config.scale.aperture()
+            if growth != (config.scale.method == "growth") or (r is not None and any(
+                    np.isfinite(fr.aperture_radius) and abs(fr.aperture_radius - r) > 1e-9 for fr in measured)):
+                return "scales"
+        return None
+
     # ------------------------------------------------ what is there
 
     @property

@@ -161,11 +161,16 @@ class StackApp(App):
     def save_session(self, step: int | None = None) -> None:
         from tui_stack.tui import session
 
+        steps = [s for s in self.screen_stack if hasattr(s, "STEP")]  # under help or a question
         if step is None:
-            if not self.screen_stack:  # a save timer that fires as the app closes
+            if not steps:  # a save timer that fires as the app closes
                 return
-            step = getattr(self.screen, "STEP", 0)
+            step = steps[-1].STEP
         if self.ws.resume is not None:  # not while a saved session is being restored
+            return
+        if any(s.measuring for s in steps):
+            # the tables are being measured (again): the last save, the setting with the tables
+            # measured under it, stands; the task saves when it ends (tui/common.py run_task)
             return
         ui = dict(self.ws.ui_restore)  # screens not built yet keep what was restored
         for i, name in enumerate(STEPS):

@@ -13,7 +13,7 @@ from tui_stack.core.combine import METHODS
 from tui_stack.core.io import resolved
 from tui_stack.errors import InputError
 from tui_stack.fmt import fmt
-from tui_stack.tui.common import PreviewScreen, fixed_table
+from tui_stack.tui.common import Field, PreviewScreen, fixed_table
 from tui_stack.tui.preview import ImageView
 
 
@@ -39,23 +39,21 @@ class CombineScreen(PreviewScreen):
         with Horizontal(classes="params"):
             yield Static(f"method [b]{cfg.combine.method}[/] (m)", id="method")
             yield Label("nlow")
-            yield Input(str(cfg.combine.nlow), id="nlow", type="integer")
+            yield Field(str(cfg.combine.nlow), id="nlow", type="integer")
             yield Label("nhigh")
-            yield Input(str(cfg.combine.nhigh), id="nhigh", type="integer")
+            yield Field(str(cfg.combine.nhigh), id="nhigh", type="integer")
             yield Label("sigma")
-            yield Input(str(cfg.combine.sigma), id="sigma", type="number")
+            yield Field(str(cfg.combine.sigma), id="sigma", type="number")
         with Horizontal(classes="main"):
             yield ImageView(id="preview", classes="preview")
             with Vertical(classes="side-wide"):
                 yield fixed_table("results", (("method", 9), ("n", 3), ("median", 8), ("std", 8), ("flux/ref", 8)))
                 yield fixed_table("phot", (("star", 4), ("ref flux", 10), ("combined", 10), ("ratio", 7)))
-                yield Input(str(cfg.output.directory), id="outdir", placeholder="output directory")
-
-    def on_mount(self) -> None:
-        for inp in self.query(Input):
-            inp.cursor_blink = False
+                yield Field(str(cfg.output.directory), id="outdir", placeholder="output directory")
 
     def on_screen_resume(self) -> None:
+        if self.back_from_help():
+            return
         self._method_label()
         self.query_one("#results", DataTable).focus()
         self._fill()
@@ -95,6 +93,15 @@ class CombineScreen(PreviewScreen):
             self.status(str(exc), error=True)
             return False
         return True
+
+    def on_input_submitted(self, event) -> None:
+        """enter in a field applies it: the config's checks speak now, not at c or w."""
+        if not self._read_params():
+            event.prevent_default()  # stays in the field to mend it
+            return
+        c = self.ws.config.combine
+        self.status(f"nlow {c.nlow}, nhigh {c.nhigh}, sigma {c.sigma:g}, output "
+                    f"{self.ws.config.output.directory}/: c combines, w writes")
 
     def action_combine(self) -> None:
         from tui_stack import pipeline

@@ -244,7 +244,22 @@ class HelpScreen(ModalScreen[None]):
 
 class KeyLine(Static):
     """The few keys that matter on this screen; `?` lists the rest. Static text: repainted only
-    when the screen changes, not on every focus change as Textual's Footer is."""
+    when the screen changes or a field gains or loses focus, not on every focus change as
+    Textual's Footer is."""
+
+
+class Field(Input):
+    """A text field. While it has focus it takes the letter keys, so the key line shows its own
+    keys instead of the screen's (a `w` meant to write went into the path); focus keeps the text
+    unselected, so a stray key adds a letter rather than replacing the whole path."""
+
+    KEYS = "[b]enter[/] apply  [b]escape[/] leave field  [b]tab[/] next  [b]F1[/] help  [b]ctrl+q[/] quit"
+    BINDINGS = [Binding("enter", "submit", "Apply the field and leave it")]  # escape: the screen's
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("select_on_focus", False)
+        super().__init__(*args, **kwargs)
+        self.cursor_blink = False  # a blinking cursor costs ~1.8 KB/s over SSH
 
 
 class WizardScreen(Screen):
@@ -272,7 +287,24 @@ class WizardScreen(Screen):
         with Horizontal(id="statusrow"):
             yield Static("", id="status", classes="status", markup=False)
             yield ProgressBar(id="progress", show_eta=False, show_percentage=False, classes="idle")
-        yield KeyLine(f"[b]?[/] help  {self.KEYS}  [b]q[/] quit", id="keys")
+        yield KeyLine(self._keys(), id="keys")
+
+    def _keys(self) -> str:
+        if isinstance(self.focused, Input):
+            return Field.KEYS
+        return f"[b]?[/] help  {self.KEYS}  [b]q[/] quit"
+
+    def on_descendant_focus(self, event) -> None:
+        self._show_keys()
+
+    def on_descendant_blur(self, event) -> None:
+        self._show_keys()
+
+    def _show_keys(self) -> None:
+        text = self._keys()
+        if text != getattr(self, "_keys_shown", None):  # not repainted per table or field
+            self._keys_shown = text
+            self.query_one("#keys", KeyLine).update(text)
 
     def compose_body(self) -> ComposeResult:
         yield from ()
@@ -377,6 +409,9 @@ class WizardScreen(Screen):
         for b in screen_bindings(self):
             keys = ", ".join(self.app.get_key_display(Binding(k, b.action)) for k in b.key.split(","))
             lines.append((keys, b.description))
+        if self.query(Input):
+            lines += ["", ("enter", "in a field: apply it and leave it"),
+                      ("escape", "leave the field; in a field the letter keys above are typed into it")]
         lines += ["", ("tab, shift+tab", "move between the fields and tables"),
                   ("arrows", "move in the focused table, field or preview"),
                   ("ctrl+p", "command palette: every action by name")]
@@ -389,15 +424,29 @@ class WizardScreen(Screen):
         return ""
 
     def action_help(self) -> None:
+        self._in_help = True
         self.app.push_screen(HelpScreen(f"{self.STEP + 1} {STEPS[self.STEP]}: keys", self.help_lines()))
+
+    _in_help = False
+
+    def back_from_help(self) -> bool:
+        """On a screen resume: it was help that closed, so focus (a field being typed in) and
+        the status stay as they were."""
+        was, self._in_help = self._in_help, False
+        return was
 
     # ------------------------------------------------------------ long work in a thread
 
-    def run_task(self, label: str, fn: Callable, done: Callable | None = None, quiet: bool = False) -> None:
+    def run_task(self, label: str, fn: Callable, done: Callable | None = None, quiet: bool = False,
+                 undo: Callable[[], str] | None = None) -> None:
         """Run fn(progress) in a worker thread; progress(stage, k, n) drives the bar; errors become
         messages (a bug also writes a log); done(result) runs on the UI thread. quiet: a short
-        task (a cut-out) that shows no bar and no status unless it fails."""
+        task (a cut-out) that shows no bar and no status unless it fails. undo: run if the task
+        is cancelled or fails (a changed setting put back, see `remeasure`); says what it did.
+        While a task that is not quiet runs, the session is not saved (App.save_session): the
+        tables are half measured, or measured under another setting than the config's."""
         if not quiet:
+            self.measuring += 1
             bar = self.query_one("#progress", ProgressBar)
             bar.remove_class("idle")
             bar.update(total=100, progress=0)
@@ -426,30 +475,62 @@ class WizardScreen(Screen):
                 with compute.using(self.app.engine()):
                     result = fn(progress)
             except Cancelled:
-                self.app.call_from_thread(self._finish, None, f"{label}: cancelled", False)
+                self.app.call_from_thread(self._finish, None, f"{label}: cancelled", False, quiet, undo)
                 return
             except InputError as exc:
-                self.app.call_from_thread(self._finish, None, str(exc), True)
+                self.app.call_from_thread(self._finish, None, str(exc), True, quiet, undo)
                 return
             except Exception as exc:  # a bug: keep the app alive, keep the evidence
                 log = crash_log(exc)
                 self.app.call_from_thread(
-                    self._finish, None, f"internal error ({type(exc).__name__}: {exc}); details in {log}", True
-                )
+                    self._finish, None, f"internal error ({type(exc).__name__}: {exc}); details in {log}", True,
+                    quiet, undo)
                 return
-            self.app.call_from_thread(self._finish, (done, result), None if quiet else f"{label}: done", False)
+            self.app.call_from_thread(self._finish, (done, result), None if quiet else f"{label}: done", False,
+                                      quiet)
 
         self._worker = self.run_worker(work, thread=True, exclusive=True, group="step")
 
     _worker = None
+    measuring = 0  # tasks under way that are not quiet
+
+    def remeasure(self, section: str, key: str, value, measure: Callable) -> None:
+        """Change a setting the measured tables depend on, then measure(undo) starts the task
+        that measures them again. Until it is done the session on disk keeps the old setting
+        with the old tables (a dropped link resumes as before the key); if it is cancelled or
+        fails, the old setting is put back."""
+        from tui_stack.errors import ConfigError
+
+        part = getattr(self.ws.config, section)
+        old = getattr(part, key)
+        try:
+            self.ws.config.set(section, key, value)
+        except ConfigError as exc:
+            self.status(str(exc).removeprefix("config: "), error=True)
+            return
+
+        def undo() -> str:
+            setattr(part, key, old)
+            self.undone()
+            return f"{key} {old:g} again" if isinstance(old, float) else f"{key} {old} again"
+
+        measure(undo)
+
+    def undone(self) -> None:
+        """A re-measure was cancelled or failed and its setting put back: show the tables as
+        they are now (screens with tables say how)."""
 
     def _progress(self, stage: str, pct: int) -> None:
         self.query_one("#progress", ProgressBar).update(progress=pct)
         dashboard = self.app.dashboard
         self.status(f"{stage}… {pct}%" + (f"  Dask dashboard: {dashboard}" if dashboard else ""))
 
-    def _finish(self, payload, message: str, error: bool) -> None:
+    def _finish(self, payload, message: str, error: bool, quiet: bool = False, undo: Callable | None = None) -> None:
         self._worker = None
+        if not quiet:
+            self.measuring -= 1
+        if payload is None and undo is not None:
+            message = f"{message}; {undo()}"
         if message is not None:  # not after a quiet task (a cut-out): nothing was decided
             self.app.save_session(self.STEP)
         self.query_one("#progress", ProgressBar).add_class("idle")

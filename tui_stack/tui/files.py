@@ -13,7 +13,7 @@ from tui_stack import safetext
 from tui_stack.core.io import resolved
 from tui_stack.errors import InputError
 from tui_stack.fmt import fit_number, fmt
-from tui_stack.tui.common import WizardScreen, fixed_table, row_index, widen_names
+from tui_stack.tui.common import Field, WizardScreen, fixed_table, row_index, widen_names
 from tui_stack.tui.calibration import CalibrationPanel
 
 # narrow columns for 80 columns; the detail line under the table gives the highlighted file in full
@@ -44,16 +44,14 @@ class FilesScreen(WizardScreen):
         cfg = self.ws.config
         select = ", ".join(f"{k}={v}" for k, v in cfg.input.select.items())
         with Horizontal(classes="inputs"):
-            yield Input(str(cfg.input.directory), placeholder="directory", id="directory")
-            yield Input(cfg.input.pattern, placeholder="glob, e.g. *.fits", id="pattern")
-            yield Input(select, placeholder="header filter, e.g. PICTTYPE=1", id="filter")
+            yield Field(str(cfg.input.directory), placeholder="directory", id="directory")
+            yield Field(cfg.input.pattern, placeholder="glob, e.g. *.fits", id="pattern")
+            yield Field(select, placeholder="header filter, e.g. PICTTYPE=1", id="filter")
         yield fixed_table("files", COLUMNS, self.name_width)
         yield Static("", id="detail", classes="detail", markup=False)
         yield CalibrationPanel(id="calibration")
 
     def on_mount(self) -> None:
-        for inp in self.query(Input):
-            inp.cursor_blink = False  # a blinking cursor costs ~1.8 KB/s over SSH
         self.query_one(DataTable).focus()
         # after the first paint: the scan imports astropy, which would hold the GIL before it
         self.call_after_refresh(self.action_rescan)

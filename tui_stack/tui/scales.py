@@ -96,23 +96,16 @@ class ScalesScreen(PreviewScreen):
 
     def _set_scale(self, key: str, value) -> None:
         """A [scale] key through the config's own checks, then measured again."""
-        from tui_stack.errors import ConfigError
-
         if self.busy or self.ws.run is None or not self.ws.run.frames:
             return
-        try:
-            self.ws.config.set("scale", key, value)
-        except ConfigError as exc:
-            self.status(str(exc).removeprefix("config: "), error=True)
-            return
-        self.action_measure()
+        self.remeasure("scale", key, value, self.action_measure)
 
     def aperture_text(self) -> str:
         cfg = self.ws.config.scale
         r = cfg.aperture()
         return f"{cfg.method}, r {'2 FWHM' if r is None else f'{r:g} px'}{' (auto)' if cfg.radius == 'auto' else ''}"
 
-    def action_measure(self) -> None:
+    def action_measure(self, undo=None) -> None:
         from tui_stack import pipeline
 
         run = self.ws.run
@@ -124,7 +117,11 @@ class ScalesScreen(PreviewScreen):
         def measure(progress):
             pipeline.measure_scales(run, progress)
 
-        self.run_task("measuring comparison stars", measure, self._measured)
+        self.run_task("measuring comparison stars", measure, self._measured, undo=undo)
+
+    def undone(self) -> None:
+        if self.ws.run is not None and self.ws.run.frames:
+            self._fill()
 
     def _measured(self, _=None) -> None:
         ws = self.ws

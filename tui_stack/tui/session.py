@@ -237,4 +237,16 @@ def restore_run(ws, data: dict) -> str:
                 "its measurements are redone")
     ws.run = _build_run(data, ws.config)
     ws.restored_combined = data["run"].get("combined", [])
+    # a setting saved without the tables measured under it (a session of an older version cut
+    # in a re-measure): those tables and what depends on them are measured again
+    other = ws.run.measured_otherwise(ws.config)
+    if other == "shifts":
+        ws.run.frames, ws.restored_combined = [], []
+        data["step"] = min(int(data.get("step", 0)), 2)
+        return f"the saved shifts were not measured in {ws.config.shift.mode} mode; measured again"
+    if other == "scales":
+        ws.run.clear_scales()
+        ws.restored_combined = []
+        data["step"] = min(int(data.get("step", 0)), 3)
+        return "the saved scales were measured with another [scale] method or radius; measured again"
     return ""

@@ -76,12 +76,16 @@ class ShiftsScreen(WizardScreen):
         if widen_names(self.query_one(DataTable), COLUMNS, self.name_width) and self.ws.run and self.ws.run.frames:
             self._fill()
 
-    def action_measure(self) -> None:
+    def action_measure(self, undo=None) -> None:
         from tui_stack import pipeline
 
         run = self.ws.run
         run.config = self.ws.config_for_run()
-        self.run_task("measuring shifts", lambda p: pipeline.register(run, p), self._measured)
+        self.run_task("measuring shifts", lambda p: pipeline.register(run, p), self._measured, undo=undo)
+
+    def undone(self) -> None:
+        if self.ws.run is not None and self.ws.run.frames:
+            self._fill()
 
     def _measured(self, _=None) -> None:
         self.ws.dirty = True
@@ -211,11 +215,15 @@ class ShiftsScreen(WizardScreen):
 
     def action_mode(self) -> None:
         """Integer <-> subpixel, then the shifts measured again in the new mode."""
+        if self.busy:
+            self.status("still working; wait or press escape to cancel")
+            return
         cfg = self.ws.config
-        cfg.set("shift", "mode", "subpixel" if cfg.shift.mode == "integer" else "integer")
+        mode = "subpixel" if cfg.shift.mode == "integer" else "integer"
         if self.ws.run is not None and self.ws.run.frames:
-            self.action_measure()
+            self.remeasure("shift", "mode", mode, self.action_measure)
         else:
+            cfg.set("shift", "mode", mode)
             self.status(f"{cfg.shift.mode} mode")
 
     def can_leave(self) -> bool:

@@ -1,0 +1,175 @@
+"""The wizard's fixes from trial 7: a focused field owns the letter keys and the key line says
+so; a cut re-measure never leaves a session whose config and tables disagree; Files proposes
+only calibration it can build."""
+
+import asyncio
+import tomllib
+
+import numpy as np
+import pytest
+from textual.widgets import Input
+
+from tui_stack.config import config_from_dict
+
+from test_tui import SIZE, press, settle, to_step
+from test_wizard_fixes import app_for, demo_dir, status  # noqa: F401  (demo_dir: the module's fixture)
+
+
+def keyline(app) -> str:
+    return str(app.screen.query_one("#keys").render())
+
+
+async def tab_to(pilot, field_id: str) -> Input:
+    for _ in range(12):
+        focused = pilot.app.screen.focused
+        if focused is not None and focused.id == field_id:
+            return focused
+        await press(pilot, "tab")
+    raise AssertionError(f"tab never reached #{field_id}")
+
+
+def test_a_focused_field_shows_its_own_keys_and_keeps_its_text(demo_dir, tmp_path, monkeypatch):
+    """Trial 7 #2: Tab onto Combine's output field selected the whole path and the key line still
+    offered `w write`, so `w` replaced the path and the next `w` wrote into ./w."""
+    here = tmp_path / "cwd"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    out = tmp_path / "out"
+    app = app_for(demo_dir, out)
+
+    async def go():
+        async with app.run_test(size=SIZE) as pilot:
+            await to_step(pilot, 4)
+            await press(pilot, "c")
+            assert "w write" in keyline(app)
+            field = await tab_to(pilot, "outdir")
+            path = field.value
+            assert field.selection.is_empty  # focus does not select the path for the next key to replace
+            line = keyline(app)
+            assert "enter" in line and "escape" in line and "F1" in line
+            assert "w write" not in line and "c combine" not in line and "? help" not in line
+            assert " q quit" not in f" {line}" and "ctrl+q quit" in line
+            await press(pilot, "w")
+            assert field.value == path + "w"  # typed, not the whole path replaced
+            await press(pilot, "f1")  # help is still reachable from a field
+            assert type(app.screen).__name__ == "HelpScreen"
+            await press(pilot, "escape")
+            assert app.screen.focused is field
+            await press(pilot, "backspace")
+            await press(pilot, "escape")  # leaves the field: the screen's keys are back
+            assert not isinstance(app.screen.focused, Input)
+            assert "w write" in keyline(app)
+            await press(pilot, "w")
+            assert not app.ws.dirty, status(app)
+            nlow = await tab_to(pilot, "nlow")
+            before = nlow.value
+            await press(pilot, "q")  # not a quit, and not the whole number replaced
+            assert app.is_running and nlow.value == before
+            await press(pilot, "9")
+            assert nlow.value == before + "9"
+            await press(pilot, "enter")  # enter applies the field and leaves it
+            assert app.ws.config.combine.nlow == int(before + "9") and status(app).startswith("nlow ")
+            assert not isinstance(app.screen.focused, Input)
+            nlow = await tab_to(pilot, "nlow")
+            nlow.value = "-"
+            await press(pilot, "enter")  # the config's own check speaks at once; the field keeps focus
+            assert "[combine].nlow" in status(app) and app.screen.focused is nlow
+
+    asyncio.run(go())
+    assert list(here.iterdir()) == []  # nothing written where the wizard was started
+    assert (out / "tui-stack.toml").is_file()
+
+
+def stalled(run, progress, *args, **kwargs):
+    """A re-measure cut in the middle: it runs until cancelled (escape, or the app closing)."""
+    import time
+
+    while True:
+        progress("stalled", 0, 1)
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("step, key, section, option, before", [
+    (2, "s", "shift", "mode", "integer"),  # the trial's case: integer -> subpixel on Shifts
+    (3, "m", "scale", "method", "fixed"),
+    (3, "greater_than_sign", "scale", "radius", 15.0),
+    (3, "R", "scale", "radius", 15.0),
+])
+def test_a_cut_remeasure_never_saves_a_config_with_the_old_tables(demo_dir, tmp_path, monkeypatch, step, key,
+                                                                  section, option, before):
+    """Trial 7 #3: a dropped link during `s` left a session saying subpixel with the integer
+    shifts; --resume stacked them integer-shifted and labelled subpixel. The session on disk
+    keeps the old setting with the old tables until the new ones are in; escape puts it back."""
+    from tui_stack import pipeline
+    from tui_stack.tui import session
+
+    app = app_for(demo_dir, tmp_path / "o", shift__mode="integer")
+    seen = {}
+
+    async def go():
+        async with app.run_test(size=SIZE) as pilot:
+            await to_step(pilot, step)
+            assert getattr(getattr(app.ws.config, section), option) == before
+            seen["tables"] = [(f.applied_shift_x, f.applied_shift_y, f.scale) for f in app.ws.run.frames]
+            with monkeypatch.context() as m:
+                m.setattr(pipeline, "register", stalled)
+                m.setattr(pipeline, "measure_scales", stalled)
+                await pilot.press(key)
+                await pilot.pause(0.1)
+                assert app.screen.busy
+                app.save_session()  # what a timer saves while it runs, and a dropped link leaves
+                seen["cut"] = session.load(demo_dir / "frames")
+                await pilot.press("escape")  # cancelled: the setting the tables were measured with is back
+                await settle(pilot)
+            assert getattr(getattr(app.ws.config, section), option) == before
+            assert "cancelled" in status(app) and "again" in status(app)
+
+    asyncio.run(go())
+    cfg = config_from_dict(tomllib.loads(seen["cut"]["config"]))
+    assert getattr(getattr(cfg, section), option) == before  # not the setting still being measured
+    tables = [(f["applied_shift_x"], f["applied_shift_y"], f["scale"]) for f in seen["cut"]["run"]["frames"]]
+    assert np.allclose(np.array(tables, float), np.array(seen["tables"], float), equal_nan=True)
+    saved = session.load(demo_dir / "frames")  # after the escape
+    cfg = config_from_dict(tomllib.loads(saved["config"]))
+    assert getattr(getattr(cfg, section), option) == before
+
+
+@pytest.mark.parametrize("section, option, other, redo", [
+    ("shift", "mode", "subpixel", 2), ("scale", "method", "growth", 3), ("scale", "radius", 12.0, 3)])
+def test_a_session_saved_with_a_setting_its_tables_were_not_measured_in_is_measured_again(
+        demo_dir, tmp_path, section, option, other, redo):
+    """A session saved by an older version cut in a re-measure (trial 7 #3: subpixel in the
+    config, integer shifts in the tables): --resume measures again in the saved setting."""
+    from tui_stack.tui import session
+
+    from test_wizard_fixes import resumed
+
+    app = app_for(demo_dir, tmp_path / "o", shift__mode="integer")
+
+    async def first():
+        async with app.run_test(size=SIZE) as pilot:
+            await to_step(pilot, 4)
+
+    asyncio.run(first())
+    saved = session.load(demo_dir / "frames")
+    cfg = config_from_dict(tomllib.loads(saved["config"]))
+    cfg.set(section, option, other)
+    from tui_stack.config import config_to_toml
+
+    saved["config"] = config_to_toml(cfg)  # the setting saved, its re-measure cut
+    app2 = resumed(demo_dir, saved)
+
+    async def second():
+        async with app2.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            await settle(pilot)
+            assert app2.screen.STEP == redo
+            run = app2.ws.run
+            assert run.measured_otherwise(app2.ws.config) is None
+            if redo == 2:
+                assert any(f.applied_shift_x != round(f.applied_shift_x) for f in run.frames)
+                assert "subpixel mode" in status(app2)
+            else:
+                assert all(np.isfinite(f.scale) for f in run.frames if f.used)
+
+    asyncio.run(second())
