@@ -173,3 +173,34 @@ def test_a_session_saved_with_a_setting_its_tables_were_not_measured_in_is_measu
                 assert all(np.isfinite(f.scale) for f in run.frames if f.used)
 
     asyncio.run(second())
+
+
+def test_files_proposes_only_calibration_it_can_build(demo_dir, tmp_path, monkeypatch):
+    """Trial 7 #6: `tui-stack DIR` on the demo's frames (one flat) proposed "flat 1 (sigmaclip)"
+    and `n` then refused it ("1 frames ... too few for sigmaclip")."""
+    from tui_stack.core import calibrate as cal
+    from tui_stack.core.combine_params import CombineParams
+    from tui_stack.tui.app import StackApp
+
+    monkeypatch.chdir(tmp_path)
+    app = StackApp(demo_dir / "frames")  # a fresh start on the folder, no config
+
+    async def go():
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            await settle(pilot)
+            panel = str(app.screen.query_one("#cal-groups").render())
+            assert "flat V 2s x1" in panel
+            assert not app.ws.config.calibrate.any and "calibration off" in panel
+            assert "flat: 1 frame, too few for sigmaclip" in " ".join(panel.split())
+            await press(pilot, "n")  # no refusal of a set the wizard proposed itself
+            assert app.screen.STEP == 1, status(app)
+
+    asyncio.run(go())
+    frames = [(p, {"IMAGETYP": "flat" if "flat" in p.name else "light"}, 1.0, "V")
+              for p in sorted((demo_dir / "frames").glob("*.fits"))]
+    assert cal.propose(frames, CombineParams(method="average")).flat  # a method that works with one frame takes it
+    assert not cal.propose(frames, CombineParams(method="sigmaclip")).flat
+    one = cal.too_few("flat V", ["demo_flat.fits"], CombineParams(method="sigmaclip"))
+    assert one == "flat V: 1 frame (demo_flat.fits) is too few for sigmaclip, which needs at least 3"
+    assert "2 frames (a...) are too few" in cal.too_few("bias", ["a", "b"], CombineParams(method="median"))

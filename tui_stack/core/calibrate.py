@@ -467,6 +467,15 @@ def min_frames(params: combine.CombineParams) -> int:
     return 3
 
 
+def too_few(what: str, names: list[str], params: combine.CombineParams) -> str | None:
+    """Why `names` (a set of frames) cannot be combined with `params`, or None if they can."""
+    n, need = len(names), min_frames(params)
+    if not names or n >= need:
+        return None
+    return (f"{what}: {n} frame{'s' * (n != 1)} ({names[0]}{'...' if n > 1 else ''}) {'is' if n == 1 else 'are'} "
+            f"too few for {params.method}, which needs at least {need}")
+
+
 @dataclass
 class Options:
     overscan: str | None = None  # FITS section or header keyword (BIASSEC); None: no overscan
@@ -740,9 +749,9 @@ def _check_set(infos: list[RawInfo], kind: str, shape, binning, ref_name: str) -
 
 def _combine_master(kind: str, infos: list[RawInfo], params: combine.CombineParams, geo: Geometry,
                     correction: Correction | None, scales, opts: Options, progress: Progress, label: str) -> np.ndarray:
-    if len(infos) < min_frames(params):
-        raise InputError(f"{kind}: {len(infos)} frame{'s' * (len(infos) != 1)} ({infos[0].path.name}...) are too few "
-                         f"for {params.method}, which needs at least {min_frames(params)}")
+    why = too_few(kind, [i.path.name for i in infos], params)
+    if why:
+        raise InputError(why)
     shape = geo.out_shape(infos[0].shape)
     sources = []
     for info, s in zip(infos, scales):
@@ -935,14 +944,11 @@ def build(bias: list, dark: list, flat: list, lights: list, opts: Options = Opti
             for f in list(flat_groups):
                 if f not in light_filters:
                     ignored += [i.path for i in flat_groups.pop(f)]
-    for kind, p in (("bias", opts.bias_params), ("dark", opts.dark_params)):
-        if sets[kind] and len(sets[kind]) < min_frames(p):
-            raise InputError(f"{kind}: {len(sets[kind])} frames ({sets[kind][0].path.name}...) are too few for "
-                             f"{p.method}, which needs at least {min_frames(p)}")
-    for f, infos in flat_groups.items():
-        if len(infos) < min_frames(opts.flat_params):
-            raise InputError(f"flat {f}: {len(infos)} frames ({infos[0].path.name}...) are too few for "
-                             f"{opts.flat_params.method}, which needs at least {min_frames(opts.flat_params)}")
+    counts = [("bias", sets["bias"], opts.bias_params), ("dark", sets["dark"], opts.dark_params)]
+    for what, infos, p in counts + [(f"flat {f}", infos, opts.flat_params) for f, infos in flat_groups.items()]:
+        why = too_few(what, [i.path.name for i in infos], p)
+        if why:
+            raise InputError(why)
     calib = Calibration(opts, geo, ref.shape, ignored_flats=ignored)
     for info in [*linfos, *sets["bias"], *sets["dark"], *sets["flat"]]:
         calib._infos[info.path] = info
@@ -1009,12 +1015,13 @@ class Proposal:
         return bool(self.bias or self.dark or self.flat)
 
 
-def propose(frames) -> Proposal:
+def propose(frames, params: combine.CombineParams | None = None) -> Proposal:
     """Group (path, header, exptime, filter) frames by IMAGETYP and filter and propose the sets:
     the largest group of lights (one filter: frames of two filters are not stacked together),
     every bias, the darks (those of the lights' exposure, if there are any, else all), and the
     flats of the lights' filter. Frames of no known type count as lights. Overscan and trim from
-    BIASSEC/TRIMSEC when every frame has them."""
+    BIASSEC/TRIMSEC when every frame has them. With `params` (how the masters are combined), a
+    set too small for them (min_frames) is not proposed and a note says so."""
     groups: dict = {}
     frames = list(frames)
     for path, header, exptime, filt in frames:
@@ -1051,4 +1058,11 @@ def propose(frames) -> Proposal:
         p.notes.append(f"no flat in the lights' filter {filt!r} (flats: {', '.join(sorted({g['filter'] for g in flats}))})")
     if darks and not p.bias and not same:
         p.notes.append("darks of another exposure than the lights and no bias: they cannot be scaled")
+    for kind in KINDS if params is not None else ():
+        files = getattr(p, kind)
+        if too_few(kind, [f.name for f in files], params):
+            setattr(p, kind, [])
+            n = len(files)
+            p.notes.append(f"{kind}: {n} frame{'s' * (n != 1)}, too few for {params.method} "
+                           f"(at least {min_frames(params)}): not proposed")
     return p

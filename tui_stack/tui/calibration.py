@@ -12,6 +12,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Static
 
+from tui_stack.errors import InputError
 from tui_stack.fmt import fmt
 from tui_stack.tui.preview import ImageView
 
@@ -72,9 +73,15 @@ class CalibrationPanel(Vertical):
         ws = screen.ws
         cfg = ws.config
         if self.proposal is None:
+            from tui_stack.pipeline import calibration
+
             frames = [(i.path, i.header, i.exptime, i.filter) for i in ws.infos if not i.error]
-            prop = cal.propose(frames)
-            if not prop.any_calibration:
+            try:  # only sets the masters' method can combine (as `n` would build them)
+                params = calibration.options(cfg).flat_params
+            except InputError:
+                params = None  # said when the masters are built
+            prop = cal.propose(frames, params)
+            if not any(g["type"] in cal.KINDS for g in prop.groups):
                 self.set_class(False, "shown")
                 return
             self.proposal = prop
@@ -143,8 +150,6 @@ class CalibrationPanel(Vertical):
         lights = ws.selected_files()
 
         def work(progress):
-            from tui_stack.errors import InputError
-
             state = pipeline.RunState(config=cfg, files=lights)
             try:
                 return calibration.calibrate(state, progress)
