@@ -204,3 +204,40 @@ def test_files_proposes_only_calibration_it_can_build(demo_dir, tmp_path, monkey
     one = cal.too_few("flat V", ["demo_flat.fits"], CombineParams(method="sigmaclip"))
     assert one == "flat V: 1 frame (demo_flat.fits) is too few for sigmaclip, which needs at least 3"
     assert "2 frames (a...) are too few" in cal.too_few("bias", ["a", "b"], CombineParams(method="median"))
+
+
+@pytest.mark.parametrize("take", [False, True])
+def test_a_session_held_by_another_wizard_is_offered_and_otherwise_marked_unsaved(demo_dir, tmp_path, take):
+    """Trial 7 report #5: a second wizard on a directory whose session an orphaned one still
+    holds (a dropped link the server has not noticed) showed a 5-second toast, then nothing.
+    Now it asks to take the session over; if not, the step bar says "not saved" for good."""
+    import os
+
+    from tui_stack.tui import session
+
+    path = session.session_path(demo_dir / "frames")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".lock").write_text(str(os.getppid()))  # a live process that is not this one
+    app = app_for(demo_dir, tmp_path / "o")
+
+    async def go():
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            assert type(app.screen).__name__ == "ConfirmScreen"
+            assert f"pid {os.getppid()}" in str(app.screen.question)
+            await press(pilot, "y" if take else "n")
+            bar = str(app.screen.query_one("StepBar").render())
+            if take:
+                assert "not saved" not in bar
+                assert session.load(demo_dir / "frames")["step"] == 0  # saved from now on
+                assert int(path.with_suffix(".lock").read_text()) == os.getpid()
+            else:
+                assert "not saved" in bar and not path.exists()
+                await press(pilot, "n")
+                assert "not saved" in str(app.screen.query_one("StepBar").render())  # on every screen
+
+    try:
+        asyncio.run(go())
+    finally:
+        path.with_suffix(".lock").unlink(missing_ok=True)
+        path.unlink(missing_ok=True)

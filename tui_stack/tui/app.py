@@ -181,10 +181,37 @@ class StackApp(App):
         saved = session.save(self.ws, step, ui)
         if saved is None and not self._session_warned:
             self._session_warned = True
-            self.notify("another tui-stack holds the session of this directory: this one is not saved",
-                        severity="warning", timeout=6, markup=False)
+            self._not_saved()
 
     _session_warned = False
+    unsaved = ""  # why this wizard's session is not saved, shown in every step bar
+
+    def _not_saved(self) -> None:
+        """Another wizard holds the session (often one left behind by a dropped link that the
+        server has not noticed yet): offer to take it over; else say so on every screen."""
+        from tui_stack.tui import session
+
+        path = session.session_path(self.ws.config.input.directory)
+        pid = session.holder(path)
+
+        def answer(take: bool | None) -> None:
+            if take and session.claim(path, take=True):
+                self._session_warned = False
+                self.save_session()
+                return
+            self.unsaved = f"pid {pid} holds the session" if pid else "the session cannot be written"
+            screen = self.screen
+            if hasattr(screen, "STEP"):
+                screen.mark_unsaved()
+                screen.status(f"not saved: {self.unsaved}; quit that one, then `tui-stack --resume` saves "
+                              "again", error=True)
+
+        if pid is None:  # the state directory cannot be written
+            answer(False)
+            return
+        self.push_screen(ConfirmScreen(
+            f"Another tui-stack (pid {pid}) holds the session of this directory: what you do here is not "
+            "saved.\nTake the session over? That one then stops saving (a wizard left by a dropped link)."), answer)
 
     def on_unmount(self) -> None:
         from tui_stack.tui import session

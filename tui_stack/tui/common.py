@@ -146,14 +146,19 @@ def key_name(app, binding: Binding) -> str:
 
 
 class StepBar(Static):
-    """Where the user is: ' 1 Files > 2 Reference > ...' with the current step highlighted."""
+    """Where the user is: ' 1 Files > 2 Reference > ...' with the current step highlighted;
+    'not saved' after it while another wizard holds the session."""
 
     def __init__(self, step: int):
         parts = []
         for i, name in enumerate(STEPS):
             label = f" {i + 1} {name} "
             parts.append(f"[reverse bold]{label}[/]" if i == step else f"[dim]{label}[/]" if i > step else label)
-        super().__init__(" > ".join(parts))
+        self.steps = " > ".join(parts)
+        super().__init__(self.steps)
+
+    def mark(self, unsaved: str) -> None:
+        self.update(self.steps + ("  [b red]not saved[/]" if unsaved else ""))
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -308,6 +313,13 @@ class WizardScreen(Screen):
 
     def compose_body(self) -> ComposeResult:
         yield from ()
+
+    def on_screen_resume(self) -> None:
+        self.mark_unsaved()
+
+    def mark_unsaved(self) -> None:
+        if self.app.unsaved:
+            self.query_one(StepBar).mark(self.app.unsaved)
 
     def on_mount(self) -> None:
         from tui_stack.tui.preview import no_colour

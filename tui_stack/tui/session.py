@@ -52,15 +52,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def claim(path: Path) -> bool:
-    """This process may write the session at `path`: no other live wizard holds it."""
-    lock = path.with_suffix(".lock")
+def holder(path: Path) -> int | None:
+    """The pid of another live wizard that holds the session at `path`, or None."""
     try:
-        pid = int(lock.read_text())
-        if pid != os.getpid() and _alive(pid):
-            return False
+        pid = int(path.with_suffix(".lock").read_text())
     except (OSError, ValueError):
-        pass
+        return None
+    return pid if pid != os.getpid() and _alive(pid) else None
+
+
+def claim(path: Path, take: bool = False) -> bool:
+    """This process may write the session at `path`: no other live wizard holds it (take: it
+    is taken from the one that does, which then stops saving)."""
+    lock = path.with_suffix(".lock")
+    if not take and holder(path) is not None:
+        return False
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
         lock.write_text(str(os.getpid()))
