@@ -241,3 +241,47 @@ def test_a_session_held_by_another_wizard_is_offered_and_otherwise_marked_unsave
     finally:
         path.with_suffix(".lock").unlink(missing_ok=True)
         path.unlink(missing_ok=True)
+
+
+def test_scales_deleting_every_star_clears_the_table_and_says_what_to_do(demo_dir, tmp_path):
+    """Trial 7 report #8: deleting the stars one by one left the frames table with the last
+    star's scales and the status "1 stars, 0 flagged" while `n` and `r` said there were none."""
+    from textual.widgets import DataTable
+
+    app = app_for(demo_dir, tmp_path / "o")
+
+    async def go():
+        async with app.run_test(size=SIZE) as pilot:
+            await to_step(pilot, 3)
+            n = len(app.ws.run.comparison_stars)
+            assert n > 1
+            await press(pilot, "d", n - 1)
+            assert status(app).startswith("1 star,")
+            await press(pilot, "d")
+            frames = app.screen.query_one("#frames", DataTable)
+            assert all(str(frames.get_row_at(k)[1]) in ("-", "nan", "") for k in range(frames.row_count))
+            assert "no comparison stars" in status(app)
+            await press(pilot, "n")
+            assert app.screen.STEP == 3
+
+    asyncio.run(go())
+
+
+def test_shifts_status_names_the_flagged_frames_without_a_cut_word(demo_dir, tmp_path):
+    """Trial 7 report #10: at 80x24 the Shifts status was cut inside a word ("f…gged:")."""
+    app = app_for(demo_dir, tmp_path / "o", shift__mode="integer")
+
+    async def go():
+        async with app.run_test(size=SIZE) as pilot:
+            await to_step(pilot, 2)
+            for fr in app.ws.run.frames:
+                fr.flags = fr.flags + ["few_stars"]
+            app.screen._fill()
+            text = status(app)
+            assert "…" not in text and len(text) <= SIZE[0], text
+            assert text == "4 of 4 frames used, integer mode (s); 4 flagged. n: scales"
+            app.ws.run.frames[0].flags.remove("few_stars")
+            app.screen._fill()
+            assert status(app) == "4 of 4 frames used, integer mode (s); 3 flagged. n: scales"
+
+    asyncio.run(go())

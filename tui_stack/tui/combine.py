@@ -21,7 +21,9 @@ class CombineScreen(PreviewScreen):
     STEP = 4
     KEYS = "[b]m[/] method  [b]tab[/] fields  [b]c[/] combine  [b]w[/] write"
     HELP = ("Combine the shifted, scaled frames. m cycles the method; tab reaches nlow, nhigh, sigma, the "
-            "results table, the photometry table and the output directory (tab leaves a field). "
+            "results table, the photometry table and the output directory. In a field every letter, ? "
+            "and q included, is typed into it (the key line shows the field's keys): enter applies it, escape "
+            "or tab leaves it, F1 is help. "
             "c combines (escape cancels); each method's result is kept side by side "
             "(flux/ref: median photometry ratio against the reference); w writes the outputs and "
             "tui-stack.toml, from which `tui-stack run` gives the same result. With few frames IRAF's "

@@ -557,6 +557,13 @@ class WizardScreen(Screen):
     def busy(self) -> bool:
         return self._worker is not None
 
+    def still_busy(self) -> bool:
+        """A key that would start other work while a task runs: said, not dropped in silence
+        (nor run beside it on the same tables)."""
+        if self.measuring:  # a cut-out loading (quiet) is replaced, not waited for
+            self.status("still working; wait or press escape to cancel")
+        return bool(self.measuring)
+
     def action_cancel_task(self) -> None:
         """escape: cancel the running task; else leave a field being typed in, so the screen's
         keys (n, w, c, ...) work again instead of going into it."""
@@ -585,8 +592,7 @@ class WizardScreen(Screen):
         return True
 
     def action_next(self) -> None:
-        if self.busy:
-            self.status("still working; wait or press escape to cancel")
+        if self.still_busy():
             return
         if self.STEP + 1 < len(STEPS) and self.can_leave():
             self.app.goto(self.STEP + 1)

@@ -74,6 +74,8 @@ class ScalesScreen(PreviewScreen):
             self._fill()
 
     def action_auto(self) -> None:
+        if self.still_busy():
+            return
         self.ws.config.scale.stars = "auto"
         self.action_measure()
 
@@ -96,7 +98,9 @@ class ScalesScreen(PreviewScreen):
 
     def _set_scale(self, key: str, value) -> None:
         """A [scale] key through the config's own checks, then measured again."""
-        if self.busy or self.ws.run is None or not self.ws.run.frames:
+        if self.still_busy():
+            return
+        if self.ws.run is None or not self.ws.run.frames:
             return
         self.remeasure("scale", key, value, self.action_measure)
 
@@ -108,6 +112,8 @@ class ScalesScreen(PreviewScreen):
     def action_measure(self, undo=None) -> None:
         from tui_stack import pipeline
 
+        if self.still_busy():
+            return
         run = self.ws.run
         run.config = self.ws.config_for_run()
         if run.config.scale.stars != "auto" and not run.config.scale.stars:
@@ -148,7 +154,8 @@ class ScalesScreen(PreviewScreen):
         self.query_one("#plot", plot.PlotView).set_data([i for i, _ in ok], [s for _, s in ok])
         self.restore_ui()
         n_flagged = sum(1 for f in ref.star_flags if f)
-        self.status(f"{len(run.comparison_stars)} stars, {n_flagged} flagged in the reference; "
+        n = len(run.comparison_stars)
+        self.status(f"{n} star{'s' * (n != 1)}, {n_flagged} flagged in the reference; "
                     f"aperture {self.aperture_text()} (m, < >)")
 
     def _fill_stars(self) -> None:
@@ -210,7 +217,7 @@ class ScalesScreen(PreviewScreen):
         from tui_stack.pipeline import comparison_star_at
 
         ws = self.ws
-        if ws.ref_image is None:
+        if ws.ref_image is None or self.still_busy():
             return
         x, y = self.preview().cursor
         star = comparison_star_at(ws.ref_image, ws.ref_noise, x, y)
@@ -224,15 +231,17 @@ class ScalesScreen(PreviewScreen):
     def action_remove_star(self) -> None:
         ws = self.ws
         gone = row_index(self.query_one("#stars", DataTable))
-        if not ws.run.comparison_stars or gone is None:
+        if not ws.run.comparison_stars or gone is None or self.still_busy():
             return
         stars = [list(s) for k, s in enumerate(ws.run.comparison_stars) if k != gone]
         ws.config.scale.stars = stars
         if stars:
             self.action_measure()
-        else:
+        else:  # the scales of the last star go too
             ws.run.set_comparison_stars([])
-            self._fill_stars()
+            self._fill()
+            self.status("no comparison stars left: enter adds the star at the cursor, a picks automatically",
+                        error=True)
 
     def can_leave(self) -> bool:
         run = self.ws.run

@@ -79,6 +79,8 @@ class ShiftsScreen(WizardScreen):
     def action_measure(self, undo=None) -> None:
         from tui_stack import pipeline
 
+        if self.still_busy():
+            return
         run = self.ws.run
         run.config = self.ws.config_for_run()
         self.run_task("measuring shifts", lambda p: pipeline.register(run, p), self._measured, undo=undo)
@@ -109,7 +111,11 @@ class ShiftsScreen(WizardScreen):
         self.restore_ui()
         bad = [fr.name for fr in run.frames if fr.flags and not set(fr.flags) <= {"excluded"}]
         head = f"{sum(f.used for f in run.frames)} of {len(run.frames)} frames used, {run.config.shift.mode} mode (s)"
-        self.status(head + name_list("; flagged: ", bad, self.size.width - len(head) - 10) + ". n: scales")
+        tail, room = ". n: scales", self.size.width - len(head) - 11
+        flagged = name_list("; flagged: ", bad, room)
+        if len(flagged) > room:  # not even one name fits: the count (the fl column names them)
+            flagged = f"; {len(bad)} flagged"
+        self.status(head + flagged + tail)
 
     def _plot(self) -> None:
         run = self.ws.run
@@ -215,8 +221,7 @@ class ShiftsScreen(WizardScreen):
 
     def action_mode(self) -> None:
         """Integer <-> subpixel, then the shifts measured again in the new mode."""
-        if self.busy:
-            self.status("still working; wait or press escape to cancel")
+        if self.still_busy():
             return
         cfg = self.ws.config
         mode = "subpixel" if cfg.shift.mode == "integer" else "integer"
