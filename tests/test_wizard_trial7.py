@@ -285,3 +285,25 @@ def test_shifts_status_names_the_flagged_frames_without_a_cut_word(demo_dir, tmp
             assert status(app) == "4 of 4 frames used, integer mode (s); 3 flagged. n: scales"
 
     asyncio.run(go())
+
+
+def test_write_refuses_stacks_made_with_other_parameters_than_the_fields(demo_dir, tmp_path):
+    """nlow changed in its field after `c`: `w` wrote the stack of the old nlow beside a
+    tui-stack.toml with the new one, from which `run` gives another stack."""
+    out = tmp_path / "o"
+    app = app_for(demo_dir, out, combine__method="minmax", combine__nlow=1, combine__nhigh=1)
+
+    async def go():
+        async with app.run_test(size=SIZE) as pilot:
+            await to_step(pilot, 4)
+            await press(pilot, "c")
+            assert [c.method for c in app.ws.run.combined] == ["minmax"]
+            app.screen.query_one("#nlow", Input).value = "0"
+            await press(pilot, "w")
+            assert "nlow" in status(app) and "c combines again" in status(app), status(app)
+            assert app.ws.dirty and not out.exists()
+            await press(pilot, "c")  # made again with nlow 0: written
+            await press(pilot, "w")
+            assert not app.ws.dirty, status(app)
+
+    asyncio.run(go())

@@ -21,7 +21,7 @@ from tui_stack.pipeline.report import report_dict
 from tui_stack.pipeline.scale import comparison_star_at, comparison_stars, measure_scales
 from tui_stack.pipeline.select import excluded_indices, resolve_reference, scan, select
 from tui_stack.pipeline.shift import prepared_frame, write_shifted, write_shifted_frames
-from tui_stack.pipeline.stack import combine_frames, combine_params, exposure_times, frame_weights, header_number
+from tui_stack.pipeline.stack import changed_since, combine_frames, combine_params, exposure_times, frame_weights, header_number
 from tui_stack.pipeline.state import UNMEASURABLE, CombinedResult, FrameResult, Progress, RunState, measurable, noop
 
 __all__ = [

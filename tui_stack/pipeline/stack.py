@@ -60,6 +60,15 @@ def combine_params(cfg: Config, method: str, ref_path: Path, sky: float = 0.0) -
     return combine.CombineParams(**values)
 
 
+def changed_since(state: RunState, cfg: Config) -> list[tuple[str, str]]:
+    """(method, [combine] key) of each stack made with another value of a key its method uses
+    than `cfg` has: written beside a config that says otherwise, `run` would not make it."""
+    # not method and sky (per stack), nor gain and rdnoise (a header keyword in the config)
+    keys = [p for p in PARAMS if p.method_param and p.name not in ("method", "sky", "gain", "rdnoise")]
+    return [(c.method, p.name) for c in state.combined if c.params is not None for p in keys
+            if c.method in p.methods and getattr(c.params, p.name) != getattr(cfg.combine, p.name)]
+
+
 def exposure_times(paths, key: str) -> np.ndarray:
     """The exposure time of each frame from its header (primary or image HDU)."""
     values = []

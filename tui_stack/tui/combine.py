@@ -172,6 +172,11 @@ class CombineScreen(PreviewScreen):
         if not self._read_params():
             return
         run.config = ws.config_for_run()
+        changed = pipeline.changed_since(run, run.config)
+        if changed:
+            method, key = changed[0]
+            self.status(f"{key} is not what the {method} stack was made with: c combines again", error=True)
+            return
         if ws.config.combine.method not in [c.method for c in run.combined]:
             ws.config.combine.method = run.combined[-1].method
             self._method_label()
