@@ -307,3 +307,25 @@ def test_write_refuses_stacks_made_with_other_parameters_than_the_fields(demo_di
             assert not app.ws.dirty, status(app)
 
     asyncio.run(go())
+
+
+def test_combine_results_show_every_method_name_whole(demo_dir, tmp_path):
+    """Trial 7 report #10: "winsorized" was cut to "winsorize" in the results table."""
+    from textual.widgets import DataTable
+
+    from tui_stack.core.combine import METHODS
+
+    app = app_for(demo_dir, tmp_path / "o", combine__method="winsorized")
+
+    async def go():
+        async with app.run_test(size=SIZE) as pilot:
+            await to_step(pilot, 4)
+            await press(pilot, "c")
+            table = app.screen.query_one("#results", DataTable)
+            width = table.ordered_columns[0].width
+            assert width >= max(len(m) for m in METHODS) + 1  # a restored row: "winsorized*"
+            assert table.get_row_at(0)[0] == "winsorized"
+            # the table fits its panel at 80 columns: no horizontal scroll
+            assert table.virtual_size.width <= table.scrollable_content_region.width
+
+    asyncio.run(go())

@@ -49,7 +49,8 @@ class CombineScreen(PreviewScreen):
         with Horizontal(classes="main"):
             yield ImageView(id="preview", classes="preview")
             with Vertical(classes="side-wide"):
-                yield fixed_table("results", (("method", 9), ("n", 3), ("median", 8), ("std", 8), ("flux/ref", 8)))
+                # every method's name whole, with the * of a result from before a resume
+                yield fixed_table("results", (("method", max(map(len, METHODS)) + 1), ("n", 3), ("median", 8), ("std", 8), ("flux/ref", 8)))
                 yield fixed_table("phot", (("star", 4), ("ref flux", 10), ("combined", 10), ("ratio", 7)))
                 yield Field(str(cfg.output.directory), id="outdir", placeholder="output directory")
 
