@@ -329,3 +329,27 @@ def test_combine_results_show_every_method_name_whole(demo_dir, tmp_path):
             assert table.virtual_size.width <= table.scrollable_content_region.width
 
     asyncio.run(go())
+
+
+def test_scales_detail_line_of_a_growth_frame_fits_its_two_lines(demo_dir, tmp_path):
+    """Trial 7 report #10: at 80x24 the detail line of a `growth` frame was cut before the
+    spread of its star ratios."""
+    from textual.widgets import DataTable
+
+    app = app_for(demo_dir, tmp_path / "o", scale__method="growth")
+
+    async def go():
+        async with app.run_test(size=SIZE) as pilot:
+            await to_step(pilot, 3)
+            frames = app.screen.query_one("#frames", DataTable)
+            frames.focus()
+            await press(pilot, "down")
+            detail = app.screen.query_one("#detail")
+            text = str(detail.render())
+            fr = app.ws.run.frames[1]
+            assert f"spread {fr.scale_spread:.1f}" in text and f"{fr.psf_fwhm:.2f}" in text
+            lines = detail.render_lines(detail.region.reset_offset)  # what the two lines show
+            shown = " ".join("".join(seg.text for seg in line).strip() for line in lines)
+            assert f"spread {fr.scale_spread:.1f}" in shown, shown
+
+    asyncio.run(go())

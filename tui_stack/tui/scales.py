@@ -196,11 +196,12 @@ class ScalesScreen(PreviewScreen):
                 self._frame = k
                 self._fill_stars()
             # [scale] method "growth": the frame's PSF and the aperture correction it took (issue 22)
-            psf = (f"PSF FWHM {fr.psf_fwhm:.2f} px, beta {fr.psf_beta:.2f}, r {fr.aperture_radius:.1f} px "
-                   f"x{fr.aperture_correction:.4f}, spread {fmt(fr.scale_spread, '.1f')}; "
+            # two lines of the panel at 80 columns hold it all with a name of the usual length
+            psf = (f"; FWHM {fr.psf_fwhm:.2f} px β {fr.psf_beta:.2f}, r {fr.aperture_radius:.1f} px "
+                   f"×{fr.aperture_correction:.4f}, spread {fmt(fr.scale_spread, '.1f')}"
                    if np.isfinite(fr.psf_fwhm) else "")
-            self._detail(f"{fr.name}: scale {fmt(fr.scale, '.4f')} from {fr.n_scale_stars} stars; " + psf
-                         + (f"flags: {', '.join(fr.flags)}" if fr.flags else "no flags"))
+            self._detail(f"{fr.name}: scale {fmt(fr.scale, '.4f')} ({fr.n_scale_stars} stars)" + psf
+                         + (f"; flags: {', '.join(fr.flags)}" if fr.flags else ""))
         elif k < len(run.comparison_stars):
             fr = run.frames[min(self._frame, len(run.frames) - 1)]
             ref = run.frames[run.ref_index]
