@@ -353,3 +353,24 @@ def test_scales_detail_line_of_a_growth_frame_fits_its_two_lines(demo_dir, tmp_p
             assert f"spread {fr.scale_spread:.1f}" in shown, shown
 
     asyncio.run(go())
+
+
+def test_combine_status_names_the_std_region_and_a_minmax_that_is_the_median(demo_dir, tmp_path):
+    """Trial 7 report #10: minmax with nlow = nhigh = 3 of 8 frames is the median, and the std
+    column does not say which region it measures: the status after `c` says both."""
+    app = app_for(demo_dir, tmp_path / "o", combine__method="minmax", combine__nlow=1, combine__nhigh=1)
+
+    async def go():
+        async with app.run_test(size=SIZE) as pilot:
+            await to_step(pilot, 4)
+            await press(pilot, "c")  # 4 frames less 1 + 1: the middle 2, the median
+            assert "the middle 2 of 4 kept, as the median would" in status(app), status(app)
+            by = {c.method: c for c in app.ws.run.combined}
+            await press(pilot, "m")  # average
+            assert app.ws.config.combine.method != "minmax"
+            await press(pilot, "c")
+            y0, y1, x0, x1 = app.ws.run.combined[-1].stats.region
+            assert f"std of [{y0}:{y1},{x0}:{x1}]" in status(app), status(app)
+            assert "minmax" in by
+
+    asyncio.run(go())

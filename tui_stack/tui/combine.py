@@ -125,6 +125,13 @@ class CombineScreen(PreviewScreen):
         self.ws.dirty = True
         self._fill(result.method)
         self.preview().set_image(result.data)
+        n, p = result.n_frames, result.params
+        if p is not None and result.method == "minmax" and p.nlow == p.nhigh and 0 < n - p.nlow - p.nhigh <= 2:
+            kept = n - p.nlow - p.nhigh
+            self.status(f"combining (minmax): done; the middle {kept} of {n} kept, as the median would")
+        else:  # the std column's region (SPEC: the lab's [400:500,400:500] where it fits)
+            self.status(f"combining ({result.method}): done; std of [{'{}:{},{}:{}'.format(*result.stats.region)}]; "
+                        "w writes")
 
     def _fill(self, method: str | None = None) -> None:
         run = self.ws.run
