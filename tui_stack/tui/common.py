@@ -598,7 +598,7 @@ class WizardScreen(Screen):
             self.app.goto(self.STEP + 1)
 
     def action_back(self) -> None:
-        if self.STEP > 0 and not self.busy:
+        if self.STEP > 0 and not self.still_busy():
             self.app.goto(self.STEP - 1)
 
 
