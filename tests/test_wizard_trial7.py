@@ -374,3 +374,22 @@ def test_combine_status_names_the_std_region_and_a_minmax_that_is_the_median(dem
             assert "minmax" in by
 
     asyncio.run(go())
+
+
+def test_a_long_error_is_shown_whole_on_up_to_three_lines(demo_dir, tmp_path):
+    """Trial 7 report #10: the output field = the input folder was refused, but the status line
+    was cut mid-sentence at 80 columns ("matches the…ld take it for a frame")."""
+    app = app_for(demo_dir, tmp_path / "o", input__pattern="*.fits")
+
+    async def go():
+        async with app.run_test(size=SIZE) as pilot:
+            await to_step(pilot, 4)
+            await press(pilot, "c")
+            app.screen.query_one("#outdir", Input).value = str(demo_dir / "frames")
+            await press(pilot, "w")
+            text = status(app)
+            assert "next run would take it for a frame" in text and "…" not in text, text
+            assert len(text) > 2 * SIZE[0] - 2  # longer than two lines hold
+            assert app.screen.query_one("#statusrow").size.height == 3
+
+    asyncio.run(go())

@@ -386,12 +386,15 @@ class WizardScreen(Screen):
 
     def status(self, text: str, error: bool = False) -> None:
         st = self.query_one("#status", Static)
-        # an error may take two lines (the layout moves, rarely); anything else keeps to one
+        # an error may take two or three lines (the layout moves, rarely); anything else keeps to one
         busy = not self.query_one("#progress", ProgressBar).has_class("idle")
         width = max(20, (self.size.width or self.app.size.width) - (PROGRESS_WIDTH if busy else 0))
-        st.update(fit_line(safetext.terminal(text), 2 * width - 2 if error else width))  # any file name as it is
+        lines = 1 if not error or len(text) <= width else 2 if len(text) <= 2 * width - 2 else 3
+        st.update(fit_line(safetext.terminal(text), lines * width - 2 * (lines - 1)))  # any file name as it is
         st.set_class(error, "error")
-        self.query_one("#statusrow").set_class(error and len(text) > width, "two")
+        row = self.query_one("#statusrow")
+        row.set_class(lines == 2, "two")
+        row.set_class(lines == 3, "three")
 
     # ------------------------------------------------------------ size, help
 
