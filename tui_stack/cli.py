@@ -144,30 +144,9 @@ def _quiet_astropy() -> None:
     log.setLevel("ERROR")
 
 
-def _large_arrays_from_the_system() -> None:
-    """glibc's malloc raises its mmap threshold each time a large block is freed, so from the
-    second frame on, frames come from the heap and its freed space is kept and grown again
-    (page faults): a fixed threshold of 1 MB gives every frame-sized array back when it is
-    freed. 16 x 4096^2 median: peak 452-477 -> 383-428 MB, system time 4.0-5.1 -> 2.1-2.8 s;
-    with [calibrate] on 2048^2, 288 -> 228 MB. A MALLOC_MMAP_THRESHOLD_ the user set wins."""
-    import os
-
-    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return
-    try:
-        import ctypes
-
-        if not os.confstr("CS_GNU_LIBC_VERSION"):
-            return
-        ctypes.CDLL(None).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-    except (AttributeError, OSError, ValueError):
-        pass  # another C library: its own allocator
-
-
 def main(argv: list[str] | None = None) -> int:
     if argv is not None:  # a call from Python (tests): return the code
         return _main(list(argv), whole_process=False)
-    _large_arrays_from_the_system()
     code = _main(sys.argv[1:], whole_process=True)
     from tui_stack import signals
 
