@@ -393,3 +393,58 @@ def test_a_long_error_is_shown_whole_on_up_to_three_lines(demo_dir, tmp_path):
             assert app.screen.query_one("#statusrow").size.height == 3
 
     asyncio.run(go())
+
+
+def test_a_task_replaced_by_a_newer_one_neither_clears_its_busy_flag_nor_keeps_running(demo_dir, tmp_path):
+    """A cut-out being loaded (quiet) is replaced by a measure (exclusive workers): the old
+    task's end cleared the screen's worker, so `busy` read False while the measure ran (Files
+    and Reference keys then started work beside it), and its progress checked the new worker's
+    cancel flag, so the replaced task ran to its end."""
+    import threading
+
+    app = app_for(demo_dir, tmp_path / "out")
+    gates = [threading.Event(), threading.Event()]
+    seen = {}
+
+    started = threading.Event()
+
+    def first(progress):
+        started.set()
+        gates[0].wait(5)
+        try:
+            progress("cut-out", 1, 2)  # cancelled by now: this stops it
+        except Exception as exc:
+            seen["first"] = type(exc).__name__
+            raise
+        seen["first"] = "ran on"
+
+    def second(progress):
+        gates[1].wait(5)
+        return "measured"
+
+    async def go():
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            screen = app.screen
+            screen.run_task("cut-out", first, quiet=True)
+            for _ in range(50):
+                await pilot.pause(0.02)
+                if started.is_set():
+                    break
+            screen.run_task("measure", second, done=lambda r: seen.setdefault("done", r))
+            gates[0].set()
+            for _ in range(50):
+                await pilot.pause(0.02)
+                if "first" in seen:
+                    break
+            await pilot.pause(0.05)
+            assert seen["first"] == "Cancelled"
+            assert screen.busy, "the measure still runs"
+            gates[1].set()
+            for _ in range(50):
+                await pilot.pause(0.02)
+                if "done" in seen:
+                    break
+            assert seen["done"] == "measured" and not screen.busy
+
+    asyncio.run(go())

@@ -467,9 +467,10 @@ class WizardScreen(Screen):
             bar.update(total=100, progress=0)
             self.status(f"{label}…")
         last = [-1.0, ""] if not quiet else [float("inf"), None]
+        mine: list = []  # this task's own worker: a newer one replaces self._worker (exclusive)
 
         def progress(stage, k, n):
-            worker = self._worker
+            worker = mine[0] if mine else None
             if worker is not None and worker.is_cancelled:
                 from tui_stack.core.combine import Cancelled
 
@@ -490,21 +491,22 @@ class WizardScreen(Screen):
                 with compute.using(self.app.engine()):
                     result = fn(progress)
             except Cancelled:
-                self.app.call_from_thread(self._finish, None, f"{label}: cancelled", False, quiet, undo)
+                self.app.call_from_thread(self._finish, None, f"{label}: cancelled", False, quiet, undo, mine)
                 return
             except InputError as exc:
-                self.app.call_from_thread(self._finish, None, str(exc), True, quiet, undo)
+                self.app.call_from_thread(self._finish, None, str(exc), True, quiet, undo, mine)
                 return
             except Exception as exc:  # a bug: keep the app alive, keep the evidence
                 log = crash_log(exc)
                 self.app.call_from_thread(
                     self._finish, None, f"internal error ({type(exc).__name__}: {exc}); details in {log}", True,
-                    quiet, undo)
+                    quiet, undo, mine)
                 return
             self.app.call_from_thread(self._finish, (done, result), None if quiet else f"{label}: done", False,
-                                      quiet)
+                                      quiet, None, mine)
 
         self._worker = self.run_worker(work, thread=True, exclusive=True, group="step")
+        mine.append(self._worker)
 
     _worker = None
     measuring = 0  # tasks under way that are not quiet
@@ -540,8 +542,10 @@ class WizardScreen(Screen):
         dashboard = self.app.dashboard
         self.status(f"{stage}… {pct}%" + (f"  Dask dashboard: {dashboard}" if dashboard else ""))
 
-    def _finish(self, payload, message: str, error: bool, quiet: bool = False, undo: Callable | None = None) -> None:
-        self._worker = None
+    def _finish(self, payload, message: str, error: bool, quiet: bool = False, undo: Callable | None = None,
+                mine: list | None = None) -> None:
+        if not mine or self._worker is mine[0]:  # not when a newer task replaced this one: it runs on
+            self._worker = None
         if not quiet:
             self.measuring -= 1
         if payload is None and undo is not None:
