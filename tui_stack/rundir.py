@@ -393,8 +393,6 @@ class OutputDir:
             raise InputError(f"{self.directory}: is not a directory")
 
     def __enter__(self) -> "OutputDir":
-        import tempfile
-
         self._make_dirs()
         if not os.access(self.directory, os.W_OK | os.X_OK):
             raise InputError(f"{self.directory}: output directory is not writable")
@@ -403,24 +401,37 @@ class OutputDir:
         except BaseException:
             self._remove_created()
             raise
+
+        def replaced():
+            self.previous = previous_set(self.directory)
+            return [*self.previous, MANIFEST]
+
+        self._stage(replaced, "{path}: the outputs here are user {owner}'s, and this directory's sticky bit lets only "
+                              "them replace them; choose another output directory")
+        return self
+
+    def _stage(self, replaced, refusal: str) -> None:
+        """Under the lock: deal with what killed runs left, open this run's staging folder, and
+        refuse before any work to replace what this user may not (`replaced()`: the names it
+        would replace; `refusal` says so, with {path} and {owner})."""
+        import tempfile
+
         try:
             self.recovered = recover(self.directory)
             self.staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.directory))
             self._owner_fd = _open_nofollow(self.staging / _OWNER, os.O_RDWR | os.O_CREAT, 0o600)
             _flock(self._owner_fd, self.directory)
-            self.previous = previous_set(self.directory)
+            names = replaced()
         except OSError as exc:
             self._abort()
             raise cannot_write(self.directory, exc) from None
         except BaseException:
             self._abort()
             raise
-        foreign = foreign_in_sticky(self.directory, [*self.previous, MANIFEST])
+        foreign = foreign_in_sticky(self.directory, names)
         if foreign is not None:
             self._abort()
-            raise InputError(f"{safetext.terminal(foreign[0])}: the outputs here are user {foreign[1]}'s, and this "
-                             "directory's sticky bit lets only them replace them; choose another output directory")
-        return self
+            raise InputError(refusal.format(path=safetext.terminal(foreign[0]), owner=foreign[1]))
 
     def __exit__(self, exc_type, exc, tb):
         with signals.deferred():
@@ -554,24 +565,8 @@ class OutputFile:
         except BaseException:
             od._remove_created()
             raise
-        try:
-            import tempfile
-
-            od.recovered = recover(od.directory)
-            od.staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=od.directory))
-            od._owner_fd = _open_nofollow(od.staging / _OWNER, os.O_RDWR | os.O_CREAT, 0o600)
-            _flock(od._owner_fd, od.directory)
-        except OSError as exc:
-            od._abort()
-            raise cannot_write(od.directory, exc) from None
-        except BaseException:
-            od._abort()
-            raise
-        foreign = foreign_in_sticky(od.directory, [self.target.name])
-        if foreign is not None:
-            od._abort()
-            raise InputError(f"{safetext.terminal(foreign[0])}: is user {foreign[1]}'s, and this directory's sticky "
-                             "bit lets only them replace it; choose another output file")
+        od._stage(lambda: [self.target.name], "{path}: is user {owner}'s, and this directory's sticky bit lets only "
+                                               "them replace it; choose another output file")
         return self
 
     @property
