@@ -231,7 +231,8 @@ def fit_moffat(
 
     The shape comes from the `n_bright` brightest stars (by their stamp sums): each is first
     fitted on its own, pixels more than 5 sigma off that fit (a neighbour, a cosmic ray) are
-    left out, then alpha and beta are fitted to them all at once, the model integrated over each
+    left out (and a star whose fit moved more than a pixel from its position: it found another
+    star), then alpha and beta are fitted to them all at once, the model integrated over each
     pixel as a CCD does (`pixel_moffat`). Pixels are weighted by their noise: the sky `noise`
     and the star's photon noise at the gain the sky implies (`sky_level` / noise^2). `cov`
     holds the shape's covariance. None when no star has a whole stamp.
@@ -256,9 +257,12 @@ def fit_moffat(
     W = np.array([np.where(goods[k], 1.0 / np.sqrt(noise**2 + np.clip(uniform_filter(stamps[k], 3), 0, None) / gain), 0.0)
                   for k in order])
     beta0 = 3.0
-    x, y, a, be, chi = _fit_stars(S, W, (gx, gy), np.array([centres[k] for k in order]), alpha_of(fwhm_guess, beta0),
-                                  beta0)
+    given = np.array([centres[k] for k in order])
+    x, y, a, be, chi = _fit_stars(S, W, (gx, gy), given, alpha_of(fwhm_guess, beta0), beta0)
     ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(a) & np.isfinite(be) & (W > 0).any(axis=(1, 2))
+    # a star whose own fit moved a pixel has settled on a brighter neighbour in its stamp: its
+    # centre and clipped pixels belong to the other star (beta 4.86% low for 4.5, noise-free)
+    ok &= np.hypot(x - given[:, 0], y - given[:, 1]) < 1.0
     if not ok.any():
         return None
     S, W, a, be = S[ok], np.where(np.abs(chi[ok]) > 5, 0.0, W[ok]), a[ok], be[ok]
