@@ -159,6 +159,36 @@ def _stamps(data, mask, positions, half):
     return stamps, goods, centres, keep
 
 
+def _lone(stamp: np.ndarray, weight: np.ndarray, centre, fwhm: float, threshold: float = 5.0) -> bool:
+    """No other star in the stamp: nothing above `threshold` sigma, more than 1.2 FWHM from the
+    star, in what the star's point mirror lacks (a star is the same on both sides of its centre,
+    whatever its profile; a neighbour is on one side only), through a filter matched to a
+    Gaussian of the FWHM guess."""
+    from scipy.ndimage import correlate1d, map_coordinates
+
+    size = stamp.shape[0]
+    mid = size // 2
+    gy, gx = np.mgrid[0:size, 0:size].astype(float) - mid
+    at = [2 * centre[1] - gy + mid, 2 * centre[0] - gx + mid]
+    good = weight > 0
+    mirror = map_coordinates(np.where(good, stamp, np.nan), at, order=1, mode="constant", cval=np.nan)
+    wm = map_coordinates(weight, at, order=1, mode="constant", cval=0.0)
+    ok = good & np.isfinite(mirror) & (wm > 0)
+    inv_var = np.where(ok, 1 / (1 / np.where(ok, weight, 1.0) ** 2 + 1 / np.where(ok, wm, 1.0) ** 2), 0.0)
+    h = int(np.ceil(1.5 * fwhm))
+    k = np.exp(-np.arange(-h, h + 1, dtype=float) ** 2 / (2 * (fwhm / 2.3548) ** 2))
+
+    def smooth(a, k1):  # the Gaussian filter, separable
+        return correlate1d(correlate1d(a, k1, axis=0, mode="constant"), k1, axis=1, mode="constant")
+
+    num = smooth(np.where(ok, stamp - np.nan_to_num(mirror), 0.0) * inv_var, k)
+    den = smooth(inv_var, k * k)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = np.where(den > 0, num / np.sqrt(den), 0.0)
+    far = np.hypot(gx - centre[0], gy - centre[1]) > 1.2 * fwhm
+    return not bool((snr[far] > threshold).any())
+
+
 def _lm(fun, theta: np.ndarray, iterations: int = 40) -> tuple[np.ndarray, np.ndarray]:
     """Levenberg-Marquardt on a batch of independent problems: `fun(theta)` -> residuals (m, n)
     and Jacobian (m, n, p) for parameters theta (m, p). Written with numpy (batched normal
@@ -171,8 +201,9 @@ def _lm(fun, theta: np.ndarray, iterations: int = 40) -> tuple[np.ndarray, np.nd
     lam = np.full(len(theta), 1e-3)
     eye = np.eye(theta.shape[1])
     for _ in range(iterations):
-        A = np.einsum("mni,mnj->mij", J, J)
-        g = np.einsum("mni,mn->mi", J, r)
+        Jt = J.transpose(0, 2, 1)
+        A = Jt @ J  # batched BLAS: 3x faster than einsum here (36 stars x 961 px x 6)
+        g = (Jt @ r[..., None])[..., 0]
         diag = np.einsum("mii->mi", A)
         try:
             step = -np.linalg.solve(A + lam[:, None, None] * (diag[:, :, None] * eye + 1e-12 * eye), g[..., None])[..., 0]
@@ -229,11 +260,14 @@ def fit_moffat(
     """One Moffat (alpha, beta) shared by the stars at `positions` in a sky-subtracted frame,
     fitted over (2 half + 1)^2 stamps, each star with its own flux, centre and flat background.
 
-    The shape comes from the `n_bright` brightest stars (by their stamp sums): each is first
-    fitted on its own, pixels more than 5 sigma off that fit (a neighbour, a cosmic ray) are
-    left out (and a star whose fit moved more than a pixel from its position: it found another
-    star), then alpha and beta are fitted to them all at once, the model integrated over each
-    pixel as a CCD does (`pixel_moffat`). Pixels are weighted by their noise: the sky `noise`
+    The shape comes from the `n_bright` brightest stars (by their stamp sums) that have no other
+    star in their stamp (`_lone`), if at least half that many have none (else the brightest:
+    a field where every star has neighbours). The 2 n_bright brightest are first fitted each
+    on its own (a star whose fit moved more than a pixel from its position found another star
+    and is left out); stars with faint neighbours too weak for the clip below pulled the fitted
+    beta 0.5-1.4% low (5% for 4.5 next to a bright one). On the chosen stars pixels more than
+    5 sigma off their own fit (a cosmic ray) are left out, then alpha and beta are fitted to
+    them all at once, the model integrated over each pixel as a CCD does (`pixel_moffat`). Pixels are weighted by their noise: the sky `noise`
     and the star's photon noise at the gain the sky implies (`sky_level` / noise^2). `cov`
     holds the shape's covariance. None when no star has a whole stamp.
     """
@@ -252,17 +286,27 @@ def fit_moffat(
     # ones and bias the fitted wings (beta 2.02 for 2.00, measured)
     from scipy.ndimage import uniform_filter
 
-    order = np.argsort([-st.sum() for st in stamps])[:n_bright]
-    S = np.array([stamps[k] for k in order])
-    W = np.array([np.where(goods[k], 1.0 / np.sqrt(noise**2 + np.clip(uniform_filter(stamps[k], 3), 0, None) / gain), 0.0)
-                  for k in order])
+    weights = [np.where(g, 1.0 / np.sqrt(noise**2 + np.clip(uniform_filter(st, 3), 0, None) / gain), 0.0)
+               for st, g in zip(stamps, goods)]
+    # each of the brightest stars fitted on its own: its centre, then whether another star shares
+    # its stamp; the shape is fitted to the brightest stars that are alone, where enough are
+    pool = np.argsort([-st.sum() for st in stamps])[:2 * n_bright]
+    S = np.array([stamps[k] for k in pool])
+    W = np.array([weights[k] for k in pool])
     beta0 = 3.0
-    given = np.array([centres[k] for k in order])
+    given = np.array([centres[k] for k in pool])
     x, y, a, be, chi = _fit_stars(S, W, (gx, gy), given, alpha_of(fwhm_guess, beta0), beta0)
     ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(a) & np.isfinite(be) & (W > 0).any(axis=(1, 2))
     # a star whose own fit moved a pixel has settled on a brighter neighbour in its stamp: its
     # centre and clipped pixels belong to the other star (beta 4.86% low for 4.5, noise-free)
     ok &= np.hypot(x - given[:, 0], y - given[:, 1]) < 1.0
+    fw = float(np.median([fwhm_of(ai, bi) for ai, bi in zip(a[ok], be[ok])])) if ok.any() else fwhm_guess
+    lone = np.array([bool(o) and _lone(S[i], W[i], (x[i], y[i]), fw) for i, o in enumerate(ok)])
+    if lone.sum() >= max(n_bright // 2, 1):
+        ok &= lone
+        ok &= np.cumsum(ok) <= n_bright
+    else:  # a field where (nearly) every star has a neighbour: the brightest, as they come
+        ok &= np.arange(len(ok)) < n_bright
     if not ok.any():
         return None
     S, W, a, be = S[ok], np.where(np.abs(chi[ok]) > 5, 0.0, W[ok]), a[ok], be[ok]
