@@ -147,6 +147,13 @@ def _quiet_astropy() -> None:
 def main(argv: list[str] | None = None) -> int:
     if argv is not None:  # a call from Python (tests): return the code
         return _main(list(argv), whole_process=False)
+    # The steps already run frames on both cores; OpenBLAS's own threads (the PSF fit's small
+    # batched products) then wait actively for the other core: 16 x 4096^2 with `growth`
+    # 2.6-3.4 s and 3.9-4.3 s of CPU, one BLAS thread 2.3-2.7 s and 2.8-3.1 s (`fixed`, the
+    # turned set: no slower). Set before numpy is first imported; a user's own setting stays.
+    import os
+
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     code = _main(sys.argv[1:], whole_process=True)
     from tui_stack import signals
 
