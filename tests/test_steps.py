@@ -191,7 +191,7 @@ def test_turned_frame_keeps_its_sky(kind):
         assert np.allclose(a, b, atol=1e-9)
 
 
-def test_aperture_sums_and_annulus_medians_equal_photutils():
+def test_aperture_sums_and_annulus_medians_and_means_equal_photutils():
     """core.photometry's own exact apertures and centre-sampled annulus medians against
     photutils (kept for the import time): off-frame, masked, grid-aligned and tiny apertures."""
     import warnings
@@ -208,12 +208,14 @@ def test_aperture_sums_and_annulus_medians_equal_photutils():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             want = aperture_photometry(data, CircularAperture(pos, r=r), mask=mask, method="exact")["aperture_sum"]
-            want_med = ApertureStats(data, CircularAnnulus(pos, r_in=r_in, r_out=r_out), mask=mask,
-                                     sum_method="center").median
+            ring = ApertureStats(data, CircularAnnulus(pos, r_in=r_in, r_out=r_out), mask=mask, sum_method="center")
+            want_med, want_mean = ring.median, ring.mean
         np.testing.assert_allclose(photometry.aperture_sums(data, mask, pos, r), np.asarray(want, float),
                                    rtol=1e-10, atol=1e-8)
         np.testing.assert_array_equal(photometry.annulus_medians(data, mask, pos, r_in, r_out),
                                       np.asarray(want_med, float))
+        np.testing.assert_allclose(photometry.annulus_means(data, mask, pos, r_in, r_out), np.asarray(want_mean, float),
+                                   rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("case", ["noise", "ties", "nan_and_inf", "odd", "constant", "skewed"])

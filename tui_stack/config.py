@@ -25,7 +25,7 @@ TRANSFORMS = ("auto", "translation", "similarity", "affine")
 COMBINE_METHODS = cp.METHODS
 SCHEDULERS = ("local", "dask")
 SKY_METHODS = ("median", "sigmaclip")
-PHOT_SKY = ("global", "annulus")
+PHOT_SKY = ("global", "annulus", "annulus-mean")
 SCALE_METHODS = ("growth", "fixed")  # core.photometry.SCALE_METHODS
 FIXED_RADIUS = 20.0  # the lab's aperture, px
 
@@ -73,9 +73,13 @@ class ScaleConfig:
             return float(self.radius)
         return None if self.method == "growth" else FIXED_RADIUS
 
+    def sky_statistic(self) -> str:
+        """What the annulus sky takes of its pixels: "mean" (sky = "annulus-mean") or "median"."""
+        return "mean" if self.sky == "annulus-mean" else "median"
+
     def annulus_radii(self) -> tuple[float, float] | str | None:
         """(r_in, r_out); "auto": radius + 5 to radius + 15 of each frame's own aperture."""
-        if self.sky != "annulus":
+        if not self.sky.startswith("annulus"):
             return None
         if self.annulus:
             return self.annulus
@@ -164,7 +168,10 @@ class Config:
             raise ConfigError(f'config: [shift].transform = "{self.shift.transform}" resamples the frames: '
                               'it needs mode = "subpixel"')
         sc = self.scale
-        if sc.sky == "annulus" and sc.annulus and sc.radius != "auto" and sc.annulus[0] < float(sc.radius):
+        if sc.sky == "annulus-mean" and sc.method == "growth":
+            raise ConfigError('config: [scale].sky = "annulus-mean" is for method = "fixed": "growth" corrects '
+                              'for the share of a star\'s own wing an annulus median takes (use sky = "annulus")')
+        if sc.sky.startswith("annulus") and sc.annulus and sc.radius != "auto" and sc.annulus[0] < float(sc.radius):
             raise ConfigError(f"config: [scale].annulus starts at {sc.annulus[0]:g} px, inside the aperture "
                               f"(radius {float(sc.radius):g} px): the sky would hold the stars' own light; start it "
                               "at the radius or beyond")

@@ -63,12 +63,14 @@ def measure_stars(
     sky_level: float,
     saturation: float | None,
     annulus: tuple[float, float] | None = None,
+    statistic: str = "median",
 ) -> StarFluxes:
     """Aperture sums at `positions` in a sky-subtracted frame.
 
     `sky_level` is what was subtracted, so raw values (data + sky) can be checked
-    against `saturation`. With `annulus` = (r_in, r_out) the median in that annulus
-    is removed as a local sky as well.
+    against `saturation`. With `annulus` = (r_in, r_out) the annulus' `statistic` ("mean":
+    `annulus_means`, linear, so the same in a ratio of frames whatever their noise; "median":
+    `annulus_medians`) is removed as a local sky as well.
     """
     pos = np.atleast_2d(np.asarray(positions, dtype=float))
     if mask is None:
@@ -76,7 +78,7 @@ def measure_stars(
     flux = aperture_sums(data, mask, pos, radius)
     local = np.zeros(len(pos))
     if annulus is not None:
-        local = np.nan_to_num(annulus_medians(data, mask, pos, annulus[0], annulus[1]))
+        local = np.nan_to_num((annulus_means if statistic == "mean" else annulus_medians)(data, mask, pos, *annulus))
         flux = flux - local * np.pi * radius**2
     flags = [star_flags(data, mask, x, y, radius, sky_level, saturation) for x, y in pos]
     return StarFluxes(flux=flux, local_sky=local, flags=flags)
@@ -140,6 +142,21 @@ def annulus_medians(data: np.ndarray, mask: np.ndarray, pos: np.ndarray, r_in: f
     return np.array([np.median(v[u]) if u.any() else np.nan for v, u in zip(values, use)])
 
 
+def annulus_means(data: np.ndarray, mask: np.ndarray, pos: np.ndarray, r_in: float, r_out: float) -> np.ndarray:
+    """Mean of the unmasked pixels whose centre lies in r_in <= d < r_out of each position, NaN
+    where there is none. Linear in the data, unlike a median: the neighbours' light it holds
+    dims with the frame, as the star does, so it cancels in a ratio of frames whatever their
+    noise (a median of a crowded annulus moves with the noise: a frame dimmed to half by cloud
+    read 8-16% high on the real bulge field with a median, within 1.4% with the mean)."""
+    iy, ix, inside = _stamps(data.shape, pos, r_out)
+    d2 = (ix - pos[:, 0, None, None]) ** 2 + (iy - pos[:, 1, None, None]) ** 2
+    use = inside & ~mask[iy, ix] & (d2 < r_out * r_out) & ~(d2 < r_in * r_in)
+    n = use.sum(axis=(1, 2))
+    total = np.where(use, data[iy, ix], 0.0).sum(axis=(1, 2), dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, total / np.maximum(n, 1), np.nan)
+
+
 def star_flags(
     data: np.ndarray, mask: np.ndarray, x: float, y: float, radius: float, sky_level: float, saturation: float | None
 ) -> list[str]:
@@ -200,6 +217,7 @@ def measure_frame(
     fwhm_guess: float = 4.0,
     fwhm_radius: float = 2.0,
     offset: tuple[float, float] = (0.0, 0.0),
+    statistic: str = "median",
 ) -> StarFluxes:
     """The comparison stars of one sky-subtracted frame, by `method` ("growth" or "fixed").
 
@@ -224,7 +242,7 @@ def measure_frame(
 
     if method == "fixed":
         r = 20.0 if radius is None else float(radius)
-        fl = measure_stars(data, mask, pos, r, sky_level, saturation, ring(r))
+        fl = measure_stars(data, mask, pos, r, sky_level, saturation, ring(r), statistic)
         fl.error, fl.radius = flux_errors(fl.flux, r, sky_level, noise), r
         return fl
     # the PSF is fitted on the unsaturated stars (a neighbour in a stamp is clipped by the fit)
@@ -234,6 +252,8 @@ def measure_frame(
     half = int(np.clip(np.ceil(2.5 * fwhm_guess), 15, 30))
     shape = psf.fit_moffat(data, mask, pos[good], half, noise, sky_level, fwhm_guess) if good.any() else None
     r = float(radius) if radius is not None else max(fwhm_radius * (shape.fwhm if shape else fwhm_guess), 4.0)
+    # growth's correction models the annulus median of a star's own wing (a mean took in the
+    # neighbours' light where the PSF changes: 0.34% RMS on the crowded set against 0.08%)
     fl = measure_stars(data, mask, pos, r, sky_level, saturation, ring(r))
     fl.error, fl.radius, fl.method = flux_errors(fl.flux, r, sky_level, noise), r, method
     if shape is None:

@@ -76,7 +76,8 @@ def _measure(state: RunState, fr: FrameResult, data: np.ndarray, mask: np.ndarra
         off = (fr.applied_shift_x - fr.shift_x, fr.applied_shift_y - fr.shift_y)
         offset = off if all(np.isfinite(off)) and max(map(abs, off)) <= 1 else offset
     fluxes = photometry.measure_frame(data, mask, at, cfg.scale.method, radius, fr.sky, fr.noise,
-                                      cfg.scale.saturation, annulus, fwhm_guess=guess, offset=offset)
+                                      cfg.scale.saturation, annulus, fwhm_guess=guess, offset=offset,
+                                      statistic=cfg.scale.sky_statistic())
     if area != 1.0:
         fluxes.flux = fluxes.flux / area
         fluxes.error = None if fluxes.error is None else fluxes.error / area

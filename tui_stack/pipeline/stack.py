@@ -130,7 +130,7 @@ def combine_frames(
     guess = ref_fr.psf_fwhm if np.isfinite(ref_fr.psf_fwhm) else 4.0
     comb_flux = photometry.measure_frame(comb_data, comb_mask, state.comparison_stars, cfg.scale.method,
                                          cfg.scale.aperture(), 0.0, noise, None, cfg.scale.annulus_radii(),
-                                         fwhm_guess=guess)
+                                         fwhm_guess=guess, statistic=cfg.scale.sky_statistic())
     ref_flux = state.frames[state.ref_index].star_flux
     phot = stats.compare_photometry(ref_flux, comb_flux.flux, state.comparison_stars)
     combined = CombinedResult(method, None, result.data, len(used), st, phot, result, params,

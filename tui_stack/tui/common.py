@@ -522,7 +522,9 @@ class WizardScreen(Screen):
         old = getattr(part, key)
         try:
             self.ws.config.set(section, key, value)
+            self.ws.config.check()  # the rules between keys too (growth with an annulus mean)
         except ConfigError as exc:
+            setattr(part, key, old)
             self.status(str(exc).removeprefix("config: "), error=True)
             return
 
