@@ -279,3 +279,23 @@ def test_frames_turned_under_a_wcs_that_gives_only_the_pointing_register_by_thei
     for fr, turn in zip(state.frames[1:], spec.rotations[1:]):
         assert fr.used and fr.first_guess == "pattern" and "no_match" not in fr.flags, (fr.name, fr.flags)
         assert fr.rotation == pytest.approx(turn, abs=0.01)
+
+
+def test_integer_mode_keeps_a_frame_the_wcs_registered_without_a_turn(tmp_path):
+    """Trial 8 #5: 96^2 frames with 25 stars; frame 20's shift fit matched too few stars, the
+    WCS guess and the many-star fit registered it (rotation -0.005 deg, scale 1.0000), and
+    integer mode then left it out as "turned". A transform within what a shift does is a shift."""
+    from tui_stack.config import config_from_dict
+
+    truth = synthetic.write_field(tmp_path, synthetic.FieldSpec(n_frames=40, shape=(96, 96), n_stars=25, max_shift=3.0,
+                                                                cosmic_rays=0, seed=5), prefix="m_")
+    cfg = config_from_dict({"input": {"directory": str(tmp_path), "pattern": "m_*.fits"},
+                            "reference": {"frame": 0, "star": "auto", "box": 20}, "shift": {"mode": "integer"},
+                            "scale": {"stars": "auto", "radius": 5},
+                            "output": {"directory": str(tmp_path / "out"), "write_shifted": False}})
+    state = pipeline.run(cfg)
+    fr = state.frames[20]
+    assert fr.first_guess == "wcs" and abs(fr.rotation) < 0.05  # the case: the WCS path, no turn
+    assert not any("needs_subpixel" in f.flags for f in state.frames)
+    assert fr.used and fr.transform is None
+    assert (fr.applied_shift_x, fr.applied_shift_y) == tuple(np.round(truth.shifts[20]))

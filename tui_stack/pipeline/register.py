@@ -286,7 +286,10 @@ def _register_turned(fr: FrameResult, ref: _Reference, state: RunState, frame, a
     if fit.rms > MAX_FIT_RMS:
         fr.flags.append("poor_fit")
     if cfg.shift.mode == "integer":
-        _refuse_turn(fr)
+        if {"rotated", "mirrored", "rescaled"} & set(fr.flags):
+            _refuse_turn(fr)
+        else:  # within what a shift does (the WCS or the patterns found a frame with few stars): one, rounded
+            fr.transform = None
     return sub0
 
 
