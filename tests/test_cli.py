@@ -97,6 +97,20 @@ def test_frames_of_different_shapes(field_integer, frames, tmp_path, capsys):
     assert_one_line_error(*run_cli(["run", cfg], capsys)[::2], "demo_009.fits", "shape")
 
 
+def test_frames_of_two_filters(field_integer, frames, tmp_path, capsys):
+    """Trial 8 #2: V and R lights in one glob were stacked into one image labelled with the
+    reference's filter, rc 0. Star ratios differ with each star's colour: one filter a stack."""
+    for k, path in enumerate(sorted(frames.glob("demo_*.fits"))):
+        with fits.open(path, mode="update") as h:
+            h[0].header["FILTER"] = "R" if k % 3 == 0 else "V"
+    cfg = config_for(field_integer, frames, tmp_path)
+    code, err = run_cli(["run", cfg], capsys)[::2]
+    assert_one_line_error(code, err, "2 filters", "R: 2, V: 4")
+    assert 'select = { FILTER = "V" }' in err
+    cfg = config_for(field_integer, frames, tmp_path, input__select={"FILTER": "V"})
+    assert run_cli(["run", cfg, "--quiet"], capsys)[0] == 0
+
+
 def test_star_not_in_box(field_integer, frames, tmp_path, capsys):
     cfg = config_for(field_integer, frames, tmp_path, reference__star=(3.0, 3.0), reference__box=5)
     assert_one_line_error(*run_cli(["run", cfg], capsys)[::2], "no star found", "[reference].star")

@@ -433,6 +433,7 @@ def select_files(directory: Path, pattern: str, select: dict | None = None, skip
     """
     files = match_files(directory, pattern)
     kept = []
+    filters: dict[str, int] = {}
     for path in files:
         try:
             hdul = open_fits(path)
@@ -448,6 +449,9 @@ def select_files(directory: Path, pattern: str, select: dict | None = None, skip
                 read_frame(path)
             if header_selected(hdul[idx].header, hdul[0].header if idx > 0 else None, select):
                 kept.append(path)
+                band = str(hdul[idx].header.get("FILTER", hdul[0].header.get("FILTER", ""))).strip()
+                if band and path.name not in skip:
+                    filters[band] = filters.get(band, 0) + 1
         except InputError as exc:
             if path.name not in skip:
                 raise
@@ -459,6 +463,10 @@ def select_files(directory: Path, pattern: str, select: dict | None = None, skip
             raise InputError(f"no readable files match {pattern!r} in {directory} besides those [input] exclude names")
         wanted = ", ".join(f"{k}={v!r}" for k, v in select.items())
         raise InputError(f"no files in {directory} matching {pattern!r} have {wanted}")
+    if len(filters) > 1:  # star ratios differ with each star's colour: one stack per filter
+        counts = ", ".join(f"{k}: {n}" for k, n in sorted(filters.items()))
+        raise InputError(f"the frames matching {pattern!r} in {directory} are in {len(filters)} filters ({counts}); "
+                         f'stack one at a time, e.g. [input] select = {{ FILTER = "{max(filters, key=filters.get)}" }}')
     return kept
 
 
