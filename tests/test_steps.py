@@ -233,3 +233,14 @@ def test_image_median_is_numpys_nanmedian_exactly(case):
         d[: d.size // 2] = 0.0
         d = np.abs(d)
     assert stats.nanmedian(d.reshape(1000, -1) if case != "odd" else d) == float(np.nanmedian(d))
+
+
+def test_synthetic_frames_past_the_half_hour_have_real_times(tmp_path):
+    """Trial 8 #14: frame 31 of a demo was written at '02:60:00', frame 40 at '02:78:00'."""
+    from astropy.time import Time
+
+    from tui_stack.core import synthetic
+
+    truth = synthetic.write_field(tmp_path, synthetic.FieldSpec(n_frames=40, shape=(48, 48), n_stars=5, cosmic_rays=0))
+    times = Time([fits.getheader(p)["DATE-OBS"] for p in truth.files], format="isot")
+    assert np.allclose(np.diff(times.mjd) * 1440, 2.0)

@@ -174,6 +174,13 @@ def render_frame(
     return np.clip(np.round(adu), 0, SATURATION).astype(np.float32)
 
 
+def _date_obs(start: str, i: int) -> str:
+    """Frame i's DATE-OBS: one every 2 minutes from `start` (an ISO time)."""
+    from datetime import datetime, timedelta
+
+    return (datetime.fromisoformat(start) + timedelta(minutes=2 * i)).isoformat()
+
+
 def _frame_header(spec: FieldSpec, date_obs: str, read_noise: float):
     """What a camera writes for a light frame of the demo field."""
     from astropy.io import fits
@@ -224,7 +231,7 @@ def write_field(directory: Path, spec: FieldSpec = FieldSpec(), prefix: str = "d
         rot = spec.rotations[i] if spec.rotations is not None else 0.0
         trail = spec.trail_px if i in spec.trailed else 0.0
         data = render_frame(stars, shifts[i], transp[i], spec, rng, rotation=rot, trail=trail)
-        hdr = _frame_header(spec, f"2026-11-26T02:{i * 2:02d}:00", spec.read_noise)
+        hdr = _frame_header(spec, _date_obs("2026-11-26T02:00:00", i), spec.read_noise)
         # A TAN WCS, same sky point at reference pixel - shift in this frame.
         hdr["CTYPE1"], hdr["CTYPE2"] = "RA---TAN", "DEC--TAN"
         hdr["CRVAL1"], hdr["CRVAL2"] = 109.67, -24.95
@@ -320,7 +327,7 @@ def write_geometry_field(directory: Path, spec: FieldSpec, geometries: list[Fram
         img = render_frame(np.column_stack([fine, flux]), (0.0, 0.0), transp[i], fspec, rng)
         if b > 1:
             img = img.reshape(fshape[0], b, fshape[1], b).sum(axis=(1, 3)).clip(0, SATURATION).astype(np.float32)
-        hdr = _frame_header(spec, f"2026-11-26T03:{i * 2:02d}:00", spec.read_noise * b)
+        hdr = _frame_header(spec, _date_obs("2026-11-26T03:00:00", i), spec.read_noise * b)
         if wcs and g.field_offset is None:
             # sky = CD_ref (p_ref - crpix_ref) with p_ref = m^-1 (p_frame - t)
             mi = np.linalg.inv(m)
@@ -373,7 +380,7 @@ def write_seeing_field(directory: Path, spec: FieldSpec, fwhms, betas, prefix: s
     for i in range(spec.n_frames):
         one = replace(spec, fwhm=float(fwhms[i]), beta=float(betas[i]))
         data = render_frame(stars, shifts[i], transp[i], one, rng)
-        hdr = _frame_header(spec, f"2026-11-26T03:{i * 2:02d}:00", spec.read_noise)
+        hdr = _frame_header(spec, _date_obs("2026-11-26T03:00:00", i), spec.read_noise)
         hdr["OBJECT"] = "SEEING FIELD"
         _truth_cards(hdr, shifts[i], transp[i])
         hdr["TRUTH_FW"] = (float(fwhms[i]), "true FWHM, px")

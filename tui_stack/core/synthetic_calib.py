@@ -172,7 +172,7 @@ def write_raw_set(directory: Path, spec: RawSpec = RawSpec()) -> RawTruth:
                           spec.light_exptime, spec, FILTER=f, OBJECT="SYNTH FIELD",
                           TRUTH_DX=float(shifts[i, 0]),
                           TRUTH_DY=float(shifts[i, 1]), TRUTH_T=float(transp[i]),
-                          **{"DATE-OBS": f"2026-11-29T02:{i * 2:02d}:00"})
+                          **{"DATE-OBS": synthetic._date_obs("2026-11-29T02:00:00", i)})
             files.append(path)
             out["light"].append(path)
     field_truth = synthetic.FieldTruth(files[:spec.n_lights], shifts, transp, 0, ref_star, comps, stars)
