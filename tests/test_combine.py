@@ -255,18 +255,37 @@ def test_winsorized_sigma_equals_sirils_rule():
     np.testing.assert_allclose(res.data, want, rtol=1e-5, atol=1e-2, equal_nan=True)
 
 
-def test_pclip_equals_irafs_rule():
-    def per_pixel(v):
-        k = len(v)
-        m = np.median(v)
-        rank = (k - 1) // 2 - int(np.rint(0.5 * k / 2))
-        sd = abs(m - v[max(rank, 0)])
-        return v[(v >= m - 3 * sd) & (v <= m + 3 * sd)]
+@pytest.mark.parametrize("n", [11, 12])
+def test_pclip_equals_irafs_rule(n):
+    """IRAF's icpclip.gx: the rank offset is fixed once from the number of images N (t_imcombine.x
+    of IRAF 2.17: i = int(N / 2), pclip * i truncated), not from each pixel's count: for 11
+    images and pclip -0.5, 2 ranks (ours took nint(0.5 * 11 / 2) = 3: 30% of the pixels apart
+    from IRAF, trial 8 #3). A masked value leaves the offset as it is."""
+    offset = int(0.5 * int(n / 2))
 
-    data = planted(seed=23)
+    def per_pixel(v):
+        m = np.median(v)
+        sd = abs(m - v[max((len(v) - 1) // 2 - offset, 0)])
+        return v[(v > m - 3 * sd) & (v < m + 3 * sd)] if sd > 0 and len(v) >= 3 else v
+
+    data = planted(n=n, seed=23)
     want = loop_reference(data, per_pixel)
     res = ours(data, 5, method="pclip", sigma=3.0, pclip=-0.5)
     np.testing.assert_allclose(res.data, want, rtol=2e-6, atol=1e-3, equal_nan=True)
+
+
+@pytest.mark.parametrize("values,iraf", [
+    ([815, 824, 847, 915, 954, 956, 975, 1465, 1489, 1725, 2874], 929.4),
+    ([957, 1001, 1011, 1069, 1091, 1098, 1126, 1458, 1506, 1848, 2829], 1096.0),  # 1011 is 3 spreads off: out
+    ([1775, 1891, 1956, 2160, 2201, 2364, 3839, 4992, 5708, 6356, 6382, 6538], 3602.1818),  # 6538 too
+])
+def test_pclip_matches_iraf_imcombine_pixels(values, iraf):
+    """Pixels of the pydia frames (11 and 12) as IRAF 2.17's imcombine gave them (reject=pclip,
+    pclip=-0.5, lsigma=hsigma=3, mclip; trial 8). With the whole frames: every pixel equal."""
+    rng = np.random.default_rng(0)
+    data = np.stack([np.full((2, 3), x, np.float32) for x in rng.permutation(np.array(values, np.float32))])
+    res = ours(data, None, method="pclip", sigma=3.0, pclip=-0.5)
+    np.testing.assert_allclose(res.data, iraf, rtol=1e-6)
 
 
 def test_asymmetric_limits():

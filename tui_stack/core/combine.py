@@ -16,7 +16,7 @@ Methods (x = the unmasked values of one pixel, n of them, N frames in all):
 - avsigclip (IRAF): s = sigma_row * sqrt(max(1, c + sky)), sigma_row^2 the mean over one image
   row of (x - c)^2 / max(1, c + sky), taken once before rejecting
 - ccdclip (IRAF): s = sqrt(rdnoise^2 + gain*(c + sky) + (snoise*gain*(c + sky))^2) / gain
-- pclip (IRAF): s = |c - x_(j)|, x_(j) nint(|pclip| n / 2) ranks below/above the median
+- pclip (IRAF): s = |c - x_(j)|, x_(j) int(|pclip| int(N / 2)) ranks below/above the median (N images)
 - winsorized (Siril): s = 1.134 std of x pulled in to c +- 1.5 s, iterated
 - gesd (Siril): Rosner's generalized extreme studentized deviate test
 For the IRAF methods c = median (mclip) or the mean without min and max on the first pass;
@@ -637,16 +637,29 @@ def _reject_ccdclip(runs, lo, hi, params, cols):
     _iraf_clip(runs, lo, hi, params, spread)
 
 
+def pclip_offset(pclip: float, n_images: int) -> int:
+    """IRAF's percentile clip turns `pclip` into a number of ranks once, from the number of
+    images, not each pixel's count (imcombine's t_imcombine.x, IRAF 2.17 as Debian ships it:
+    i = int(N / 2); some versions take (N - 1) / 2), a fraction times i, truncated, kept within
+    1..i."""
+    i = int(n_images / 2)
+    p = pclip * i if abs(pclip) < 1 else pclip
+    return max(1, min(i, int(abs(p)))) if i >= 1 else 1
+
+
 def _reject_pclip(runs, lo, hi, params, cols):
-    """IRAF's percentile clip: the spread is the distance from the median to the value
-    nint(pclip * n / 2) ranks away from it (below for pclip < 0); one pass, then nkeep."""
+    """IRAF's percentile clip (icpclip.gx): the spread is the distance from the median to the
+    value `pclip_offset` ranks away from it (below for pclip < 0); one pass, then nkeep."""
     s, k = runs.s, runs.nv.astype(np.int64)
     centre = runs.med
-    offset = np.rint(abs(params.pclip) * k / 2).astype(np.int64)
+    offset = pclip_offset(params.pclip, s.shape[1])
     mid = (k - 1) // 2 if params.pclip < 0 else k // 2
     rank = np.clip(mid - offset if params.pclip < 0 else mid + offset, 0, np.maximum(k - 1, 0))
     sd = np.abs(centre - _take(s, rank))
-    lo[:], hi[:] = _clip(s, lo, hi, centre - params.low * sd, centre + params.high * sd, k >= 3)
+    # a value exactly `low` spreads off goes too (IRAF: kept while r < lsigma); the spread is a
+    # difference of two values, so integer data meet the limits exactly (0.4% of pydia's pixels)
+    low, high = np.nextafter(centre - params.low * sd, np.inf), np.nextafter(centre + params.high * sd, -np.inf)
+    lo[:], hi[:] = _clip(s, lo, hi, low, high, (k >= 3) & (sd > 0))
     _add_back(s, lo, hi, runs.nv, params.nkeep, _median_run)
 
 
