@@ -682,20 +682,19 @@ def _winsorized_sigma(s, lo, hi, centre):
     t = np.empty_like(dev)
 
     def std(d, kk, bound):
+        if bound is not None:  # in place: Siril pulls in the values it pulled in before again
+            np.maximum(d, -bound[:, None], out=d)
+            np.minimum(d, bound[:, None], out=d)
+        s1 = _row_sum(d).astype(np.float64) / kk
         out = t[:len(d)]
-        if bound is None:
-            out[...] = d
-        else:
-            np.maximum(d, -bound[:, None], out=out)
-            np.minimum(out, bound[:, None], out=out)
-        s1 = _row_sum(out).astype(np.float64) / kk
-        np.multiply(out, out, out=out)
-        return np.sqrt(np.maximum(_row_sum(out).astype(np.float64) / kk - s1 * s1, 0))
+        np.multiply(d, d, out=out)
+        # the n - 1 standard deviation, as Siril's (GSL's gsl_stats_float_sd)
+        return np.sqrt(np.maximum(_row_sum(out).astype(np.float64) / kk - s1 * s1, 0) * kk / np.maximum(kk - 1, 1))
 
     sd = std(dev, k, None)
     todo = np.arange(len(sd))
     cur, kk, last = dev, k, sd.copy()  # the pixels not done, compacted as they finish
-    for _ in range(10):
+    for _ in range(100):  # Siril iterates until it settles: 26 times for some pydia pixels
         new = 1.134 * std(cur, kk, (1.5 * last).astype(np.float32))
         done = _settled(new, last)
         sd[todo] = new
@@ -707,11 +706,26 @@ def _winsorized_sigma(s, lo, hi, centre):
 
 
 def _reject_winsorized(runs, lo, hi, params, cols):
-    """Siril's winsorized sigma clipping about the median, repeated until nothing more goes."""
+    """Siril's winsorized sigma clipping about the median, repeated until nothing more goes
+    or 3 values are left. Siril stops rejecting within a pass once N - r <= 4 (N the values
+    at the pass's start, r all those rejected so far, earlier passes' too): at most 2N - N0 - 4
+    go in a pass (N0 the pixel's values). Siril takes them in frame order; here the farthest
+    from the median go first."""
+    n0 = runs.nv.astype(np.int64)
+
     def step(sub, lo1, hi1, pixels, first):
         centre = runs.stats(pixels, lo1, hi1)[0]
         sd = _winsorized_sigma(sub, lo1, hi1, centre)
-        return _clip(sub, lo1, hi1, centre - params.low * sd, centre + params.high * sd, hi1 > lo1)
+        k = (hi1 - lo1).astype(np.int64)
+        new_l, new_h = _clip(sub, lo1, hi1, centre - params.low * sd, centre + params.high * sd, k > 3)
+        over = (new_l - lo1) + (hi1 - new_h) - np.maximum(2 * k - (n0 if pixels is None else n0[pixels]) - 4, 0)
+        while (over > 0).any():  # put back the rejected values nearest the median
+            m = over > 0
+            below = np.where(m & (new_l > lo1), np.abs(_take(sub, np.maximum(new_l - 1, 0)) - centre), np.inf)
+            above = np.where(m & (new_h < hi1), np.abs(_take(sub, np.minimum(new_h, sub.shape[-1] - 1)) - centre), np.inf)
+            back_low = m & (below <= above)
+            new_l, new_h, over = new_l - back_low, new_h + (m & ~back_low), over - m
+        return new_l, new_h
 
     _iterate(runs.s, lo, hi, step, 10)
     _add_back(runs.s, lo, hi, runs.nv, params.nkeep, _median_run)
