@@ -309,6 +309,25 @@ def run_raw(raw, tmp_path_factory):
     return state, out
 
 
+def test_the_stack_and_the_shifted_frames_say_how_they_were_calibrated(raw, tmp_path):
+    """Trial 8 #9: the stack's header said nothing of the calibration, and the s-files kept the
+    raw frame's BIASSEC and TRIMSEC, which pointed at columns the trimmed frame does not have."""
+    from tui_stack import pipeline
+
+    cfg = _run_config(raw, tmp_path / "out", _calibrate_keys(raw))
+    cfg.output.write_shifted = True
+    state = pipeline.run(cfg)
+    stack = fits.getheader(state.combined[0].path)
+    assert stack["TSCALIB"] == "overscan,bias,dark,flat"
+    history = "\n".join(str(h) for h in stack["HISTORY"])
+    for name in ("master_bias.fits", "master_dark.fits", "master_flat_V.fits"):
+        assert f"calibrated with {name}" in history
+    shifted = fits.getheader(tmp_path / "out" / f"s{raw.lights[0].name}")
+    assert shifted["TSCALIB"] == "overscan,bias,dark,flat"
+    assert "BIASSEC" not in shifted and "TRIMSEC" not in shifted
+    assert shifted["BIASSEC0"] == fits.getheader(raw.lights[0])["BIASSEC"]
+
+
 def test_run_on_raw_equals_run_on_ccdproc_calibrated(raw, run_raw, ccdproc_reduction, tmp_path):
     from tui_stack import pipeline
 

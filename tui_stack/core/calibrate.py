@@ -659,9 +659,17 @@ class Calibration:
                 if isinstance(hdr.get(k), (int, float)):
                     hdr[k] = hdr[k] - off
             hdr["NAXIS1"], hdr["NAXIS2"] = t.shape[1], t.shape[0]
-        done = [m.kind for m in self.masters]
-        hdr["TSCALIB"] = (",".join(["overscan"] * (self.geometry.overscan is not None) + done), "tui-stack calibration")
+        hdr["TSCALIB"] = (self.steps(), "tui-stack calibration")
+        # the raw frame's layout, no longer this frame's: kept under another name, so that no
+        # tool cuts the calibrated frame again
+        for key in ("BIASSEC", "TRIMSEC", "DATASEC"):
+            if key in hdr and (self.geometry.trim is not None or self.geometry.overscan is not None):
+                hdr.rename_keyword(key, key[:7] + "0")
         return hdr
+
+    def steps(self) -> str:
+        """What calibrating a light does, in order: "overscan,bias,dark,flat" or part of it."""
+        return ",".join(["overscan"] * (self.geometry.overscan is not None) + [m.kind for m in self.masters])
 
     def _cosmic_indices(self, path: Path, data: np.ndarray | None = None) -> np.ndarray:
         path = Path(path)

@@ -32,6 +32,11 @@ def write_combined(state: RunState, combined: CombinedResult, out_dir: Path) -> 
     hdr["TSREF"] = (safetext.header(state.files[state.ref_index].name), "reference frame")
     hdr["TSMODE"] = (state.config.shift.mode, "shift mode")
     hdr["TSWEIGHT"] = (state.config.combine.weights if combined.weights else "none", "weights of the average")
+    calib = calibration.active(state.config) if state.config.calibrate.any else None
+    if calib is not None:  # the first step of the provenance: what every frame was calibrated with
+        hdr["TSCALIB"] = (calib.steps(), "tui-stack calibration of each frame")
+        for m in calib.masters:
+            hdr.add_history(f"calibrated with {m.file_name} ({len(m.files)} {m.kind} frames)")
     used = [fr for fr in state.frames if fr.used]
     weights = combined.weights or [None] * len(used)
     for k, (fr, wt) in enumerate(zip(used, weights), 1):
