@@ -394,6 +394,8 @@ def test_cli_calibration_errors_exit_2(raw, tmp_path, capsys):
     assert "filter 'V' but no flat for it" in run(flat=str(tmp_path / "B_flat_*.fits"))
     assert "matches no file" in run(dark=str(tmp_path / "nothing_*.fits"))
     assert "too few for sigmaclip" in run(bias=[str(raw.bias[0]), str(raw.bias[1])])
+    # trial 8: the data section given as the overscan ran, then stopped on "a flat must be lit"
+    assert "overlaps the data section" in run(overscan="[1:256,1:256]")
     assert len(b_flats) == SPEC.n_flat
     # a master's name taken by a file tui-stack did not write: refused before any work
     (tmp_path / "out").mkdir(exist_ok=True)

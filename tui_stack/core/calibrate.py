@@ -230,6 +230,10 @@ def resolve_geometry(info: RawInfo, overscan: str | None, trim: str | None, stat
             tr_sec = Section(0, os_sec.y0, 0, w) if os_sec.y0 >= h - os_sec.y1 else Section(os_sec.y1, h, 0, w)
     if 0 in tr_sec.shape:
         raise InputError(f"{info.path.name}: the data section {tr_sec.fits()} is empty")
+    if os_sec.x0 < tr_sec.x1 and tr_sec.x0 < os_sec.x1 and os_sec.y0 < tr_sec.y1 and tr_sec.y0 < os_sec.y1:
+        # the sky and stars would be taken off as bias level
+        raise InputError(f"{info.path.name}: the overscan {os_sec.fits()} overlaps the data section {tr_sec.fits()} "
+                         "([calibrate] overscan and trim): the overscan must be the unexposed strip beside it")
     return Geometry(os_sec, tr_sec, axis, stat, order)
 
 
