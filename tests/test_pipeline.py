@@ -160,6 +160,7 @@ def test_photometry_in_the_registration_pass_equals_the_shifted_frames(field_int
     """Integer shifts: fluxes measured in the unshifted frame during registration are those of
     the shifted frame (written and measured when write_shifted is on)."""
     from tui_stack.core import photometry
+    from tui_stack.pipeline import scale
 
     state = pipeline.run(make_config(field_integer, tmp_path / "a", output__write_shifted=False))
     cfg = state.config
@@ -168,7 +169,8 @@ def test_photometry_in_the_registration_pass_equals_the_shifted_frames(field_int
         data, mask, _ = pipeline.prepared_frame(state, i)  # the shifted frame, as the lab measures
         want = photometry.measure_frame(data, mask, state.comparison_stars, cfg.scale.method, cfg.scale.aperture(),
                                         fr.sky, fr.noise, cfg.scale.saturation, cfg.scale.annulus_radii(),
-                                        fwhm_guess=fr.quality.fwhm)
+                                        fwhm_guess=fr.quality.fwhm, statistic=cfg.scale.sky_statistic(),
+                                        discs=scale.other_stars(state, None))  # the shifted frame: the reference grid
         np.testing.assert_allclose(fr.star_flux, want.flux, rtol=1e-6)
         assert fr.star_flags == want.flags
 

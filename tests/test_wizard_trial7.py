@@ -450,16 +450,17 @@ def test_a_task_replaced_by_a_newer_one_neither_clears_its_busy_flag_nor_keeps_r
     asyncio.run(go())
 
 
-def test_scales_method_key_keeps_the_rules_between_keys(demo_dir, tmp_path):
-    """`m` to growth while [scale] sky = "annulus-mean" (a rule of the config, which `run`
-    refuses): the wizard says why and stays on fixed; it set the method key alone."""
-    app = app_for(demo_dir, tmp_path / "out", scale__sky="annulus-mean", scale__radius=15.0)
+def test_a_remeasure_key_keeps_the_rules_between_keys(demo_dir, tmp_path):
+    """`s` to integer mode while [shift] transform = "similarity" (which resamples: a rule of the
+    config, which `run` refuses): the wizard says why and stays in subpixel mode; it checked
+    the mode key alone."""
+    app = app_for(demo_dir, tmp_path / "out", shift__mode="subpixel", shift__transform="similarity")
 
     async def go():
         async with app.run_test(size=SIZE) as pilot:
-            await to_step(pilot, 3)
-            await press(pilot, "m")
-            assert app.ws.config.scale.method == "fixed"
-            assert "annulus-mean" in status(app)
+            await to_step(pilot, 2)
+            await press(pilot, "s")
+            assert app.ws.config.shift.mode == "subpixel"
+            assert "similarity" in status(app)
 
     asyncio.run(go())

@@ -64,13 +64,15 @@ def measure_stars(
     saturation: float | None,
     annulus: tuple[float, float] | None = None,
     statistic: str = "median",
+    discs: np.ndarray | None = None,
+    outlier: float | None = None,
 ) -> StarFluxes:
     """Aperture sums at `positions` in a sky-subtracted frame.
 
     `sky_level` is what was subtracted, so raw values (data + sky) can be checked
     against `saturation`. With `annulus` = (r_in, r_out) the annulus' `statistic` ("mean":
-    `annulus_means`, linear, so the same in a ratio of frames whatever their noise; "median":
-    `annulus_medians`) is removed as a local sky as well.
+    `annulus_means`, with `discs` and `outlier`; "median": `annulus_medians`) is removed as a
+    local sky as well.
     """
     pos = np.atleast_2d(np.asarray(positions, dtype=float))
     if mask is None:
@@ -78,7 +80,8 @@ def measure_stars(
     flux = aperture_sums(data, mask, pos, radius)
     local = np.zeros(len(pos))
     if annulus is not None:
-        local = np.nan_to_num((annulus_means if statistic == "mean" else annulus_medians)(data, mask, pos, *annulus))
+        local = np.nan_to_num(annulus_means(data, mask, pos, *annulus, discs, outlier) if statistic == "mean"
+                              else annulus_medians(data, mask, pos, *annulus))
         flux = flux - local * np.pi * radius**2
     flags = [star_flags(data, mask, x, y, radius, sky_level, saturation) for x, y in pos]
     return StarFluxes(flux=flux, local_sky=local, flags=flags)
@@ -142,19 +145,45 @@ def annulus_medians(data: np.ndarray, mask: np.ndarray, pos: np.ndarray, r_in: f
     return np.array([np.median(v[u]) if u.any() else np.nan for v, u in zip(values, use)])
 
 
-def annulus_means(data: np.ndarray, mask: np.ndarray, pos: np.ndarray, r_in: float, r_out: float) -> np.ndarray:
+def annulus_means(data: np.ndarray, mask: np.ndarray, pos: np.ndarray, r_in: float, r_out: float,
+                  discs: np.ndarray | None = None, outlier: float | None = None) -> np.ndarray:
     """Mean of the unmasked pixels whose centre lies in r_in <= d < r_out of each position, NaN
-    where there is none. Linear in the data, unlike a median: the neighbours' light it holds
-    dims with the frame, as the star does, so it cancels in a ratio of frames whatever their
-    noise (a median of a crowded annulus moves with the noise: a frame dimmed to half by cloud
-    read 8-16% high on the real bulge field with a median, within 1.4% with the mean)."""
+    where there is none; pixels inside `discs` ((x, y, radius) rows: other stars, the same sky
+    in every frame) and, with `outlier`, pixels more than that above the ring's median (this
+    frame's cosmic rays) left out. Linear in the data where a median is not: the light of the
+    faint stars left in the ring dims with the frame, as the star does, and cancels in a ratio
+    of frames whatever their noise (a frame dimmed to half by cloud read 8-16% high on the real
+    bulge field with the median)."""
     iy, ix, inside = _stamps(data.shape, pos, r_out)
     d2 = (ix - pos[:, 0, None, None]) ** 2 + (iy - pos[:, 1, None, None]) ** 2
     use = inside & ~mask[iy, ix] & (d2 < r_out * r_out) & ~(d2 < r_in * r_in)
+    if discs is not None and len(discs):
+        for k in range(len(pos)):
+            gap = np.hypot(discs[:, 0] - pos[k, 0], discs[:, 1] - pos[k, 1])
+            for x, y, r in discs[(gap < r_out + discs[:, 2]) & (gap > 1.0)]:  # not the star's own
+                use[k] &= (ix[k] - x) ** 2 + (iy[k] - y) ** 2 >= r * r
+    values = data[iy, ix]
+    if outlier is not None:
+        med = np.array([np.median(v[u]) if u.any() else np.nan for v, u in zip(values, use)])
+        use &= ~(values > (med + outlier)[:, None, None])
     n = use.sum(axis=(1, 2))
-    total = np.where(use, data[iy, ix], 0.0).sum(axis=(1, 2), dtype=np.float64)
+    total = np.where(use, values, 0.0).sum(axis=(1, 2), dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(n > 0, total / np.maximum(n, 1), np.nan)
+
+
+def star_discs(x, y, peak, fwhm: float, noise: float) -> np.ndarray:
+    """(x, y, radius) of each star out to where a Moffat of the field's FWHM (beta 2.5, broad
+    wings) falls to the noise, plus a pixel: what an annulus mean leaves out, chosen once (on
+    the reference) so that every frame's ring holds the same pixels."""
+    x, y, peak = (np.asarray(a, float) for a in (x, y, peak))
+    beta = 2.5
+    alpha = fwhm / (2 * np.sqrt(2 ** (1 / beta) - 1))
+    ratio = np.maximum(peak / max(noise, 1e-12), 1.0)
+    return np.c_[x, y, alpha * np.sqrt(np.maximum(ratio ** (1 / beta) - 1, 0)) + 1.0]
+
+
+COSMIC_SIGMA = 8.0  # a ring pixel this many sky sigmas above the ring's median is a cosmic ray
 
 
 def star_flags(
@@ -218,6 +247,7 @@ def measure_frame(
     fwhm_radius: float = 2.0,
     offset: tuple[float, float] = (0.0, 0.0),
     statistic: str = "median",
+    discs: np.ndarray | None = None,
 ) -> StarFluxes:
     """The comparison stars of one sky-subtracted frame, by `method` ("growth" or "fixed").
 
@@ -240,9 +270,11 @@ def measure_frame(
     def ring(r):
         return (r + 5.0, r + 15.0) if annulus == "auto" else annulus
 
+    cosmic = COSMIC_SIGMA * noise if statistic == "mean" and noise > 0 else None
+
     if method == "fixed":
         r = 20.0 if radius is None else float(radius)
-        fl = measure_stars(data, mask, pos, r, sky_level, saturation, ring(r), statistic)
+        fl = measure_stars(data, mask, pos, r, sky_level, saturation, ring(r), statistic, discs, cosmic)
         fl.error, fl.radius = flux_errors(fl.flux, r, sky_level, noise), r
         return fl
     # the PSF is fitted on the unsaturated stars (a neighbour in a stamp is clipped by the fit)
@@ -252,9 +284,7 @@ def measure_frame(
     half = int(np.clip(np.ceil(2.5 * fwhm_guess), 15, 30))
     shape = psf.fit_moffat(data, mask, pos[good], half, noise, sky_level, fwhm_guess) if good.any() else None
     r = float(radius) if radius is not None else max(fwhm_radius * (shape.fwhm if shape else fwhm_guess), 4.0)
-    # growth's correction models the annulus median of a star's own wing (a mean took in the
-    # neighbours' light where the PSF changes: 0.34% RMS on the crowded set against 0.08%)
-    fl = measure_stars(data, mask, pos, r, sky_level, saturation, ring(r))
+    fl = measure_stars(data, mask, pos, r, sky_level, saturation, ring(r), statistic, discs, cosmic)
     fl.error, fl.radius, fl.method = flux_errors(fl.flux, r, sky_level, noise), r, method
     if shape is None:
         fl.flux = np.full(len(pos), np.nan)
@@ -262,15 +292,16 @@ def measure_frame(
         fl.flags = [f + [NO_PSF] for f in fl.flags]
         return fl
     fl.fwhm, fl.beta = shape.fwhm, shape.beta
-    fraction = np.full(len(pos), shape.aperture_fraction(r, ring(r), offset=offset))
-    if ring(r) is not None and noise > 0:
+    mean = statistic == "mean"
+    fraction = np.full(len(pos), shape.aperture_fraction(r, ring(r), offset=offset, mean=mean))
+    if ring(r) is not None and noise > 0 and not mean:
         # each star's own wing under the sky noise in its annulus median, from a first total flux
         first = fl.flux / fraction
         ok = np.isfinite(first) & (first > 0)
         if ok.any():
             fraction[ok] = shape.aperture_fraction(r, ring(r), first[ok], noise, offset)
     fl.fraction = float(np.median(fraction))
-    fl.fraction_error = shape.fraction_error(r, ring(r), offset)
+    fl.fraction_error = shape.fraction_error(r, ring(r), offset, mean)
     fl.flux = fl.flux / fraction
     fl.error = fl.error / fraction
     return fl

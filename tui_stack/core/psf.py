@@ -31,8 +31,24 @@ class MoffatPSF:
         """Surface brightness at radius r of a star of flux 1."""
         return (self.beta - 1) / (np.pi * self.alpha**2) * (1 + np.asarray(r, float) ** 2 / self.alpha**2) ** -self.beta
 
+    def annulus_mean(self, annulus: tuple[float, float]) -> float:
+        """The mean over the pixels whose centres lie in the annulus (r_in, r_out) of this
+        profile of flux 1 integrated over pixels (what `photometry.annulus_means` reads of a
+        star's own wing), averaged over where in its pixel the star falls."""
+        r_in, r_out = annulus
+        size = 2 * int(np.ceil(r_out)) + 3
+        gy, gx = np.mgrid[0:size, 0:size].astype(float) - size // 2
+        means = []
+        for fx, fy in ((0.0, 0.0), (0.25, 0.1), (-0.3, 0.35), (0.45, -0.2)):
+            dx, dy = gx - fx, gy - fy
+            d2 = dx * dx + dy * dy
+            ring = (d2 >= r_in * r_in) & (d2 < r_out * r_out)
+            core = d2[ring] < (2 * self.fwhm) ** 2
+            means.append(float(pixel_moffat(dx[ring], dy[ring], self.alpha, self.beta, core).mean()))
+        return float(np.mean(means))
+
     def aperture_fraction(self, radius: float, annulus: tuple[float, float] | None, flux=None, noise: float = 0.0,
-                          offset: tuple[float, float] = (0.0, 0.0)):
+                          offset: tuple[float, float] = (0.0, 0.0), mean: bool = False):
         """Fraction of a star's total light an aperture sum of `radius` gives, less the star's
         own wing light that an annulus median (r_in, r_out) takes as sky: the aperture
         correction is its inverse. The aperture's share is measured on the profile in pixels
@@ -43,6 +59,8 @@ class MoffatPSF:
         kept = self.in_pixels(radius, offset)
         if annulus is None:
             return kept
+        if mean:  # an annulus mean (linear) reads the wing's mean, whatever the noise
+            return kept - float(np.pi * radius**2 * self.annulus_mean(annulus))
         if flux is None or not noise > 0:
             r_mid = np.sqrt((annulus[0] ** 2 + annulus[1] ** 2) / 2)
             return kept - float(np.pi * radius**2 * self.level(r_mid))
@@ -69,19 +87,20 @@ class MoffatPSF:
             sums.append(aperture_sums(img, np.zeros(img.shape, bool), at, float(radius))[0])
         return float(np.mean(sums))
 
-    def fraction_error(self, radius: float, annulus: tuple[float, float] | None, offset=(0.0, 0.0)) -> float:
+    def fraction_error(self, radius: float, annulus: tuple[float, float] | None, offset=(0.0, 0.0),
+                       mean: bool = False) -> float:
         """Relative 1-sigma uncertainty of `aperture_fraction` from the fitted shape's own (its
         covariance, through the fraction's derivatives); 0 without a covariance."""
         if self.cov is None or not np.all(np.isfinite(self.cov)):
             return 0.0
         t = np.array([np.log(self.alpha), np.log(self.beta - 1)])
-        base = self.aperture_fraction(radius, annulus, offset=offset)
+        base = self.aperture_fraction(radius, annulus, offset=offset, mean=mean)
         grad = []
         for i in range(2):
             dt = t.copy()
             dt[i] += 1e-3
             other = MoffatPSF(float(np.exp(dt[0])), float(1 + np.exp(dt[1])))
-            grad.append((other.aperture_fraction(radius, annulus, offset=offset) - base) / 1e-3)
+            grad.append((other.aperture_fraction(radius, annulus, offset=offset, mean=mean) - base) / 1e-3)
         grad = np.array(grad)
         return float(np.sqrt(max(grad @ self.cov @ grad, 0.0)) / base)
 

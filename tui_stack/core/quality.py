@@ -100,7 +100,11 @@ def local_peaks(data: np.ndarray, mask: np.ndarray | None, threshold: float, box
     return xs[order], ys[order], vals[order]
 
 
-def find_stars(data: np.ndarray, mask: np.ndarray | None, noise: float, nsigma: float = 10.0, max_stars: int = 2000) -> Stars:
+FIND_SIGMA = 10.0  # find_stars' threshold, in sky sigmas
+
+
+def find_stars(data: np.ndarray, mask: np.ndarray | None, noise: float, nsigma: float = FIND_SIGMA,
+               max_stars: int = 2000) -> Stars:
     """Local maxima above nsigma * noise (data sky-subtracted), with stamp moments."""
     half = STAMP // 2
     xp, yp, peak = local_peaks(data, mask, nsigma * noise, box=7, border=half + 1)

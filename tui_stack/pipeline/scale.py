@@ -75,14 +75,32 @@ def _measure(state: RunState, fr: FrameResult, data: np.ndarray, mask: np.ndarra
     if fr.transform is None and not fr.flipped:
         off = (fr.applied_shift_x - fr.shift_x, fr.applied_shift_y - fr.shift_y)
         offset = off if all(np.isfinite(off)) and max(map(abs, off)) <= 1 else offset
+    statistic = cfg.scale.sky_statistic()
     fluxes = photometry.measure_frame(data, mask, at, cfg.scale.method, radius, fr.sky, fr.noise,
                                       cfg.scale.saturation, annulus, fwhm_guess=guess, offset=offset,
-                                      statistic=cfg.scale.sky_statistic())
+                                      statistic=statistic, discs=other_stars(state, fr) if statistic == "mean" else None)
     if area != 1.0:
         fluxes.flux = fluxes.flux / area
         fluxes.error = None if fluxes.error is None else fluxes.error / area
         fluxes.radius = fluxes.radius / np.sqrt(area)  # in reference pixels, as every frame's
     return fluxes
+
+def other_stars(state: RunState, fr: FrameResult | None) -> np.ndarray | None:
+    """The reference's stars as discs an annulus mean leaves out, where `fr` has them on its
+    own pixels (None: on the reference grid, as the stack): chosen once, the same in every
+    frame, so the sky stays linear in each frame's data."""
+    stars = state.ref_stars
+    if stars is None or not len(stars):
+        return None
+    noise = float(np.min(stars.peak)) / quality.FIND_SIGMA  # the faintest found is at the threshold
+    discs = photometry.star_discs(stars.x, stars.y, stars.peak, float(np.nanmedian(stars.fwhm)), noise)
+    if fr is None:
+        return discs
+    if fr.transform is not None:
+        tr = registration.Affine.from_list(fr.transform)
+        return np.c_[tr.apply(discs[:, :2]), discs[:, 2] * np.sqrt(tr.area)]
+    return np.c_[discs[:, :2] - [fr.applied_shift_x, fr.applied_shift_y], discs[:, 2]]
+
 
 def own_photometry(state: RunState, fr: FrameResult, sub: np.ndarray, mask: np.ndarray) -> photometry.StarFluxes:
     """The comparison stars measured on the frame's own pixels (sky-subtracted, as read) at

@@ -13,6 +13,7 @@ from tui_stack.core import combine, io, photometry, stats
 from tui_stack.core.combine_params import PARAMS
 from tui_stack.errors import InputError
 from tui_stack.pipeline import calibration
+from tui_stack.pipeline.scale import other_stars
 from tui_stack.pipeline.state import CombinedResult, Progress, RunState, noop
 
 
@@ -130,7 +131,8 @@ def combine_frames(
     guess = ref_fr.psf_fwhm if np.isfinite(ref_fr.psf_fwhm) else 4.0
     comb_flux = photometry.measure_frame(comb_data, comb_mask, state.comparison_stars, cfg.scale.method,
                                          cfg.scale.aperture(), 0.0, noise, None, cfg.scale.annulus_radii(),
-                                         fwhm_guess=guess, statistic=cfg.scale.sky_statistic())
+                                         fwhm_guess=guess, statistic=cfg.scale.sky_statistic(),
+                                         discs=other_stars(state, None) if cfg.scale.sky_statistic() == "mean" else None)
     ref_flux = state.frames[state.ref_index].star_flux
     phot = stats.compare_photometry(ref_flux, comb_flux.flux, state.comparison_stars)
     combined = CombinedResult(method, None, result.data, len(used), st, phot, result, params,
