@@ -201,3 +201,15 @@ def test_outputs_that_the_next_run_would_read_as_frames_are_refused(field_intege
     assert sorted(p.name for p in frames.iterdir()) == sorted(p.name for p in field_integer.files)
     state = pipeline.run(make_config(truth, frames, input__pattern="demo_*.fits"))
     assert (frames / "combined_median.fits").exists() and len(state.files) == len(field_integer.files)
+
+
+def test_a_scale_from_one_or_two_of_the_stars_is_flagged(field_integer, tmp_path):
+    """Trial 8: frames of 256^2 with auto stars had scales from 4, 1, 2 stars and no word of it."""
+    state = pipeline.run(make_config(field_integer, tmp_path / "a", output__write_shifted=False))
+    assert len(state.comparison_stars) >= 3
+    assert not any("few_scale_stars" in fr.flags for fr in state.frames)
+    keep = state.comparison_stars[:2]  # the others off the frames: as saturated or crowded ones go
+    moved = [(x, y) if (x, y) in keep else (-500.0 - 50 * k, -500.0) for k, (x, y) in enumerate(state.comparison_stars)]
+    cfg = make_config(field_integer, tmp_path / "b", output__write_shifted=False, scale__stars=[list(p) for p in moved])
+    state = pipeline.run(cfg)
+    assert all(f.n_scale_stars == 2 and "few_scale_stars" in f.flags for f in state.frames if f is not state.frames[0])

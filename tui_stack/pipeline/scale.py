@@ -20,6 +20,9 @@ from tui_stack.pipeline.shift import own_pixels, prepared_frame, write_shifted
 from tui_stack.pipeline.state import FrameResult, Progress, RunState, measurable, noop
 
 
+FEW_SCALE_STARS = "few_scale_stars"  # a scale from 1 or 2 of 3 or more comparison stars: no check on either
+
+
 def comparison_stars(state: RunState, ref_sky: float) -> list:
     """The config's comparison stars, or (stars = "auto") those picked on the reference frame.
     No margin for the shifts: a star off one frame is flagged there and left out of that
@@ -176,7 +179,9 @@ def measure_scales(state: RunState, progress: Progress = noop, shifted_dir: Path
         fr.scale_error, fr.scale_spread = sc.error, sc.spread
         fr.psf_fwhm, fr.psf_beta, fr.aperture_radius = fluxes.fwhm, fluxes.beta, fluxes.radius
         fr.aperture_correction = 1 / fluxes.fraction if fluxes.method == "growth" else float("nan")
-        fr.flags = [f for f in fr.flags if f != photometry.STARS_DISAGREE] + sc.flags
+        fr.flags = [f for f in fr.flags if f not in (photometry.STARS_DISAGREE, FEW_SCALE_STARS)] + sc.flags
+        if 0 < sc.n_used < 3 <= len(state.comparison_stars):  # the others saturated, off the frame, crowded
+            fr.flags.append(FEW_SCALE_STARS)
         if sc.n_used == 0:
             fr.used = False
             fr.flags.append("no_comparison_star")

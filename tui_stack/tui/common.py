@@ -36,7 +36,7 @@ FLAG_CODES = {
     "poor_fit": "P", "few_matches": "w", "shift_exceeds_frame": "B", "no_data": "0", "no_stars": "N",
     "no_match": "X", "duplicate": "2", "excluded": "x", "unreadable": "U",
     # scale (pipeline/scale.py, core/photometry.py)
-    "no_comparison_star": "C", "stars_disagree": "d", "no_psf": "p",
+    "no_comparison_star": "C", "stars_disagree": "d", "no_psf": "p", "few_scale_stars": "n",
     "saturated": "s", "crowded": "c", "off_frame": "o", "no_flux": "z",
 }
 
