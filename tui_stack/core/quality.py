@@ -31,6 +31,7 @@ class Stars:
     fwhm: np.ndarray
     elongation: np.ndarray  # major / minor axis
     n_found: int = 0  # all peaks above the threshold (x, y, ... hold the brightest max_stars)
+    noise: float = float("nan")  # the sky noise they were found against
     # (x, y, peak) of the peaks too sharp or too narrow to be stars (cosmic rays, hot pixels):
     # not stars, but a star with one in its aperture is not a clean comparison star
     blemishes: np.ndarray = field(default_factory=lambda: np.zeros((3, 0)))
@@ -100,11 +101,7 @@ def local_peaks(data: np.ndarray, mask: np.ndarray | None, threshold: float, box
     return xs[order], ys[order], vals[order]
 
 
-FIND_SIGMA = 10.0  # find_stars' threshold, in sky sigmas
-
-
-def find_stars(data: np.ndarray, mask: np.ndarray | None, noise: float, nsigma: float = FIND_SIGMA,
-               max_stars: int = 2000) -> Stars:
+def find_stars(data: np.ndarray, mask: np.ndarray | None, noise: float, nsigma: float = 10.0, max_stars: int = 2000) -> Stars:
     """Local maxima above nsigma * noise (data sky-subtracted), with stamp moments."""
     half = STAMP // 2
     xp, yp, peak = local_peaks(data, mask, nsigma * noise, box=7, border=half + 1)
@@ -138,6 +135,7 @@ def find_stars(data: np.ndarray, mask: np.ndarray | None, noise: float, nsigma: 
     stars = Stars(xp[real] + cx[real], yp[real] + cy[real], peak[real].astype(float), tot[real], fwhm[real],
                   np.sqrt(l1 / l2)[real])
     stars.n_found = n_found - int((~real).sum())
+    stars.noise = float(noise)
     stars.blemishes = np.array([xp[~real], yp[~real], peak[~real]], float)
     return stars
 

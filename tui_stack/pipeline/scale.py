@@ -93,10 +93,9 @@ def other_stars(state: RunState, fr: FrameResult | None) -> np.ndarray | None:
     own pixels (None: on the reference grid, as the stack): chosen once, the same in every
     frame, so the sky stays linear in each frame's data."""
     stars = state.ref_stars
-    if stars is None or not len(stars):
+    if stars is None or not len(stars) or not np.isfinite(stars.noise):
         return None
-    noise = float(np.min(stars.peak)) / quality.FIND_SIGMA  # the faintest found is at the threshold
-    discs = photometry.star_discs(stars.x, stars.y, stars.peak, float(np.nanmedian(stars.fwhm)), noise)
+    discs = photometry.star_discs(stars.x, stars.y, stars.peak, float(np.nanmedian(stars.fwhm)), stars.noise)
     if fr is None:
         return discs
     if fr.transform is not None:
