@@ -9,6 +9,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Static
 
 from tui_stack import safetext
+from tui_stack.core.photometry import STARS_DISAGREE
 from tui_stack.fmt import fmt
 from tui_stack.tui import plot
 from tui_stack.tui.common import PreviewScreen, fixed_table, flag_codes, flag_legend, row_index, widen_names
@@ -18,6 +19,7 @@ from tui_stack.tui.preview import ImageView
 NAME_WIDTH = 14  # the frames table's file column (80 columns)
 FRAME_COLUMNS = (("file", NAME_WIDTH), ("scale", 6), ("MAD", 6), ("n", 2), ("fl", 4))
 SIDE_WIDTH = 46  # the tables' panel at 80 columns (.side-wide)
+SCALE_FLAGS = (STARS_DISAGREE, "no_comparison_star")  # this step's own: first in the detail line
 
 
 class ScalesScreen(PreviewScreen):
@@ -195,13 +197,17 @@ class ScalesScreen(PreviewScreen):
             if self._frame != k:
                 self._frame = k
                 self._fill_stars()
-            # [scale] method "growth": the frame's PSF and the aperture correction it took (issue 22)
-            # two lines of the panel at 80 columns hold it all with a name of the usual length
-            psf = (f"; FWHM {fr.psf_fwhm:.2f} px β {fr.psf_beta:.2f}, r {fr.aperture_radius:.1f} px "
-                   f"×{fr.aperture_correction:.4f}, spread {fmt(fr.scale_spread, '.1f')}"
-                   if np.isfinite(fr.psf_fwhm) else "")
-            self._detail(f"{fr.name}: scale {fmt(fr.scale, '.4f')} ({fr.n_scale_stars} stars)" + psf
-                         + (f"; flags: {', '.join(fr.flags)}" if fr.flags else ""))
+            # [scale] method "growth": the spread of the star ratios, the frame's PSF and the
+            # aperture correction it took (issue 22). The spread and the flags come before the PSF:
+            # with a real frame's 18-character name the panel's two lines at 80 columns end within
+            # the PSF numbers, and `stars_disagree` is the reason to distrust the scale (trial 8 #13)
+            growth = np.isfinite(fr.psf_fwhm)
+            self._detail(f"{fr.name}: scale {fmt(fr.scale, '.4f')} ({fr.n_scale_stars} stars"
+                         + (f", spread {fmt(fr.scale_spread, '.1f')})" if growth else ")")
+                         + (f"; flags: {', '.join(sorted(fr.flags, key=lambda f: f not in SCALE_FLAGS))}"
+                            if fr.flags else "")
+                         + (f"; FWHM {fr.psf_fwhm:.2f} px β {fr.psf_beta:.2f}, r {fr.aperture_radius:.1f} px "
+                            f"×{fr.aperture_correction:.4f}" if growth else ""))
         elif k < len(run.comparison_stars):
             fr = run.frames[min(self._frame, len(run.frames) - 1)]
             ref = run.frames[run.ref_index]
