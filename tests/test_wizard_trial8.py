@@ -56,3 +56,46 @@ def test_scales_detail_line_shows_spread_and_flags_with_real_frame_names(long_na
             assert "flags: stars_disagree" in text, text  # this step's flag first, whole
 
     asyncio.run(go())
+
+
+def test_a_method_chosen_just_before_combine_is_saved_before_it_runs(demo_dir, tmp_path, monkeypatch):
+    """Trial 8 #15: `m` then `c` within a second, the link dropped during the combine: the
+    session came back with the previous method (save_soon's timer was dropped while the task
+    ran). The pending save now runs as the task starts."""
+    import tomllib
+
+    from tui_stack import pipeline
+    from tui_stack.config import config_from_dict
+    from tui_stack.tui import session
+
+    def stalled(run, method, params, progress):  # pipeline.combine_frames, cut in the middle
+        import time
+
+        while True:
+            progress("stalled", 0, 1)
+            time.sleep(0.01)
+
+    app = app_for(demo_dir, tmp_path / "o", combine__method="median")
+    seen = {}
+
+    async def go():
+        async with app.run_test(size=SIZE) as pilot:
+            await to_step(pilot, 4)
+            await settle(pilot)
+            await pilot.press("m")  # not press(): its wait for the workers may outlast the save timer
+            chosen = app.ws.config.combine.method
+            assert chosen != "median"
+            with monkeypatch.context() as m:
+                m.setattr(pipeline, "combine_frames", stalled)
+                await pilot.press("c")  # at once: the save timer (1 s) has not fired
+                await pilot.pause(0.1)
+                assert app.screen.busy
+                seen["cut"] = session.load(demo_dir / "frames")  # what a dropped link leaves
+                await pilot.press("escape")
+                await settle(pilot)
+            seen["chosen"] = chosen
+
+    asyncio.run(go())
+    cfg = config_from_dict(tomllib.loads(seen["cut"]["config"]))
+    assert cfg.combine.method == seen["chosen"]
+

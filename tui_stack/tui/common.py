@@ -360,9 +360,21 @@ class WizardScreen(Screen):
 
     def save_soon(self) -> None:
         """Save the session a moment after the last change (a row, a field), not per key."""
-        if getattr(self, "_save_timer", None) is not None:
+        if self._save_timer is not None:
             self._save_timer.stop()
-        self._save_timer = self.set_timer(1.0, lambda: self.app.save_session())
+        self._save_timer = self.set_timer(1.0, self.save_pending)
+
+    _save_timer = None
+
+    def save_pending(self) -> None:
+        """The save `save_soon` has pending, now: before a key changes what a task will measure
+        and before a task starts (no save runs while it does: a choice made just before, such
+        as Combine's `m` before `c`, was lost with a link dropped during the task)."""
+        if self._save_timer is None:
+            return
+        self._save_timer.stop()
+        self._save_timer = None
+        self.app.save_session()
 
     def on_input_changed(self, event) -> None:
         self.save_soon()
@@ -461,6 +473,7 @@ class WizardScreen(Screen):
         While a task that is not quiet runs, the session is not saved (App.save_session): the
         tables are half measured, or measured under another setting than the config's."""
         if not quiet:
+            self.save_pending()
             self.measuring += 1
             bar = self.query_one("#progress", ProgressBar)
             bar.remove_class("idle")
@@ -518,6 +531,7 @@ class WizardScreen(Screen):
         fails, the old setting is put back."""
         from tui_stack.errors import ConfigError
 
+        self.save_pending()  # with the setting the tables were measured in
         part = getattr(self.ws.config, section)
         old = getattr(part, key)
         try:

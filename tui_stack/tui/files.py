@@ -89,6 +89,7 @@ class FilesScreen(WizardScreen):
         except InputError as exc:
             self.status(str(exc), error=True)
             return
+        self.save_pending()  # before the selection changes under the measured tables
         cfg.input.directory, cfg.input.pattern, cfg.input.select = where, pattern, select
         if not directory.is_dir():
             self.status(f"{directory}: no such directory; type another and press enter", error=True)

@@ -72,6 +72,7 @@ class ReferenceScreen(PreviewScreen):
 
     def load_reference(self, index: int) -> None:
         ws = self.ws
+        self.save_pending()  # before another frame clears the tables
         if index != ws.run.ref_index:
             ws.star_xy = None
         ws.run.set_reference_frame(index)  # another frame clears the shifts and scales

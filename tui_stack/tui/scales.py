@@ -78,6 +78,7 @@ class ScalesScreen(PreviewScreen):
     def action_auto(self) -> None:
         if self.still_busy():
             return
+        self.save_pending()  # before the stars change: the session keeps those its tables measured
         self.ws.config.scale.stars = "auto"
         self.action_measure()
 
@@ -231,6 +232,7 @@ class ScalesScreen(PreviewScreen):
         if star is None:
             self.status(f"no star near ({x}, {y}); move the cursor onto one", error=True)
             return
+        self.save_pending()
         stars = [list(s) for s in ws.run.comparison_stars] + [list(star)]
         ws.config.scale.stars = stars
         self.action_measure()
@@ -240,6 +242,7 @@ class ScalesScreen(PreviewScreen):
         gone = row_index(self.query_one("#stars", DataTable))
         if not ws.run.comparison_stars or gone is None or self.still_busy():
             return
+        self.save_pending()
         stars = [list(s) for k, s in enumerate(ws.run.comparison_stars) if k != gone]
         ws.config.scale.stars = stars
         if stars:
