@@ -99,3 +99,47 @@ def test_a_method_chosen_just_before_combine_is_saved_before_it_runs(demo_dir, t
     cfg = config_from_dict(tomllib.loads(seen["cut"]["config"]))
     assert cfg.combine.method == seen["chosen"]
 
+
+@pytest.fixture(scope="module")
+def small_frames(tmp_path_factory):
+    """Cut-out sized frames (96x96): smaller than SPEC's 100 px reference box."""
+    from tui_stack.core import synthetic
+
+    d = tmp_path_factory.mktemp("small")
+    spec = synthetic.FieldSpec(n_frames=4, shape=(96, 96), n_stars=25, max_shift=3.0, cosmic_rays=0, seed=5)
+    return synthetic.write_field(d, spec, prefix="m_")
+
+
+def test_the_wizard_passes_reference_on_frames_smaller_than_the_box(small_frames, tmp_path, monkeypatch, capsys):
+    """Trial 8 #11: `a` on 96x96 frames said "[reference].box = 100 px is larger than the 96x96
+    reference frame" and no key changed it. A box the config does not give is half the frame's
+    smaller side there; a box it gives that is larger than the frame is still exit 2, saying how."""
+    import numpy as np
+
+    from conftest import make_config
+    from test_cli import assert_one_line_error, run_cli, write_config
+
+    monkeypatch.chdir(tmp_path)
+    app = StackApp(small_frames.files[0].parent)  # `tui-stack DIR`: no config
+    assert app.ws.config.reference.box is None
+
+    async def go():
+        async with app.run_test(size=SIZE) as pilot:
+            await to_step(pilot, 1)
+            await press(pilot, "a")
+            assert app.ws.star_xy is not None, status(app)
+            await press(pilot, "n")
+            assert app.screen.STEP == 2, status(app)
+            return [(f.shift_x, f.shift_y) for f in app.ws.run.frames], app.ws.run.ref_index
+
+    shifts, ref = asyncio.run(go())
+    truth = np.asarray(small_frames.shifts) - np.asarray(small_frames.shifts)[ref]
+    assert np.allclose(shifts, truth, atol=0.05), (shifts, truth)
+
+    cfg = make_config(small_frames, tmp_path / "out", input__pattern="m_*.fits", scale__radius=5.0)
+    assert cfg.reference.box is None
+    code, _, err = run_cli(["run", write_config(cfg, tmp_path / "c.toml"), "--quiet"], capsys)
+    assert code == 0, err
+    cfg.set("reference", "box", 100)  # asked for explicitly: refused, as before, and the line says how
+    code, _, err = run_cli(["run", write_config(cfg, tmp_path / "b.toml"), "--quiet"], capsys)
+    assert_one_line_error(code, err, "[reference].box = 100 px is larger than the 96x96", "leave the key out")

@@ -42,7 +42,7 @@ class InputConfig:
 class ReferenceConfig:
     frame: int | str = 0
     star: tuple[float, float] | str = "auto"
-    box: int = 100
+    box: int | None = None  # not given: pipeline.reference.reference_box (100 px, less on small frames)
     centroid: str = "2dg"
     sky: str = "median"
 

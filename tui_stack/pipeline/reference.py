@@ -75,15 +75,29 @@ def choose_reference(state: RunState, progress: Progress = noop) -> int:
     return state.ref_index
 
 
+BOX = 100  # px: SPEC's reference box, where the frame holds it
+
+
+def reference_box(cfg: Config, shape) -> int:
+    """The box the reference star is searched (and judged isolated) in: [reference].box as
+    given; else 100 px, or half the frame's smaller side if less (a cut-out, a guide camera:
+    a 100 px box on a 96 px frame left no room for a star; trial 8 #11)."""
+    if cfg.reference.box is not None:
+        return cfg.reference.box
+    return max(5, min(BOX, min(shape) // 2))
+
+
 def reference_star(sub: np.ndarray, mask: np.ndarray, noise: float, sky: float, cfg: Config, name: str,
                    stars=None, at: tuple[float, float] | None = None) -> registration.StarPosition:
     """The reference star on the sky-subtracted reference frame `sub`: near `at`, else near the
     config's [reference].star, else ("auto") the nearest-the-centre bright isolated unsaturated
     star of `stars` (found here if not given). Raises InputError saying what to change."""
     h, w = sub.shape
-    box = cfg.reference.box
+    box = reference_box(cfg, sub.shape)
     if box > max(h, w):  # the box is to find one star: as big as the frame it finds the brightest anywhere
-        raise InputError(f"config: [reference].box = {box} px is larger than the {w}x{h} reference frame {name}")
+        raise InputError(f"config: [reference].box = {box} px is larger than the {w}x{h} reference frame {name}; "
+                         f"give a smaller box, or leave the key out (then {BOX} px, or half the frame's smaller "
+                         "side if less)")
     want = at if at is not None else cfg.reference.star
     if want == "auto":
         if stars is None:

@@ -79,13 +79,15 @@ class ReferenceScreen(PreviewScreen):
         ws.config.reference.frame = ws.run.files[index].name
 
         from tui_stack.pipeline import sky_subtracted
+        from tui_stack.pipeline.reference import reference_box
 
         cfg, run = ws.config, ws.run
 
         def load(progress):
             img, noise = sky_subtracted(run.files[index], cfg)
             sky = run.qualities[index].sky if run.qualities else 0.0
-            return img, noise, star_list.candidates(img, noise, sky, cfg.scale.saturation, cfg.reference.box)
+            box = reference_box(cfg, img.shape)
+            return img, noise, star_list.candidates(img, noise, sky, cfg.scale.saturation, box)
 
         self.run_task(f"loading {ws.run.files[index].name}", load, self._loaded)
 
@@ -94,8 +96,11 @@ class ReferenceScreen(PreviewScreen):
         ws = self.ws
         ws.ref_image, ws.ref_noise = img, noise
         if cands is None:
+            from tui_stack.pipeline.reference import reference_box
+
             sky = ws.run.qualities[ws.run.ref_index].sky if ws.run.qualities else 0.0
-            cands = star_list.candidates(img, noise, sky, ws.config.scale.saturation, ws.config.reference.box)
+            box = reference_box(ws.config, img.shape)
+            cands = star_list.candidates(img, noise, sky, ws.config.scale.saturation, box)
         self._stars, self._star_k = cands, None
         with self.app.batch_update():
             self.preview().set_markers({})
