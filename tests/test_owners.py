@@ -193,6 +193,7 @@ def _fingerprint(out: Path) -> dict:
         fp[f.name] = hashlib.sha256(np.ascontiguousarray(fits.getdata(f)).tobytes()).hexdigest()
     report = json.loads((out / "report.json").read_text())
     report.pop("version")
+    report.pop("input", None)  # the input directory: where the set was made, not what
     fp["report.json"] = hashlib.sha256(json.dumps(report, sort_keys=True).encode()).hexdigest()
     return fp
 

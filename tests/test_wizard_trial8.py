@@ -143,3 +143,51 @@ def test_the_wizard_passes_reference_on_frames_smaller_than_the_box(small_frames
     cfg.set("reference", "box", 100)  # asked for explicitly: refused, as before, and the line says how
     code, _, err = run_cli(["run", write_config(cfg, tmp_path / "b.toml"), "--quiet"], capsys)
     assert_one_line_error(code, err, "[reference].box = 100 px is larger than the 96x96", "leave the key out")
+
+
+def test_w_asks_before_replacing_another_data_sets_results(demo_dir, long_names, tmp_path):
+    """Trial 8 #10: the default output folder ./tui-stack-out is every data set's; `w` on a
+    second one silently replaced the first one's stack and report. It asks now; a rerun of the
+    same data set replaces its own set without asking, as rundir's rules say."""
+    import json
+
+    from textual.widgets import Input
+
+    out = tmp_path / "tui-stack-out"
+
+    def report():
+        return json.loads((out / "report.json").read_text())
+
+    def wizard(app, answers):
+        async def go():
+            async with app.run_test(size=SIZE) as pilot:
+                await to_step(pilot, 4)
+                await press(pilot, "c")
+                for key in answers:
+                    await press(pilot, "w")
+                    if key is None:  # no question
+                        assert type(app.screen).__name__ == "CombineScreen"
+                        continue
+                    assert type(app.screen).__name__ == "ConfirmScreen"
+                    question = str(app.screen.query_one("Static").render())
+                    assert str(demo_dir / "frames") in question and "Replace" in question, question
+                    await press(pilot, key)
+                    assert type(app.screen).__name__ == "CombineScreen"
+                    if key == "n":
+                        assert "not written" in status(app) and "output directory" in status(app)
+                        assert app.screen.query_one("#outdir", Input).value == str(out)
+        asyncio.run(go())
+
+    wizard(app_for(demo_dir, out), [None])
+    first = report()
+    assert first["input"]["directory"] == str(demo_dir / "frames")
+    wizard(app_for(demo_dir, out), [None])  # the same data set again: its own set, replaced
+    assert report()["input"] == first["input"]
+    cfg = load_config(long_names / "demo.toml")
+    cfg.set("input", "pattern", "AKB*.fits")
+    cfg.output.directory = out
+    wizard(StackApp(cfg.input.directory, cfg), ["n"])
+    assert report() == first  # not replaced
+    wizard(StackApp(cfg.input.directory, cfg), ["y"])
+    assert report()["input"]["directory"] == str(long_names / "frames")
+    assert report()["frames"][0]["file"].startswith("AKB13475I")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from tui_stack import compute
 from tui_stack.config import Config
 from tui_stack.pipeline import calibration
-from tui_stack.pipeline.outputs import planned_outputs, write_combined, write_outputs
+from tui_stack.pipeline.outputs import other_input, planned_outputs, write_combined, write_outputs
 from tui_stack.pipeline.reference import assess, choose_reference, measure_frame, reference_star, sky_subtracted, \
     suggested_reference
 from tui_stack.pipeline.register import register
@@ -27,7 +27,7 @@ from tui_stack.pipeline.state import UNMEASURABLE, CombinedResult, FrameResult, 
 __all__ = [
     "CombinedResult", "FrameResult", "Progress", "RunState", "UNMEASURABLE", "assess", "choose_reference",
     "combine_frames", "combine_params", "comparison_star_at", "comparison_stars", "excluded_indices", "exposure_times", "frame_weights",
-    "header_number", "measurable", "measure_frame", "measure_scales", "noop", "planned_outputs", "prepared_frame",
+    "header_number", "measurable", "measure_frame", "measure_scales", "noop", "other_input", "planned_outputs", "prepared_frame",
     "reference_star", "register", "report_dict", "resolve_reference", "run", "scan", "select", "sky_subtracted",
     "suggested_reference", "write_combined", "write_outputs", "write_shifted", "write_shifted_frames",
 ]

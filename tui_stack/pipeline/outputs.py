@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,26 @@ def planned_outputs(state: RunState, methods=None) -> list[str]:
                              f"{cfg.input.pattern!r}: the next run would take it for a frame; choose another output "
                              "directory (or a narrower pattern)")
     return names
+
+
+def other_input(state: RunState) -> str | None:
+    """What the set in the output directory was made from, when that is another input
+    directory than this run's (its report.json says which; one written before it said so:
+    frames none of which is this run's); None when it is this run's or there is none. A rerun
+    of the same job replaces its own set (rundir); another data set's is asked about first."""
+    cfg = state.config
+    try:
+        rep = json.loads((Path(cfg.output.directory) / "report.json").read_text(encoding="utf-8"))
+        given = rep.get("input", {}).get("directory")
+        names = {str(f["file"]) for f in rep.get("frames") or []}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return None  # none, or not ours: rundir refuses to overwrite a file it did not write
+    if isinstance(given, str):
+        same = os.path.realpath(given) == os.path.realpath(cfg.input.directory)
+        return None if same else given
+    if names and not names & {p.name for p in state.files}:
+        return f"other frames ({sorted(names)[0]}, ...)"
+    return None
 
 
 def write_outputs(state: RunState, out: Path, progress: Progress = noop, shifted_written: bool = False) -> None:

@@ -58,6 +58,9 @@ def report_dict(state: RunState) -> dict:
         )
     out = {
         "version": __version__,
+        # which data set these are: a later `w` into this folder asks before replacing them
+        # with another's (pipeline.outputs.other_input)
+        "input": {"directory": str(state.config.input.directory)},
         "reference": {
             "index": state.ref_index,
             "file": state.files[state.ref_index].name,

@@ -9,6 +9,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Input, Label, Static
 
+from tui_stack import safetext
 from tui_stack.core.combine import METHODS
 from tui_stack.core.io import resolved
 from tui_stack.errors import InputError
@@ -55,7 +56,7 @@ class CombineScreen(PreviewScreen):
                 yield Field(str(cfg.output.directory), id="outdir", placeholder="output directory")
 
     def on_screen_resume(self) -> None:
-        if self.back_from_help():
+        if self.back_from_dialog():
             return
         self._method_label()
         self.query_one("#results", DataTable).focus()
@@ -168,7 +169,8 @@ class CombineScreen(PreviewScreen):
                 view = self.preview()
                 view.set_image(c.data, keep_view=view.image is not None and view.image.shape == c.data.shape)
 
-    def action_write(self) -> None:
+    def action_write(self, replace: bool = False) -> None:
+        """w: write the outputs; replace: the user said yes to replacing another data set's."""
         from tui_stack import pipeline
         from tui_stack.core.io import write_text_atomic
 
@@ -184,6 +186,15 @@ class CombineScreen(PreviewScreen):
         if changed:
             method, key = changed[0]
             self.status(f"{key} is not what the {method} stack was made with: c combines again", error=True)
+            return
+        other = None if replace else pipeline.other_input(run)
+        if other is not None:  # another night's results: rundir would replace them as this job's own
+            self.ask(f"{safetext.markup(run.config.output.directory)} holds the results of {safetext.markup(other)}."
+                     "\nReplace them with this set? (n: type another output directory in the field under the "
+                     "tables; tab reaches it)",
+                     lambda yes: self.action_write(replace=True) if yes else self.status(
+                         "not written: type another output directory (tab to the field under the tables), then w",
+                         error=True))
             return
         if ws.config.combine.method not in [c.method for c in run.combined]:
             ws.config.combine.method = run.combined[-1].method

@@ -451,15 +451,20 @@ class WizardScreen(Screen):
         return ""
 
     def action_help(self) -> None:
-        self._in_help = True
+        self._in_dialog = True
         self.app.push_screen(HelpScreen(f"{self.STEP + 1} {STEPS[self.STEP]}: keys", self.help_lines()))
 
-    _in_help = False
+    def ask(self, question: str, answer: Callable[[bool], None]) -> None:
+        """A yes/no question over the screen; answer(yes) then says what happened (the status)."""
+        self._in_dialog = True
+        self.app.push_screen(ConfirmScreen(question), lambda yes: answer(bool(yes)))
 
-    def back_from_help(self) -> bool:
-        """On a screen resume: it was help that closed, so focus (a field being typed in) and
-        the status stay as they were."""
-        was, self._in_help = self._in_help, False
+    _in_dialog = False
+
+    def back_from_dialog(self) -> bool:
+        """On a screen resume: it was help or a question that closed, so focus (a field being
+        typed in) and the status stay as they were."""
+        was, self._in_dialog = self._in_dialog, False
         return was
 
     # ------------------------------------------------------------ long work in a thread
