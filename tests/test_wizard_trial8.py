@@ -191,3 +191,42 @@ def test_w_asks_before_replacing_another_data_sets_results(demo_dir, long_names,
     wizard(StackApp(cfg.input.directory, cfg), ["y"])
     assert report()["input"]["directory"] == str(long_names / "frames")
     assert report()["frames"][0]["file"].startswith("AKB13475I")
+
+
+def test_a_folder_of_fit_frames_is_read_with_a_glob_that_takes_them(small_frames, tmp_path, capsys):
+    """Trial 8 #8: `tui-stack DIR` on .fit (or .fits.fz, .fits.gz) frames found nothing with the
+    default `*.fits`, and the message sent the user to `/`, the header filter. The wizard takes
+    the glob of the folder's FITS names and says so; `g` edits the glob; `run` names the pattern."""
+    import shutil
+
+    from test_cli import assert_one_line_error, run_cli, write_config
+    from conftest import make_config
+
+    fit = tmp_path / "fit"
+    fit.mkdir()
+    for p in small_frames.files:
+        shutil.copy(p, fit / (p.stem + ".fit"))
+    (fit / "notes.txt").write_text("log")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("log")
+
+    async def go(directory):
+        app = StackApp(directory)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            await settle(pilot)
+            seen = status(app), len(app.ws.usable_infos()), app.ws.config.input.pattern
+            await press(pilot, "g")
+            assert app.focused is not None and app.focused.id == "pattern"
+            return seen
+
+    text, n, pattern = asyncio.run(go(fit))
+    assert (n, pattern) == (len(small_frames.files), "*.fit"), text
+    assert "'*.fits'" in text and "'*.fit'" in text and "g edits" in text, text
+    text, n, pattern = asyncio.run(go(empty))
+    assert n == 0 and pattern == "*.fits" and "no files match '*.fits'" in text and "g edits the glob" in text, text
+
+    cfg = make_config(small_frames, tmp_path / "out", input__directory=str(fit), input__pattern="*.fits")
+    code, _, err = run_cli(["run", write_config(cfg, tmp_path / "c.toml"), "--quiet"], capsys)
+    assert_one_line_error(code, err, "no files match '*.fits'", "it holds 4 '*.fit' files", '[input] pattern = "*.fit"')

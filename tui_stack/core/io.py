@@ -394,8 +394,33 @@ def match_files(directory: Path, pattern: str) -> list[Path]:
     found = sorted({Path(p).resolve() for p in glob.glob(str(Path(glob.escape(str(directory))) / pattern))
                     if Path(p).is_file()})
     if not found:
-        raise InputError(f"no files match {pattern!r} in {directory}")
+        other = fits_pattern(directory)
+        hint = f"; it holds {other[1]} {other[0]!r} files: [input] pattern = \"{other[0]}\" takes them" if other else ""
+        raise InputError(f"no files match {pattern!r} in {directory}{hint}")
     return found
+
+
+def fits_pattern(directory: Path) -> tuple[str, int] | None:
+    """(a glob, how many files it takes) for the FITS files in `directory` by name (FITS_SUFFIXES,
+    any case: `*.fit`, `*.FIT`, `*.fits.fz`): the commonest kind's when they are of several;
+    None if it holds none. For a folder the default `*.fits` misses (Siril and many capture
+    programs write .fit; archives .fits.fz or .fits.gz)."""
+    counts: dict[str, int] = {}
+    ends = sorted(FITS_SUFFIXES, key=len, reverse=True)  # .fits.gz before .gz-less .fits
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return None
+    for entry in entries:
+        lower = entry.name.lower()
+        end = next((e for e in ends if lower.endswith(e) and len(lower) > len(e)), None)
+        if end is not None and entry.is_file():
+            suffix = entry.name[-len(end):]
+            counts[suffix] = counts.get(suffix, 0) + 1
+    if not counts:
+        return None
+    suffix = max(counts, key=lambda k: (counts[k], -FITS_SUFFIXES.index(k.lower())))
+    return f"*{glob.escape(suffix)}", counts[suffix]
 
 
 def header_matches(header, select: dict | None) -> bool:

@@ -25,7 +25,7 @@ COLUMNS = (("u", 1), ("file", NAME_WIDTH), ("date  time", 11), ("exp", 4), ("fil
 class FilesScreen(WizardScreen):
     STEP = 0
     NAME_WIDTH = NAME_WIDTH
-    KEYS = "[b]space[/] use/skip  [b]/[/] filter  [b]n[/] next"
+    KEYS = "[b]space[/] use/skip  [b]g[/] glob  [b]/[/] filter  [b]n[/] next"
     HELP = ("Which frames to stack: the directory, the glob and the header filter (KEY=VALUE, ...) select "
             "them; space leaves one out. Column u: ✓ used, · skipped; the line under the table shows the "
             "highlighted file in full, with the reason an unreadable file is left out.")
@@ -33,7 +33,8 @@ class FilesScreen(WizardScreen):
         Binding("space,x", "toggle", "Use or skip the highlighted frame (x as on Shifts)", key_display="space"),
         Binding("a", "toggle_all", "Use all frames, or skip all"),
         Binding("r", "rescan", "Read the directory again"),
-        Binding("slash", "edit", "Edit the header filter (enter applies)", key_display="/"),
+        Binding("g", "edit('pattern')", "Edit the glob (enter applies)"),
+        Binding("slash", "edit('filter')", "Edit the header filter (enter applies)", key_display="/"),
         # the calibration panel's keys (tui/calibration.py), shown in its own lines
         Binding("c", "calibration('build')", "Calibration: build the masters and show them", show=False),
         Binding("v", "calibration('next_master')", "Calibration: preview the next master", show=False),
@@ -70,8 +71,8 @@ class FilesScreen(WizardScreen):
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.action_rescan()  # then WizardScreen's handler leaves the field
 
-    def action_edit(self) -> None:
-        self.query_one("#filter", Input).focus()
+    def action_edit(self, field: str) -> None:
+        self.query_one(f"#{field}", Input).focus()
 
     def action_rescan(self) -> None:
         from tui_stack.config import parse_select
@@ -79,6 +80,8 @@ class FilesScreen(WizardScreen):
         cfg = self.ws.config
         directory = Path(self.query_one("#directory", Input).value).expanduser()
         pattern = self.query_one("#pattern", Input).value.strip() or "*.fits"
+        if self._took is not None and self._took[1] != pattern:  # the user's own glob now
+            self._took = None
         try:
             select = parse_select(self.query_one("#filter", Input).value)
         except ValueError as exc:
@@ -165,7 +168,20 @@ class FilesScreen(WizardScreen):
         table = self.query_one(DataTable)
         self.set_timer(0.2, lambda: (table.action_cursor_down(), table.action_cursor_up()))
         if n_files == 0:
-            self.status(f"no files match {ws.config.input.pattern!r} in {ws.config.input.directory}; edit the glob (/)", error=True)
+            from tui_stack.config import InputConfig
+            from tui_stack.core.io import fits_pattern
+
+            pattern = ws.config.input.pattern
+            other = fits_pattern(ws.config.input.directory)
+            if other is not None and pattern == InputConfig().pattern and other[0] != pattern:
+                # the default glob and a folder of .fit / .fits.fz frames: take those, and say so
+                self._took = (pattern, other[0])
+                self.query_one("#pattern", Input).value = other[0]
+                self.action_rescan()
+                return
+            held = f" (it holds {other[1]} {other[0]!r} files)" if other else ""
+            self.status(f"no files match {pattern!r} in {ws.config.input.directory}{held}; g edits the glob",
+                        error=True)
             return
         self._n_files = n_files
         self._selection_status()
@@ -176,11 +192,14 @@ class FilesScreen(WizardScreen):
             self.app.save_session(self.STEP)
 
     _n_files = 0
+    _took = None  # (the default glob, the one taken instead) after a folder the default missed
 
     def _selection_status(self) -> None:
         """How many files are ticked, as the table's u column shows."""
         ws, n_files = self.ws, self._n_files
         msg = f"{len(ws.usable_infos())} of {n_files} files selected"
+        if self._took is not None:
+            msg = f"no {self._took[0]!r} files here: glob {self._took[1]!r} (g edits it); {msg}"
         if len(ws.infos) < n_files:
             msg += f" ({n_files - len(ws.infos)} left out by the header filter)"
         bad = sum(1 for i in ws.infos if i.error)
