@@ -9,7 +9,6 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Static
 
 from tui_stack import safetext
-from tui_stack.core.photometry import STARS_DISAGREE
 from tui_stack.fmt import fmt
 from tui_stack.tui import plot
 from tui_stack.tui.common import PreviewScreen, fixed_table, flag_codes, flag_legend, row_index, widen_names
@@ -19,7 +18,6 @@ from tui_stack.tui.preview import ImageView
 NAME_WIDTH = 14  # the frames table's file column (80 columns)
 FRAME_COLUMNS = (("file", NAME_WIDTH), ("scale", 6), ("MAD", 6), ("n", 2), ("fl", 4))
 SIDE_WIDTH = 46  # the tables' panel at 80 columns (.side-wide)
-SCALE_FLAGS = (STARS_DISAGREE, "no_comparison_star")  # this step's own: first in the detail line
 
 
 class ScalesScreen(PreviewScreen):
@@ -202,10 +200,14 @@ class ScalesScreen(PreviewScreen):
             # aperture correction it took (issue 22). The spread and the flags come before the PSF:
             # with a real frame's 18-character name the panel's two lines at 80 columns end within
             # the PSF numbers, and `stars_disagree` is the reason to distrust the scale (trial 8 #13)
+            from tui_stack.core.photometry import STARS_DISAGREE
+            from tui_stack.pipeline.scale import FEW_SCALE_STARS
+
+            own = (STARS_DISAGREE, FEW_SCALE_STARS, "no_comparison_star", "no_psf")  # this step's flags first
             growth = np.isfinite(fr.psf_fwhm)
             self._detail(f"{fr.name}: scale {fmt(fr.scale, '.4f')} ({fr.n_scale_stars} stars"
                          + (f", spread {fmt(fr.scale_spread, '.1f')})" if growth else ")")
-                         + (f"; flags: {', '.join(sorted(fr.flags, key=lambda f: f not in SCALE_FLAGS))}"
+                         + (f"; flags: {', '.join(sorted(fr.flags, key=lambda f: f not in own))}"
                             if fr.flags else "")
                          + (f"; FWHM {fr.psf_fwhm:.2f} px β {fr.psf_beta:.2f}, r {fr.aperture_radius:.1f} px "
                             f"×{fr.aperture_correction:.4f}" if growth else ""))
