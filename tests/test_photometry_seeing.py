@@ -48,6 +48,19 @@ def test_aperture_fraction_matches_a_rendered_star(beta, fwhm):
     assert worst_integral > (1e-3 if fwhm < 3 else 4e-4)  # what the pixels change (sharp stars most)
 
 
+@pytest.mark.parametrize("beta", [2.0, 4.5])
+def test_aperture_fraction_with_an_annulus_mean_matches_a_rendered_star(beta):
+    """`sky = "annulus-mean"` with growth: the correction takes the mean of the star's own wing
+    over the ring's pixels (`MoffatPSF.annulus_mean`), against a noise-free rendered star."""
+    fwhm = 4.0
+    img = np.zeros((161, 161))
+    synthetic.add_star(img, 80.3, 80.6, 1e5, fwhm, beta, 80, oversample=9)
+    shape = psf.MoffatPSF(psf.alpha_of(fwhm, beta), beta)
+    for r in (2 * fwhm, 12.0):
+        fl = photometry.measure_stars(img, None, [(80.3, 80.6)], r, 0.0, None, (r + 5, r + 15), "mean")
+        assert shape.aperture_fraction(r, (r + 5, r + 15), mean=True) == pytest.approx(fl.flux[0] / 1e5, abs=3e-4), r
+
+
 def test_annulus_median_of_a_broad_wing_under_noise():
     """The sky an annulus median takes of a star's own wing: on noise much larger than the
     wing's fall across the annulus the median reads the wing's mean over the annulus, not its

@@ -257,7 +257,9 @@ def measure_frame(
     light that aperture and annulus keep under the frame's fitted Moffat PSF (per star: the
     annulus median of its own wing depends on its flux against the sky noise). A frame whose PSF
     cannot be fitted gets NaN fluxes (no scale rather than a wrong one). `offset`: where the
-    stars sit from the apertures' centres, px (an integer shift's rounding).
+    stars sit from the apertures' centres, px (an integer shift's rounding). `statistic`: the
+    annulus "median" or "mean" (`annulus_means`: without the `discs` of other stars and this
+    frame's cosmic rays; with "growth", the correction then takes the mean of the star's own wing).
     """
     from tui_stack.core import psf
 
