@@ -338,3 +338,17 @@ def test_run_flags_and_sizes_are_named_as_given(field_integer, tmp_path, capsys)
     code, _, err = run_cli(["combine", f[0], f[1], f"{f[0].parent}/./{f[0].name}", "--method", "median",
                             "--out", tmp_path / "c.fits"], capsys)
     assert_one_line_error(code, err, f[0].name, "twice")
+
+
+def test_run_does_not_replace_another_data_sets_results(field_integer, frames, tmp_path, capsys):
+    """Trial 8 #10 (the helper's note): `run` into a folder holding another input directory's
+    results replaced them as its own set, rc 0. A rerun of the same data set still replaces."""
+    cfg = config_for(field_integer, frames, tmp_path)
+    assert run_cli(["run", cfg, "--quiet"], capsys)[0] == 0
+    assert run_cli(["run", cfg, "--quiet"], capsys)[0] == 0  # the same frames again: its own set
+    other = tmp_path / "other"
+    shutil.copytree(frames, other)
+    cfg2 = config_for(field_integer, other, tmp_path)
+    before = (tmp_path / "out" / "report.json").read_text()
+    assert_one_line_error(*run_cli(["run", cfg2], capsys)[::2], "holds the results of", str(frames))
+    assert (tmp_path / "out" / "report.json").read_text() == before

@@ -52,6 +52,12 @@ def run(cfg: Config, progress: Progress = noop) -> RunState:
     with rundir.OutputDir(cfg.output.directory, "tui-stack run", protect=state.files) as od:
         state.output_notes = [r for r in od.recovered if r.startswith("could not")]
         od.check_names(planned_outputs(state))
+        other = other_input(state)
+        if other is not None:  # a rerun replaces its own set; another data set's is not this run's to drop
+            from tui_stack.errors import InputError
+
+            raise InputError(f"{cfg.output.directory} holds the results of {other}: give another [output] directory "
+                             "(or --out), or remove its report.json to replace them")
         od.check_space(need)
         engine = None
         if cfg.compute.scheduler != compute.current().name:
