@@ -174,7 +174,7 @@ def test_integer_shift_rounding_puts_the_apertures_off_the_stars_and_growth_allo
         for allow in (True, False):
             cfg = config_from_dict({"input": {"directory": str(tmp_path / str(seed)), "pattern": "demo_*.fits"},
                                     "reference": {"frame": 0, "star": "auto"}, "scale": {"stars": "auto", "method": "growth"},
-                                    "output": {"directory": str(tmp_path / "out"), "write_shifted": False}})
+                                    "output": {"directory": str(tmp_path / f"out{seed}"), "write_shifted": False}})
             measure = photometry.measure_frame
             if not allow:
                 def measure_on_the_star(*a, **k):
