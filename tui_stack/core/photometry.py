@@ -141,7 +141,11 @@ def annulus_medians(data: np.ndarray, mask: np.ndarray, pos: np.ndarray, r_in: f
     iy, ix, inside = _stamps(data.shape, pos, r_out)
     d2 = (ix - pos[:, 0, None, None]) ** 2 + (iy - pos[:, 1, None, None]) ** 2
     use = inside & ~mask[iy, ix] & (d2 < r_out * r_out) & ~(d2 < r_in * r_in)
-    values = data[iy, ix].astype(np.float64)
+    return _ring_medians(data[iy, ix].astype(np.float64), use)
+
+
+def _ring_medians(values: np.ndarray, use: np.ndarray) -> np.ndarray:
+    """The median of each star's `use` pixels of `values` (stars, s, s), NaN where none."""
     return np.array([np.median(v[u]) if u.any() else np.nan for v, u in zip(values, use)])
 
 
@@ -164,8 +168,7 @@ def annulus_means(data: np.ndarray, mask: np.ndarray, pos: np.ndarray, r_in: flo
                 use[k] &= (ix[k] - x) ** 2 + (iy[k] - y) ** 2 >= r * r
     values = data[iy, ix]
     if outlier is not None:
-        med = np.array([np.median(v[u]) if u.any() else np.nan for v, u in zip(values, use)])
-        use &= ~(values > (med + outlier)[:, None, None])
+        use &= ~(values > (_ring_medians(values, use) + outlier)[:, None, None])
     n = use.sum(axis=(1, 2))
     total = np.where(use, values, 0.0).sum(axis=(1, 2), dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -182,7 +182,7 @@ def _lone(stamp: np.ndarray, weight: np.ndarray, centre, fwhm: float, threshold:
     """No other star in the stamp: nothing above `threshold` sigma, more than 1.2 FWHM from the
     star, in what the star's point mirror lacks (a star is the same on both sides of its centre,
     whatever its profile; a neighbour is on one side only), through a filter matched to a
-    Gaussian of the FWHM guess."""
+    Gaussian of `fwhm` (the stars' own fits')."""
     from scipy.ndimage import correlate1d, map_coordinates
 
     size = stamp.shape[0]
@@ -294,9 +294,10 @@ def fit_moffat(
     and is left out); stars with faint neighbours too weak for the clip below pulled the fitted
     beta 0.5-1.4% low (5% for 4.5 next to a bright one). On the chosen stars pixels more than
     5 sigma off their own fit (a cosmic ray) are left out, then alpha and beta are fitted to
-    them all at once, the model integrated over each pixel as a CCD does (`pixel_moffat`). Pixels are weighted by their noise: the sky `noise`
-    and the star's photon noise at the gain the sky implies (`sky_level` / noise^2). `cov`
-    holds the shape's covariance. None when no star has a whole stamp.
+    them all at once, the model integrated over each pixel as a CCD does (`pixel_moffat`).
+    Pixels are weighted by their noise: the sky `noise` and the star's photon noise at the gain
+    the sky implies (`sky_level` / noise^2). `cov` holds the shape's covariance. None when no
+    star has a whole stamp.
     """
     pos = np.atleast_2d(np.asarray(positions, float))
     if mask is None:

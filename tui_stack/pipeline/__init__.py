@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from tui_stack import compute
 from tui_stack.config import Config
+from tui_stack.errors import InputError
 from tui_stack.pipeline import calibration
 from tui_stack.pipeline.outputs import other_input, planned_outputs, write_combined, write_outputs
 from tui_stack.pipeline.reference import assess, choose_reference, measure_frame, reference_star, sky_subtracted, \
@@ -54,8 +55,6 @@ def run(cfg: Config, progress: Progress = noop) -> RunState:
         od.check_names(planned_outputs(state))
         other = other_input(state)
         if other is not None:  # a rerun replaces its own set; another data set's is not this run's to drop
-            from tui_stack.errors import InputError
-
             raise InputError(f"{cfg.output.directory} holds the results of {other}: give another [output] directory "
                              "(or --out), or remove its report.json to replace them")
         od.check_space(need)

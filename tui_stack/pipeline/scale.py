@@ -78,10 +78,9 @@ def _measure(state: RunState, fr: FrameResult, data: np.ndarray, mask: np.ndarra
     if fr.transform is None and not fr.flipped:
         off = (fr.applied_shift_x - fr.shift_x, fr.applied_shift_y - fr.shift_y)
         offset = off if all(np.isfinite(off)) and max(map(abs, off)) <= 1 else offset
-    statistic = cfg.scale.sky_statistic()
     fluxes = photometry.measure_frame(data, mask, at, cfg.scale.method, radius, fr.sky, fr.noise,
                                       cfg.scale.saturation, annulus, fwhm_guess=guess, offset=offset,
-                                      statistic=statistic, discs=other_stars(state, fr) if statistic == "mean" else None)
+                                      statistic=cfg.scale.sky_statistic(), discs=other_stars(state, fr))
     if area != 1.0:
         fluxes.flux = fluxes.flux / area
         fluxes.error = None if fluxes.error is None else fluxes.error / area
@@ -91,9 +90,9 @@ def _measure(state: RunState, fr: FrameResult, data: np.ndarray, mask: np.ndarra
 def other_stars(state: RunState, fr: FrameResult | None) -> np.ndarray | None:
     """The reference's stars as discs an annulus mean leaves out, where `fr` has them on its
     own pixels (None: on the reference grid, as the stack): chosen once, the same in every
-    frame, so the sky stays linear in each frame's data."""
+    frame, so the sky stays linear in each frame's data. None where the sky is a median."""
     stars = state.ref_stars
-    if stars is None or not len(stars) or not np.isfinite(stars.noise):
+    if state.config.scale.sky_statistic() != "mean" or stars is None or not len(stars) or not np.isfinite(stars.noise):
         return None
     discs = photometry.star_discs(stars.x, stars.y, stars.peak, float(np.nanmedian(stars.fwhm)), stars.noise)
     if fr is None:

@@ -132,7 +132,7 @@ def combine_frames(
     comb_flux = photometry.measure_frame(comb_data, comb_mask, state.comparison_stars, cfg.scale.method,
                                          cfg.scale.aperture(), 0.0, noise, None, cfg.scale.annulus_radii(),
                                          fwhm_guess=guess, statistic=cfg.scale.sky_statistic(),
-                                         discs=other_stars(state, None) if cfg.scale.sky_statistic() == "mean" else None)
+                                         discs=other_stars(state, None))
     ref_flux = state.frames[state.ref_index].star_flux
     phot = stats.compare_photometry(ref_flux, comb_flux.flux, state.comparison_stars)
     combined = CombinedResult(method, None, result.data, len(used), st, phot, result, params,
